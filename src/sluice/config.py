@@ -1,0 +1,328 @@
+"""The config model: YAML -> validated, frozen objects.
+
+Every error names the offending path (``vips[0].backends[2].address: ...``). A running sluice holds
+one `Config`; a reload builds a new one and applies the difference, it never mutates the old one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+Protocol = Literal["tcp", "udp"]
+Mode = Literal["proxy", "dsr"]
+SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
+ProxyProtocolVersion = Literal["off", "v1", "v2"]
+UdpHash = Literal["five_tuple", "source_ip"]
+
+DEFAULT_TABLE_SIZE = 65537
+DEFAULT_TCP_IDLE_S = 350.0
+DEFAULT_UDP_IDLE_S = 120.0
+
+
+class ConfigError(Exception):
+    """The config is invalid; `errors` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# ---------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    """An IP address and a port: ``127.0.0.1:9001`` or ``[::1]:9001``."""
+
+    ip: IPv4Address | IPv6Address
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text.strip())
+        if not m:
+            raise ValueError(f"expected IPv4:port or [IPv6]:port, got {text!r}")
+        host, port_s = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        try:
+            ip = ip_address(host)
+        except ValueError:
+            raise ValueError(f"not an IP address: {host!r}") from None
+        port = int(port_s)
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be 1..65535, got {port}")
+        return cls(ip, port)
+
+    @property
+    def host(self) -> str:
+        return str(self.ip)
+
+    @property
+    def family_v6(self) -> bool:
+        return isinstance(self.ip, IPv6Address)
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.family_v6 else f"{self.ip}:{self.port}"
+
+
+def _to_endpoint(value: Any) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string like 127.0.0.1:9001, got {type(value).__name__}")
+    return Endpoint.parse(value)
+
+
+EndpointField = Annotated[
+    Endpoint,
+    BeforeValidator(_to_endpoint),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["127.0.0.1:8000", "[::1]:8000"]}),
+]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``250ms``, ``3s``, ``5m`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 3s, 250ms or 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 3s, 250ms or 5m, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": ["string", "number"], "pattern": r"^\d+(\.\d+)?(ms|s|m)$"}),
+]
+
+
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as False.
+    return "off" if value is False else value
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+# ---------------------------------------------------------------- model
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Backend(_Frozen):
+    address: EndpointField
+    """Where the backend listens (IP:port)."""
+    weight: int = Field(default=1, ge=0, le=65535)
+    """Relative share of new flows; 0 = takes no new flows."""
+
+
+class Timeouts(_Frozen):
+    connect: Duration = 3.0
+    """Seconds to wait for a backend connection (TCP)."""
+    idle: Duration | None = None
+    """Seconds with no bytes either way before a flow is closed (TCP 350, UDP 120 by default)."""
+
+
+class UdpOptions(_Frozen):
+    hash: UdpHash = "five_tuple"
+    """What picks the backend: the whole 5-tuple, or the source IP only (keeps RTP+RTCP together)."""
+    responses: int | None = Field(default=None, ge=1)
+    """End a session after this many reply datagrams (DNS: 1); unset = no limit."""
+    per_packet: bool = False
+    """No session: every datagram is balanced on its own."""
+    max_sessions: int = Field(default=65536, ge=1)
+    """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
+
+
+class Vip(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    """Unique name, used in metrics and the API."""
+    protocol: Protocol = "tcp"
+    listen: EndpointField
+    """The VIP address and port."""
+    mode: Mode = "proxy"
+    """proxy: full proxy in user space; dsr: XDP Direct Server Return."""
+    scheduler: SchedulerName = "maglev"
+    maglev_table_size: int = DEFAULT_TABLE_SIZE
+    """Maglev lookup table size M (a prime, ideally >= 100 x number of backends)."""
+    backends: tuple[Backend, ...] = Field(min_length=1)
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(default=10000, ge=1)
+    """Per VIP; beyond it new connections are refused and counted."""
+    proxy_protocol: Annotated[ProxyProtocolVersion, BeforeValidator(_yaml_off)] = "off"
+    """PROXY protocol header sent to the backend carrying the client address."""
+    accept_proxy_protocol: bool = False
+    """Expect a PROXY v1/v2 header from the client side (TCP)."""
+    udp: UdpOptions = UdpOptions()
+
+    @field_validator("maglev_table_size")
+    @classmethod
+    def _prime(cls, v: int) -> int:
+        if not is_prime(v):
+            raise ValueError(f"must be a prime number, got {v}")
+        if v > 1_000_003:
+            raise ValueError("must be at most 1000003")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.timeouts.idle is None:
+            idle = DEFAULT_TCP_IDLE_S if self.protocol == "tcp" else DEFAULT_UDP_IDLE_S
+            object.__setattr__(self, "timeouts", self.timeouts.model_copy(update={"idle": idle}))
+        if self.accept_proxy_protocol and self.protocol != "tcp":
+            raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
+        return self
+
+    @property
+    def idle_timeout_s(self) -> float:
+        assert self.timeouts.idle is not None  # filled in by the validator
+        return self.timeouts.idle
+
+
+class Config(_Frozen):
+    """The whole file. Uniqueness rules (VIP names, listen addresses, backend addresses) are checked
+    by `parse_config`, which reports them with their paths."""
+
+    vips: tuple[Vip, ...] = Field(min_length=1)
+
+    def vip(self, name: str) -> Vip:
+        for v in self.vips:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def _duplicates(items: Iterable[tuple[str, str]], what: str) -> list[str]:
+    """(path, key) pairs -> one error per key seen before, naming the first place."""
+    first: dict[str, str] = {}
+    errors = []
+    for path, key in items:
+        if key in first:
+            errors.append(f"{path}: duplicate {what} {key} (first at {first[key]})")
+        else:
+            first[key] = path
+    return errors
+
+
+def _normal_endpoint(value: Any) -> str | None:
+    try:
+        return str(_to_endpoint(value))
+    except ValueError:
+        return None  # reported by the model
+
+
+def _uniqueness_errors(data: dict[str, Any]) -> list[str]:
+    vips = data.get("vips")
+    if not isinstance(vips, list):
+        return []
+    names, listens, errors = [], [], []
+    for i, vip in enumerate(vips):
+        if not isinstance(vip, dict):
+            continue
+        if isinstance(vip.get("name"), str):
+            names.append((f"vips[{i}].name", vip["name"]))
+        if (listen := _normal_endpoint(vip.get("listen"))) is not None:
+            listens.append((f"vips[{i}].listen", f"{vip.get('protocol', 'tcp')}/{listen}"))
+        backends = vip.get("backends")
+        if isinstance(backends, list):
+            addrs = [
+                (f"vips[{i}].backends[{j}].address", a)
+                for j, b in enumerate(backends)
+                if isinstance(b, dict) and (a := _normal_endpoint(b.get("address"))) is not None
+            ]
+            errors += _duplicates(addrs, "backend address")
+    return _duplicates(names, "VIP name") + _duplicates(listens, "listen address") + errors
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_format_path(loc)}: {msg}")
+    return lines
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping with a 'vips' list"])
+    errors = _uniqueness_errors(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc) + errors) from None
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+    return parse_config(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

@@ -1,0 +1,1 @@
+"""Pure, sans-IO logic: no sockets, event loops, clocks or kernel access."""

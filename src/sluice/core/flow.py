@@ -1,0 +1,96 @@
+"""The 5-tuple and sluice's one flow hash.
+
+The flow hash is shared by every data plane: the proxy schedulers call `flow_hash` in Python and the
+XDP program computes the same function in C (`bpf/flow_hash.h`), so `sluice flow` can answer where a
+packet goes in either data plane. Test vectors live in tests/vectors/flow_hash.json.
+
+Definition (all integers unsigned 32-bit, arithmetic modulo 2**32):
+
+1. Build a 40-byte key:
+     bytes  0..15  source address as 16 bytes (IPv4 as IPv4-mapped IPv6, ::ffff:a.b.c.d)
+     bytes 16..31  destination address, same form
+     bytes 32..33  source port, network byte order
+     bytes 34..35  destination port, network byte order
+     byte  36      IP protocol number (6 TCP, 17 UDP)
+     bytes 37..39  zero
+2. Read the key as ten little-endian 32-bit words k[0..9].
+3. MurmurHash3 x86_32 over those words with seed FLOW_HASH_SEED:
+     for each k:  k *= 0xcc9e2d51; k = rotl(k, 15); k *= 0x1b873593
+                  h ^= k; h = rotl(h, 13); h = h * 5 + 0xe6546b64
+     h ^= 40   (the key length in bytes)
+     h ^= h >> 16; h *= 0x85ebca6b; h ^= h >> 13; h *= 0xc2b2ae35; h ^= h >> 16
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+FLOW_HASH_SEED = 0x51CE_F10E
+KEY_LEN = 40
+
+_MASK = 0xFFFFFFFF
+_WORDS = struct.Struct("<10I")
+
+IPAddress = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class FiveTuple:
+    """One flow as the load balancer sees it (client -> VIP)."""
+
+    src_ip: IPAddress
+    dst_ip: IPAddress
+    src_port: int
+    dst_port: int
+    proto: int  # IPPROTO_TCP or IPPROTO_UDP
+
+    @classmethod
+    def of(cls, src: tuple[str, int], dst: tuple[str, int], proto: int) -> FiveTuple:
+        """Build from (host, port) pairs as sockets report them."""
+        return cls(ip_address(src[0]), ip_address(dst[0]), src[1], dst[1], proto)
+
+    def key(self) -> bytes:
+        """The 40-byte hash key (see the module docstring)."""
+        return (
+            _ip16(self.src_ip)
+            + _ip16(self.dst_ip)
+            + struct.pack("!HHB3x", self.src_port, self.dst_port, self.proto)
+        )
+
+
+def _ip16(ip: IPAddress) -> bytes:
+    if isinstance(ip, IPv4Address):
+        return b"\x00" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _MASK
+
+
+def murmur3_words(words: tuple[int, ...], seed: int, length: int) -> int:
+    """MurmurHash3 x86_32 over whole 32-bit words (no tail), `length` in bytes."""
+    h = seed
+    for k in words:
+        k = (k * 0xCC9E2D51) & _MASK
+        k = _rotl(k, 15)
+        k = (k * 0x1B873593) & _MASK
+        h ^= k
+        h = _rotl(h, 13)
+        h = (h * 5 + 0xE6546B64) & _MASK
+    h ^= length
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    h ^= h >> 16
+    return h
+
+
+def flow_hash(flow: FiveTuple) -> int:
+    """sluice's 32-bit flow hash (see the module docstring for the exact definition)."""
+    return murmur3_words(_WORDS.unpack(flow.key()), FLOW_HASH_SEED, KEY_LEN)
