@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -173,6 +173,30 @@ class UdpOptions(_Frozen):
     """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
 
 
+class DsrOptions(_Frozen):
+    """How a ``mode: dsr`` VIP forwards packets from the XDP program."""
+
+    interface: str = Field(min_length=1, max_length=15)
+    """The LB interface the XDP program is attached to (receives VIP traffic)."""
+    forwarding: Literal["l2", "ipip"] = "l2"
+    """l2: rewrite MACs, backends on the same segment hold the VIP on lo; ipip: IP-in-IP to the backend."""
+    next_hop_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    """ipip: destination MAC of the encapsulated packets (the router towards the backends)."""
+    outer_source: str | None = None
+    """ipip: prefix (e.g. 198.19.0.0/16) the outer source address is taken from, flow bits mixed in."""
+
+    @model_validator(mode="after")
+    def _ipip_needs(self) -> Self:
+        if self.forwarding == "ipip" and (self.next_hop_mac is None or self.outer_source is None):
+            raise ValueError("forwarding: ipip needs next_hop_mac and outer_source")
+        if self.outer_source is not None:
+            try:
+                ip_network(self.outer_source, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"outer_source: {exc}") from None
+        return self
+
+
 class Vip(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     """Unique name, used in metrics and the API."""
@@ -193,6 +217,8 @@ class Vip(_Frozen):
     accept_proxy_protocol: bool = False
     """Expect a PROXY v1/v2 header from the client side (TCP)."""
     udp: UdpOptions = UdpOptions()
+    dsr: DsrOptions | None = None
+    """Required with ``mode: dsr``."""
 
     @field_validator("maglev_table_size")
     @classmethod
@@ -208,6 +234,10 @@ class Vip(_Frozen):
         if self.timeouts.idle is None:
             idle = DEFAULT_TCP_IDLE_S if self.protocol == "tcp" else DEFAULT_UDP_IDLE_S
             object.__setattr__(self, "timeouts", self.timeouts.model_copy(update={"idle": idle}))
+        if self.mode == "dsr" and self.dsr is None:
+            raise ValueError("mode: dsr needs a dsr block (interface, forwarding)")
+        if self.mode == "proxy" and self.dsr is not None:
+            raise ValueError("a dsr block is only valid with mode: dsr")
         if self.accept_proxy_protocol and self.protocol != "tcp":
             raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
         return self

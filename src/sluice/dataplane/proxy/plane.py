@@ -1,0 +1,75 @@
+"""ProxyPlane: one listener per proxy-mode VIP, started, updated and stopped from the config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from sluice.config import Config, Vip
+from sluice.dataplane.stats import VipStats
+
+log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """One VIP's listening socket and its flows."""
+
+    stats: VipStats
+
+    async def start(self) -> None:
+        """Bind and start serving; raises OSError when the address cannot be bound."""
+
+    def update(self, vip: Vip) -> None:
+        """Take a new config for the same listen address (backends, weights, limits);
+        established flows keep their backend."""
+
+    async def close(self) -> None:
+        """Stop accepting and close every flow."""
+
+
+ListenerFactory = Callable[[Vip], Listener]
+
+
+def _default_factories() -> dict[str, ListenerFactory]:
+    from sluice.dataplane.proxy.tcp import TcpListener
+    from sluice.dataplane.proxy.udp import UdpListener
+
+    return {"tcp": TcpListener, "udp": UdpListener}
+
+
+class ProxyPlane:
+    """The `DataPlane` for VIPs with ``mode: proxy``."""
+
+    def __init__(self, factories: dict[str, ListenerFactory] | None = None) -> None:
+        self._factories = factories if factories is not None else _default_factories()
+        self._listeners: dict[str, tuple[Vip, Listener]] = {}
+
+    async def apply(self, config: Config) -> None:
+        wanted = {v.name: v for v in config.vips if v.mode == "proxy"}
+        for name in list(self._listeners):
+            old, listener = self._listeners[name]
+            new = wanted.get(name)
+            if new is None or (new.listen, new.protocol) != (old.listen, old.protocol):
+                log.info("vip %s: stopping listener on %s/%s", name, old.protocol, old.listen)
+                del self._listeners[name]
+                await listener.close()
+        for name, vip in wanted.items():
+            current = self._listeners.get(name)
+            if current is None:
+                listener = self._factories[vip.protocol](vip)
+                await listener.start()
+                log.info("vip %s: listening on %s/%s", name, vip.protocol, vip.listen)
+                self._listeners[name] = (vip, listener)
+            elif current[0] != vip:
+                current[1].update(vip)
+                self._listeners[name] = (vip, current[1])
+                log.info("vip %s: updated", name)
+
+    def stats(self) -> dict[str, VipStats]:
+        return {name: listener.stats for name, (_, listener) in self._listeners.items()}
+
+    async def close(self) -> None:
+        listeners, self._listeners = self._listeners, {}
+        for _, listener in listeners.values():
+            await listener.close()
