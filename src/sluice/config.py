@@ -208,7 +208,7 @@ class Vip(_Frozen):
     scheduler: SchedulerName = "maglev"
     maglev_table_size: int = DEFAULT_TABLE_SIZE
     """Maglev lookup table size M (a prime, ideally >= 100 x number of backends)."""
-    backends: tuple[Backend, ...] = Field(min_length=1)
+    backends: tuple[Backend, ...]
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=10000, ge=1)
     """Per VIP; beyond it new connections are refused and counted."""
@@ -219,6 +219,13 @@ class Vip(_Frozen):
     udp: UdpOptions = UdpOptions()
     dsr: DsrOptions | None = None
     """Required with ``mode: dsr``."""
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backends(cls, v: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        if not v:
+            raise ValueError("a VIP needs at least one backend")
+        return v
 
     @field_validator("maglev_table_size")
     @classmethod
@@ -252,7 +259,14 @@ class Config(_Frozen):
     """The whole file. Uniqueness rules (VIP names, listen addresses, backend addresses) are checked
     by `parse_config`, which reports them with their paths."""
 
-    vips: tuple[Vip, ...] = Field(min_length=1)
+    vips: tuple[Vip, ...]
+
+    @field_validator("vips")
+    @classmethod
+    def _some_vips(cls, v: tuple[Vip, ...]) -> tuple[Vip, ...]:
+        if not v:
+            raise ValueError("at least one VIP is needed")
+        return v
 
     def vip(self, name: str) -> Vip:
         for v in self.vips:

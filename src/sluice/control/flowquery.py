@@ -1,0 +1,44 @@
+"""Answers `sluice flow`: which backend a VIP's scheduler picks for a client address.
+
+Uses the very scheduler code the data planes use, so the answer is what the data plane does (for
+Maglev, with every configured backend up; health and admin state are not known offline).
+"""
+
+from __future__ import annotations
+
+from sluice.config import Config, Endpoint
+from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, flow_hash
+from sluice.core.scheduler import build_scheduler
+
+
+class FlowQueryError(Exception):
+    """The question has no offline answer (unknown VIP, stateful scheduler, family mismatch)."""
+
+
+def vip_flow(config: Config, vip_name: str, source: Endpoint) -> FiveTuple:
+    """The FiveTuple the data plane builds for a packet from `source` to the VIP."""
+    try:
+        vip = config.vip(vip_name)
+    except KeyError:
+        names = ", ".join(v.name for v in config.vips)
+        raise FlowQueryError(f"no VIP named {vip_name!r} (have: {names})") from None
+    if source.family_v6 != vip.listen.family_v6:
+        raise FlowQueryError(f"{source} and the VIP {vip.listen} are of different IP families")
+    proto = IPPROTO_TCP if vip.protocol == "tcp" else IPPROTO_UDP
+    return FiveTuple(source.ip, vip.listen.ip, source.port, vip.listen.port, proto)
+
+
+def explain_flow(config: Config, vip_name: str, source: Endpoint) -> str:
+    flow = vip_flow(config, vip_name, source)
+    vip = config.vip(vip_name)
+    if vip.scheduler != "maglev":
+        raise FlowQueryError(
+            f"VIP {vip_name!r} uses {vip.scheduler}, which depends on live state; only maglev answers offline"
+        )
+    if vip.protocol == "udp" and vip.udp.hash == "source_ip":
+        flow = FiveTuple(flow.src_ip, flow.dst_ip, 0, 0, flow.proto)
+    backend = build_scheduler("maglev", vip.backends, vip.maglev_table_size).pick(flow)
+    if backend is None:
+        raise FlowQueryError(f"VIP {vip_name!r} has no backend with weight > 0")
+    h = flow_hash(flow)
+    return f"{backend}  (vip {vip_name}, hash 0x{h:08x}, slot {h % vip.maglev_table_size} of {vip.maglev_table_size})"

@@ -1,0 +1,181 @@
+"""Config validation: every rule has a test on `sluice check`'s output and exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sluice.cli import main
+from sluice.config import ConfigError, Endpoint, load_config, parse_duration
+
+GOOD = """\
+vips:
+  - name: web
+    protocol: tcp
+    listen: 127.0.0.1:8000
+    mode: proxy
+    scheduler: maglev
+    maglev_table_size: 65537
+    backends:
+      - address: 127.0.0.1:9001
+        weight: 1
+      - address: 127.0.0.1:9002
+    timeouts:
+      connect: 3s
+      idle: 350s
+    max_connections: 10000
+    proxy_protocol: off
+    accept_proxy_protocol: false
+"""
+
+VIP = "  - name: {name}\n    listen: {listen}\n    backends:\n      - address: 127.0.0.1:9001\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text)
+    return path
+
+
+def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["check", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_reference_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = check(write(tmp_path, GOOD), capsys)
+    assert (code, err) == (0, "")
+    assert "ok, 1 VIP(s): web" in out
+    vip = load_config(tmp_path / "sluice.yaml").vips[0]
+    assert vip.proxy_protocol == "off"
+    assert vip.timeouts.connect == 3.0 and vip.idle_timeout_s == 350.0
+    assert vip.backends[1].weight == 1
+
+
+def test_idle_default_depends_on_protocol(tmp_path: Path) -> None:
+    text = "vips:\n" + VIP.format(name="a", listen="127.0.0.1:1") + "    protocol: udp\n"
+    assert load_config(write(tmp_path, text)).vips[0].idle_timeout_s == 120.0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("    maglev_table_size: 65537", "    maglev_table_size: 65536"),
+            "vips[0].maglev_table_size: must be a prime",
+        ),
+        (
+            ("        weight: 1", "        weight: -1"),
+            "vips[0].backends[0].weight: Input should be greater than or equal to 0",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    colour: blue"),
+            "vips[0].colour: unknown key",
+        ),
+        (
+            ("      - address: 127.0.0.1:9002", "      - address: 127.0.0.1:99999"),
+            "vips[0].backends[1].address: port must be",
+        ),
+        (
+            ("      - address: 127.0.0.1:9002", "      - address: web.local:80"),
+            "vips[0].backends[1].address: expected IPv4:port",
+        ),
+        (
+            ("      - address: 127.0.0.1:9002", "      - address: 127.0.0.1:9001"),
+            "vips[0].backends[1].address: duplicate backend",
+        ),
+        (("      idle: 350s", "      idle: 5h"), "vips[0].timeouts.idle: expected a duration"),
+        (("      connect: 3s", "      connect: 0s"), "vips[0].timeouts.connect: a duration must be positive"),
+        (("    protocol: tcp", "    protocol: sctp"), "vips[0].protocol: Input should be 'tcp' or 'udp'"),
+        (("    scheduler: maglev", "    scheduler: fastest"), "vips[0].scheduler: Input should be"),
+        (("    proxy_protocol: off", "    proxy_protocol: v3"), "vips[0].proxy_protocol: Input should be"),
+        (("    mode: proxy", "    mode: dsr"), "vips[0]: mode: dsr needs a dsr block"),
+        (("    listen: 127.0.0.1:8000", "    listen: 8000"), "vips[0].listen: expected a string"),
+    ],
+)
+def test_each_rule_is_reported_with_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], expected: str
+) -> None:
+    assert change[0] in GOOD
+    code, out, err = check(write(tmp_path, GOOD.replace(change[0], change[1], 1)), capsys)
+    assert code == 2
+    assert expected in err, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_no_backends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "vips:\n  - name: a\n    listen: 127.0.0.1:1\n    backends: []\n"
+    code, _, err = check(write(tmp_path, text), capsys)
+    assert code == 2 and "vips[0].backends: a VIP needs at least one backend" in err
+
+
+def test_duplicate_names_and_listen_addresses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "vips:\n" + VIP.format(name="a", listen="127.0.0.1:1") + VIP.format(name="a", listen="127.0.0.1:1")
+    code, _, err = check(write(tmp_path, text), capsys)
+    assert code == 2
+    assert "vips[1].name: duplicate VIP name a (first at vips[0].name)" in err
+    assert "vips[1].listen: duplicate listen address tcp/127.0.0.1:1" in err
+
+
+def test_every_error_is_listed_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD.replace("65537", "100").replace("weight: 1", "weight: -3").replace("idle: 350s", "idle: x")
+    code, _, err = check(write(tmp_path, text), capsys)
+    assert code == 2
+    assert "(3 errors)" in err
+    for path in ("maglev_table_size", "backends[0].weight", "timeouts.idle"):
+        assert f"vips[0].{path}:" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("vips: [", "invalid YAML"),
+        ("- just a list\n", "(top level): expected a mapping"),
+        ("vips: []\n", "vips: at least one VIP is needed"),
+        ("", "(top level): expected a mapping"),
+    ],
+)
+def test_malformed_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    code, _, err = check(write(tmp_path, text), capsys)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = check(tmp_path / "nope.yaml", capsys)
+    assert code == 2 and "cannot read" in err
+
+
+def test_ipv6_endpoints_and_durations() -> None:
+    assert str(Endpoint.parse("[::1]:8000")) == "[::1]:8000"
+    assert Endpoint.parse("[::1]:8000").family_v6
+    assert [parse_duration(v) for v in ("250ms", "3s", "2m", 5)] == [0.25, 3.0, 120.0, 5.0]
+    with pytest.raises(ValueError):
+        Endpoint.parse("::1:8000")
+
+
+def test_config_error_lists_lines() -> None:
+    err = ConfigError(["a: b", "c: d"])
+    assert str(err) == "a: b\nc: d"
+
+
+def test_schema_command_prints_json_schema() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice", "schema"], capture_output=True, text=True, check=True
+    )
+    schema = json.loads(proc.stdout)
+    assert "vips" in schema["properties"]
+    assert "Vip" in schema["$defs"]
+
+
+def test_check_as_a_process(tmp_path: Path) -> None:
+    bad = write(tmp_path, GOOD.replace("65537", "65536"))
+    proc = subprocess.run([sys.executable, "-m", "sluice", "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "vips[0].maglev_table_size: must be a prime number, got 65536" in proc.stderr
