@@ -6,13 +6,19 @@ Exit codes: 0 ok, 1 runtime failure, 2 invalid input (config, arguments).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sluice import __version__
 from sluice.config import ConfigError, Endpoint, config_json_schema, load_config
+
+if TYPE_CHECKING:
+    from sluice.control.client import ApiClient
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -81,6 +87,107 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _api_client(args: argparse.Namespace) -> ApiClient:
+    from sluice.control.client import ApiClient, read_token_file
+
+    try:
+        token = read_token_file(args.token_file)
+    except (OSError, IndexError) as exc:
+        raise _ApiArgsError(f"--token-file {args.token_file}: cannot read a token: {exc}") from None
+    return ApiClient(args.api, token)
+
+
+class _ApiArgsError(Exception):
+    pass
+
+
+def _api_command(func: Callable[[argparse.Namespace, ApiClient], int]) -> Callable[[argparse.Namespace], int]:
+    """Wraps an API subcommand: API errors -> message and exit code (4xx invalid, else failure)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from sluice.control.client import ApiError
+
+        try:
+            return func(args, _api_client(args))
+        except _ApiArgsError as exc:
+            print(f"sluice {args.command}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        except ApiError as exc:
+            print(f"sluice {args.command}: {exc.message}", file=sys.stderr)
+            return EXIT_INVALID if 400 <= exc.status < 500 else EXIT_FAILURE
+
+    return run
+
+
+def _cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
+    from rich.console import Console
+
+    from sluice.control.client import status_table
+
+    before = client.vips() if args.sample > 0 else None
+    if before is not None:
+        time.sleep(args.sample)
+    vips = client.vips()
+    if args.json:
+        print(json.dumps(vips, indent=1))
+    else:
+        Console().print(status_table(vips, before, args.sample))
+    return EXIT_OK
+
+
+def _cmd_backend(args: argparse.Namespace, client: ApiClient) -> int:
+    if args.action == "weight" and args.weight is None:
+        print(
+            "sluice backend weight: give the weight, e.g. sluice backend weight web 10.0.0.1:80 5",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if args.action != "weight" and args.weight is not None:
+        print(f"sluice backend {args.action}: takes no weight", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        address = str(Endpoint.parse(args.address))
+    except ValueError as exc:
+        print(f"sluice backend: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    result = client.backend_action(args.vip, address, args.action, args.weight)
+    print(f"{args.vip} {address}: {result.get('state', '?')}, weight {result.get('weight', '?')}")
+    return EXIT_OK
+
+
+def _cmd_reload(args: argparse.Namespace, client: ApiClient) -> int:
+    result = client.reload()
+    print("reloaded: " + ", ".join(result.get("vips", [])))
+    return EXIT_OK
+
+
+def _cmd_top(args: argparse.Namespace, client: ApiClient) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from sluice.control.client import status_table
+
+    before = client.vips()
+    stamp = time.monotonic()
+    with Live(status_table(before), console=Console(), refresh_per_second=4, screen=False) as live:
+        for _ in range(args.iterations) if args.iterations else itertools.count():
+            time.sleep(args.interval)
+            vips = client.vips()
+            now = time.monotonic()
+            live.update(status_table(vips, before, now - stamp))
+            before, stamp = vips, now
+    return EXIT_OK
+
+
+def _add_api_options(p: argparse.ArgumentParser) -> None:
+    from sluice.control.client import DEFAULT_API
+
+    p.add_argument(
+        "--api", default=DEFAULT_API, help=f"admin API URL or Unix socket path (default {DEFAULT_API})"
+    )
+    p.add_argument("--token-file", help="file holding the admin bearer token (needed for changes over TCP)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description="sluice: a Layer 4 load balancer")
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
@@ -110,6 +217,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=3000, help="TCP connections to drive (default 3000)")
     p.add_argument("--no-live", action="store_true", help="no live table, only the summary")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("status", help="VIPs, backends, health state, active flows and rates (admin API)")
+    _add_api_options(p)
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=0.5,
+        help="seconds between the two reads rates come from (0: no rates)",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    p.set_defaults(func=_api_command(_cmd_status))
+
+    p = sub.add_parser("backend", help="drain, undrain, maintenance or re-weight one backend (admin API)")
+    p.add_argument("action", choices=("drain", "undrain", "maintenance", "weight"))
+    p.add_argument("vip", help="VIP name")
+    p.add_argument("address", metavar="ADDR", help="backend address, e.g. 10.0.0.1:80")
+    p.add_argument("weight", nargs="?", type=int, help="weight: 0..65535")
+    _add_api_options(p)
+    p.set_defaults(func=_api_command(_cmd_backend))
+
+    p = sub.add_parser("reload", help="re-read the config file and apply the difference (admin API)")
+    _add_api_options(p)
+    p.set_defaults(func=_api_command(_cmd_reload))
+
+    p = sub.add_parser("top", help="live view, refreshed every second (admin API)")
+    _add_api_options(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+    p.set_defaults(func=_api_command(_cmd_top))
     return parser
 
 

@@ -31,6 +31,8 @@ Mode = Literal["proxy", "dsr"]
 SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
 ProxyProtocolVersion = Literal["off", "v1", "v2"]
 UdpHash = Literal["five_tuple", "source_ip"]
+CheckType = Literal["tcp", "tcp_expect", "http", "dns", "udp", "none"]
+OnBackendDown = Literal["keep", "close"]
 
 DEFAULT_TABLE_SIZE = 65537
 DEFAULT_TCP_IDLE_S = 350.0
@@ -153,6 +155,8 @@ class Backend(_Frozen):
     """Where the backend listens (IP:port)."""
     weight: int = Field(default=1, ge=0, le=65535)
     """Relative share of new flows; 0 = takes no new flows."""
+    check_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port the active health check connects to; unset = the backend's own port."""
 
 
 class Timeouts(_Frozen):
@@ -197,6 +201,119 @@ class DsrOptions(_Frozen):
         return self
 
 
+def _yaml_off_none(value: Any) -> Any:
+    # `passive: off` / `passive: false` -> disabled (None).
+    return None if value is False or value == "off" else value
+
+
+class HealthCheck(_Frozen):
+    """Active health check of every backend of a VIP (the ``health:`` block)."""
+
+    type: CheckType = "tcp"
+    """tcp: connect; tcp_expect: send/expect; http: GET + status; dns: query, NOERROR; udp: send/expect; none."""
+    interval: Duration = 2.0
+    """Seconds between two checks of one backend."""
+    timeout: Duration = 1.0
+    """Seconds one check may take before it counts as failed (at most `interval`)."""
+    rise: int = Field(default=2, ge=1, le=100)
+    """Consecutive successes that bring a down backend up."""
+    fall: int = Field(default=3, ge=1, le=100)
+    """Consecutive failures that take an up backend down."""
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    """Fraction of `interval` each wait is randomly moved by (0.1 = +-10 %), so checks do not align."""
+    send: str | None = None
+    """tcp_expect / udp: payload sent after connecting (UTF-8; YAML escapes like \\r\\n work in double quotes)."""
+    expect: str | None = None
+    """tcp_expect / udp: the reply must contain this text."""
+    expect_regex: str | None = None
+    """tcp_expect / udp: the reply must match this regular expression (searched, UTF-8 / bytes)."""
+    path: str = Field(default="/", pattern=r"^/[^\s]*$")
+    """http: the path requested with GET."""
+    host: str | None = None
+    """http: the Host header (default: the backend address)."""
+    expect_status: tuple[int, ...] = (200,)
+    """http: accepted status codes."""
+    query_name: str | None = None
+    """dns: the name queried; the answer's rcode must be NOERROR."""
+    query_type: str = Field(default="A", pattern=r"^[A-Za-z0-9]{1,10}$")
+    """dns: the record type queried (A, AAAA, SOA, ...)."""
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, int) else v
+
+    @field_validator("expect_status")
+    @classmethod
+    def _status_codes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(not 100 <= code <= 599 for code in v):
+            raise ValueError("expected one or more HTTP status codes 100..599")
+        return v
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v.encode())
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _per_type(self) -> Self:
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not be longer than interval")
+        if self.type == "tcp_expect" and self.expect is None and self.expect_regex is None:
+            raise ValueError("type tcp_expect needs expect or expect_regex")
+        if self.type == "udp" and not self.send:
+            raise ValueError("type udp needs send (a probe payload)")
+        if self.type == "dns" and not self.query_name:
+            raise ValueError("type dns needs query_name")
+        if self.expect is not None and self.expect_regex is not None:
+            raise ValueError("give expect or expect_regex, not both")
+        return self
+
+
+class PassiveEjection(_Frozen):
+    """Ejection from what the data plane sees (connect refused / reset / timeout); ``passive: off`` disables."""
+
+    consecutive_failures: int = Field(default=5, ge=1, le=100000)
+    """Failed connects in a row (no successful connect in between) that eject a backend."""
+    base_ejection_time: Duration = 10.0
+    """Seconds of the first ejection; the n-th ejection in a row lasts n times as long."""
+    max_ejection_time: Duration = 300.0
+    """Upper bound of one ejection (seconds)."""
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
+    """At most this share of a VIP's backends is ejected at once (one is always allowed)."""
+
+
+class AdminOptions(_Frozen):
+    """The admin REST API, `/metrics` and `/healthz` (the ``admin:`` block)."""
+
+    listen: str = "127.0.0.1:9090"
+    """IP:port, or the absolute path of a Unix socket."""
+    token_file: str | None = None
+    """File holding the bearer token changes need; without one, changes are only accepted on a Unix socket."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("/"):
+            if len(v.encode()) > 107:
+                raise ValueError("a Unix socket path must be at most 107 bytes")
+            return v
+        return str(Endpoint.parse(v))
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.listen if self.listen.startswith("/") else None
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return None if self.listen.startswith("/") else Endpoint.parse(self.listen)
+
+
 class Vip(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     """Unique name, used in metrics and the API."""
@@ -219,6 +336,19 @@ class Vip(_Frozen):
     udp: UdpOptions = UdpOptions()
     dsr: DsrOptions | None = None
     """Required with ``mode: dsr``."""
+    health: HealthCheck | None = None
+    """Active health check; unset = none (backends are up unless passive ejection takes them out)."""
+    passive: Annotated[PassiveEjection | None, BeforeValidator(_yaml_off_none)] = PassiveEjection()
+    """Passive ejection; ``off`` disables it."""
+    on_backend_down: OnBackendDown = "keep"
+    """What happens to a backend's established flows when it goes down: keep them, or close them."""
+    fail_open: bool = False
+    """When no backend is usable: true = keep sending to all of them, false = refuse new flows."""
+    slow_start: Duration | None = None
+    """Seconds over which a backend's weight ramps up after it comes up (weight-aware schedulers;
+    Maglev placement does not change, see README "Slow start")."""
+    drain_timeout: Duration = 300.0
+    """Seconds a drained backend's established flows may continue before they are closed."""
 
     @field_validator("backends")
     @classmethod
@@ -260,6 +390,10 @@ class Config(_Frozen):
     by `parse_config`, which reports them with their paths."""
 
     vips: tuple[Vip, ...]
+    admin: AdminOptions | None = None
+    """The admin API; unset = no admin server."""
+    shutdown_timeout: Duration = 30.0
+    """Seconds established flows may continue after SIGTERM/SIGINT before they are closed."""
 
     @field_validator("vips")
     @classmethod

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from sluice.config import ConfigError, load_config
+from sluice.config import Config, ConfigError, load_config
+from sluice.control import systemd
+from sluice.control.api import AdminServer, TokenError, build_app, read_token
 from sluice.control.controller import Controller
+from sluice.control.metrics import Sources, build_registry
 
 log = logging.getLogger("sluice")
 
@@ -49,44 +53,123 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _token(config: Config) -> str | None:
+    if config.admin is None or config.admin.token_file is None:
+        return None
+    try:
+        return read_token(config.admin.token_file)
+    except TokenError as exc:
+        raise ConfigError([f"admin.token_file: {exc}"]) from None
+
+
+def metrics_sources(controller: Controller) -> Sources:
+    return Sources(
+        stats=controller.stats,
+        health=controller.monitor.records,
+        weights=controller.effective_weights,
+        transitions=lambda: controller.monitor.transitions,
+        reloads=lambda: controller.reloads,
+        closed_by_control=lambda: controller.closed_by_control,
+    )
+
+
 async def serve(config_path: Path) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads `config_path` (a bad file keeps the running config)."""
-    controller = Controller(load_config(config_path))
+    """Run until SIGTERM/SIGINT; SIGHUP (or ``POST /api/v1/reload``) reloads `config_path` (a bad
+    file keeps the running config).
+
+    Shutdown is graceful: stop taking new flows, let established ones finish for up to
+    ``shutdown_timeout``, then close them; a second SIGTERM/SIGINT closes everything at once.
+    systemd is told READY=1 / RELOADING=1 / STOPPING=1 when NOTIFY_SOCKET is set.
+    """
+    config = load_config(config_path)
+    token = _token(config)
+    controller = Controller(config)
     await controller.start()
+    loop = asyncio.get_running_loop()
+    reload_lock = asyncio.Lock()
+
+    async def reload() -> Config:
+        async with reload_lock:
+            systemd.notify(systemd.reloading_message())
+            try:
+                new = await controller.reload(config_path)
+            finally:
+                systemd.notify("READY=1")
+            if new.admin != config.admin:
+                log.warning("the admin block changed; it takes effect at the next restart")
+            return new
+
+    admin: AdminServer | None = None
+    if config.admin is not None:
+        registry = build_registry(metrics_sources(controller))
+        admin = AdminServer(
+            config.admin,
+            lambda unix: build_app(controller, token=token, over_unix=unix, reload=reload, registry=registry),
+        )
+        try:
+            await admin.start()
+        except BaseException:
+            await controller.close()
+            raise
     log.info(
         "sluice running: %s", ", ".join(f"{v.name}={v.protocol}/{v.listen}" for v in controller.config.vips)
     )
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    force = asyncio.Event()
     reloads: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+
+    def _on_stop_signal() -> None:
+        if stop.is_set():
+            log.warning("second stop signal: closing every flow now")
+            force.set()
+        stop.set()
 
     def _on_reload_signal() -> None:
         if reloads.empty():
             reloads.put_nowait(None)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, _on_stop_signal)
+    loop.add_signal_handler(signal.SIGINT, _on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, _on_reload_signal)
 
     async def _reloader() -> None:
         while True:
             await reloads.get()
             try:
-                await controller.reload(config_path)
+                await reload()
             except ConfigError as exc:
                 log.error("reload rejected, keeping the running config:\n%s", exc)
             except OSError as exc:
                 log.error("reload failed while applying: %s", exc)
 
     reloader = asyncio.create_task(_reloader())
+    systemd.notify("READY=1")
     try:
         await stop.wait()
+        systemd.notify("STOPPING=1")
+        reloader.cancel()
+        timeout = controller.config.shutdown_timeout
+        log.info(
+            "shutting down: no new flows; waiting up to %.0fs for %d flows",
+            timeout,
+            controller.active_flows(),
+        )
+        graceful = asyncio.create_task(controller.shutdown(timeout))
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({graceful, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not graceful.done():
+            graceful.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await graceful
     finally:
-        log.info("shutting down")
         reloader.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await controller.close()
+        if admin is not None:
+            await admin.close()
+        log.info("stopped")
 
 
 def run(config_path: Path) -> None:

@@ -1,21 +1,66 @@
-"""The controller: turns the desired state (config + runtime overrides) into data-plane calls.
+"""The controller: turns the desired state (config + health + runtime overrides) into data-plane calls.
 
 It never branches on which data plane it drives: each VIP goes to the plane registered for its mode.
+
+The data planes get the *effective* config (`control/effective.py`): the file's config with
+unusable backends (down, ejected, draining, maintenance) at weight 0, runtime weights and slow start
+folded in. The health `Monitor` runs beside it; every batch of transitions makes the controller
+recompute the effective config and hand the planes only what changed.
+
+Runtime overrides (admin state, weight) live here, never in the config object:
+
+- admin states stay across reloads for backends that stay;
+- a runtime weight stays across reloads unless the file changes that backend's weight (the newer
+  intent wins) or removes the backend.
+- ``drain`` / ``maintenance``: no new flows; established flows continue until ``drain_timeout``,
+  then the data plane closes them (reason ``drain_timeout``).
+- ``on_backend_down: close``: when health takes a backend out, its established flows are closed
+  (reason ``backend_down``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from sluice.config import Config, Mode, load_config
+from sluice.config import Config, ConfigError, Endpoint, Mode, Vip, load_config
+from sluice.control.effective import BackendView, effective_config
+from sluice.control.monitor import BackendTransition, Monitor
+from sluice.core.health import USABLE, Admin, State
 from sluice.dataplane import DataPlane
-from sluice.dataplane.stats import VipStats
+from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)
 
 PlaneFactory = Callable[[], DataPlane]
+SHUTDOWN_POLL_S = 0.05
+"""Seconds between two looks at the active flow count during a graceful shutdown."""
+
+
+@runtime_checkable
+class ClosesBackendFlows(Protocol):
+    """A data plane that can end the established flows of one backend (the proxy plane can;
+    a DSR plane owns no connections)."""
+
+    def close_backend_flows(self, vip_name: str, backend: Endpoint, reason: str) -> int: ...
+
+
+@runtime_checkable
+class StopsAccepting(Protocol):
+    """A data plane that can stop taking new flows while established ones continue."""
+
+    async def stop_accepting(self) -> None: ...
+
+
+class UnknownBackend(KeyError):
+    """No such VIP, or no such backend in it."""
 
 
 def _default_planes() -> dict[Mode, PlaneFactory]:
@@ -31,36 +76,134 @@ def _default_planes() -> dict[Mode, PlaneFactory]:
     return planes
 
 
-class Controller:
-    """Holds the running config and the data planes; `apply` and `reload` change both together."""
+@dataclass(frozen=True)
+class BackendSnapshot:
+    """One backend as the API and the CLI show it."""
 
-    def __init__(self, config: Config, planes: dict[Mode, PlaneFactory] | None = None) -> None:
+    address: str
+    state: str
+    admin: str
+    weight: int
+    """Configured weight (runtime override applied)."""
+    effective_weight: int
+    """What the data plane uses now (0 when unusable)."""
+    active: int
+    flows_total: int
+    connect_attempts: int
+    connect_ok: int
+    connect_errors: dict[str, int]
+    bytes_to_backend: int
+    bytes_from_backend: int
+    datagrams_to_backend: int
+    datagrams_from_backend: int
+    suspect: bool
+    last_check: str | None
+    last_check_latency_s: float | None
+    since_s: float
+    """Seconds since the last state change."""
+
+
+@dataclass(frozen=True)
+class VipSnapshot:
+    name: str
+    protocol: str
+    listen: str
+    mode: str
+    scheduler: str
+    active: int
+    flows_total: int
+    sessions: int
+    refused: dict[str, int]
+    closed: dict[str, int]
+    rebalanced: int
+    backends: list[BackendSnapshot] = field(default_factory=list)
+
+
+class Controller:
+    """Holds the running config, the data planes and the health monitor."""
+
+    def __init__(
+        self,
+        config: Config,
+        planes: dict[Mode, PlaneFactory] | None = None,
+        *,
+        monitor: Monitor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        """The desired config (as read from the file)."""
+        self.effective = config
+        """What the data planes were last given."""
         self._factories = planes if planes is not None else _default_planes()
         self._planes: dict[Mode, DataPlane] = {}
+        self.clock = clock
+        self.monitor = monitor if monitor is not None else Monitor(self.stats, clock=clock)
+        self._weights: dict[tuple[str, Endpoint], int] = {}
+        self._drains: dict[tuple[str, Endpoint], asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.reloads: Counter[str] = Counter()
+        """Reloads by result: ok, invalid, failed."""
+        self.closed_by_control: Counter[tuple[str, str]] = Counter()
+        """(vip, reason) -> flows the controller had the data plane close."""
+
+    # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         await self.apply(self.config)
+        if self._monitor_task is None:
+            self._monitor_task = asyncio.create_task(self.monitor.run(self.on_health), name="sluice-monitor")
 
     async def apply(self, config: Config) -> None:
         """Make the data planes match `config`; each plane applies only the difference."""
-        modes = {v.mode for v in config.vips} | set(self._planes)
-        for mode in sorted(modes):
-            plane = self._planes.get(mode)
-            if plane is None:
-                factory = self._factories.get(mode)
-                if factory is None:
-                    raise RuntimeError(f"no data plane for mode {mode!r} in this build")
-                plane = self._planes[mode] = factory()
-            await plane.apply(config)
-        self.config = config
+        async with self._lock:
+            self._prune_overrides(config)
+            self.monitor.configure(config)
+            await self._push(config)
+            self.config = config
 
     async def reload(self, path: str | Path) -> Config:
         """Re-read `path` and apply it; on ConfigError the running config stays untouched."""
-        config = load_config(path)
-        await self.apply(config)
+        try:
+            config = load_config(path)
+        except ConfigError:
+            self.reloads["invalid"] += 1
+            raise
+        try:
+            await self.apply(config)
+        except Exception:
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
         log.info("reloaded %s: %d VIPs", path, len(config.vips))
         return config
+
+    async def shutdown(self, timeout_s: float) -> int:
+        """Graceful stop: take no new flows, let established ones finish for up to `timeout_s`, then
+        close everything. Returns the flows that were still open at the deadline."""
+        await self._stop_monitor()
+        for plane in self._planes.values():
+            if isinstance(plane, StopsAccepting):
+                await plane.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := self.active_flows()) > 0 and loop.time() < deadline:
+            await asyncio.sleep(SHUTDOWN_POLL_S)
+        if left:
+            log.warning("shutdown: closing %d flows still open after %.1fs", left, timeout_s)
+        await self.close()
+        return left
+
+    async def close(self) -> None:
+        await self._stop_monitor()
+        for task in self._drains.values():
+            task.cancel()
+        self._drains.clear()
+        planes, self._planes = self._planes, {}
+        for plane in planes.values():
+            await plane.close()
+
+    # ------------------------------------------------------------ observation
 
     def stats(self) -> dict[str, VipStats]:
         out: dict[str, VipStats] = {}
@@ -68,7 +211,182 @@ class Controller:
             out.update(plane.stats())
         return out
 
-    async def close(self) -> None:
-        planes, self._planes = self._planes, {}
-        for plane in planes.values():
-            await plane.close()
+    def active_flows(self) -> int:
+        return sum(s.active for s in self.stats().values())
+
+    def snapshot(self) -> list[VipSnapshot]:
+        """Every VIP and backend with state and counters (the API's and the CLI's view)."""
+        stats = self.stats()
+        now = self.clock()
+        out = []
+        for vip in self.config.vips:
+            vstats = stats.get(vip.name, VipStats())
+            eff = {b.address: b.weight for b in self._effective_vip(vip.name).backends}
+            backends = []
+            for b in vip.backends:
+                bs = vstats.backends.get(str(b.address), BackendStats())
+                try:
+                    record = self.monitor.record(vip.name, b.address)
+                except KeyError:
+                    continue
+                h, last = record.health, record.last_result
+                backends.append(
+                    BackendSnapshot(
+                        address=str(b.address),
+                        state=str(h.state),
+                        admin=str(h.admin),
+                        weight=self._weights.get((vip.name, b.address), b.weight),
+                        effective_weight=eff.get(b.address, 0),
+                        active=bs.active,
+                        flows_total=bs.flows_total,
+                        connect_attempts=bs.connect_attempts,
+                        connect_ok=bs.connect_ok,
+                        connect_errors=dict(bs.connect_errors),
+                        bytes_to_backend=bs.bytes_to_backend,
+                        bytes_from_backend=bs.bytes_from_backend,
+                        datagrams_to_backend=bs.datagrams_to_backend,
+                        datagrams_from_backend=bs.datagrams_from_backend,
+                        suspect=h.suspect,
+                        last_check=last.detail if last is not None else None,
+                        last_check_latency_s=last.latency_s if last is not None else None,
+                        since_s=max(0.0, now - h.last_change),
+                    )
+                )
+            out.append(
+                VipSnapshot(
+                    name=vip.name,
+                    protocol=vip.protocol,
+                    listen=str(vip.listen),
+                    mode=vip.mode,
+                    scheduler=vip.scheduler,
+                    active=vstats.active,
+                    flows_total=vstats.flows_total,
+                    sessions=vstats.sessions,
+                    refused=dict(vstats.refused),
+                    closed=dict(vstats.closed),
+                    rebalanced=vstats.rebalanced,
+                    backends=backends,
+                )
+            )
+        return out
+
+    def effective_weights(self) -> dict[tuple[str, str], int]:
+        return {(v.name, str(b.address)): b.weight for v in self.effective.vips for b in v.backends}
+
+    # ------------------------------------------------------------ runtime control
+
+    async def set_admin(self, vip_name: str, address: Endpoint, admin: Admin) -> None:
+        """drain / maintenance / active for one backend; raises UnknownBackend."""
+        vip = self._backend(vip_name, address)
+        async with self._lock:
+            self.monitor.set_admin(vip_name, address, admin)
+            key = (vip_name, address)
+            if (task := self._drains.pop(key, None)) is not None:
+                task.cancel()
+            if admin is not Admin.ACTIVE:
+                self._drains[key] = asyncio.create_task(
+                    self._drain_deadline(vip_name, address, vip.drain_timeout),
+                    name=f"drain {vip_name} {address}",
+                )
+            await self._push(self.config)
+
+    async def set_weight(self, vip_name: str, address: Endpoint, weight: int) -> None:
+        """Runtime weight (0..65535) for one backend; raises UnknownBackend or ValueError."""
+        self._backend(vip_name, address)
+        if not 0 <= weight <= 65535:
+            raise ValueError(f"weight must be 0..65535, got {weight}")
+        async with self._lock:
+            self._weights[(vip_name, address)] = weight
+            log.info("vip %s backend %s: weight %d (runtime)", vip_name, address, weight)
+            await self._push(self.config)
+
+    def close_backend_flows(self, vip_name: str, address: Endpoint, reason: str) -> int:
+        """Have the data plane close the established flows of one backend; returns how many."""
+        closed = 0
+        for plane in self._planes.values():
+            if isinstance(plane, ClosesBackendFlows):
+                closed += plane.close_backend_flows(vip_name, address, reason)
+        if closed:
+            self.closed_by_control[(vip_name, reason)] += closed
+            log.info("vip %s backend %s: closed %d flows (%s)", vip_name, address, closed, reason)
+        return closed
+
+    # ------------------------------------------------------------ internals
+
+    def _backend(self, vip_name: str, address: Endpoint) -> Vip:
+        try:
+            vip = self.config.vip(vip_name)
+        except KeyError:
+            raise UnknownBackend(f"no VIP named {vip_name!r}") from None
+        if not any(b.address == address for b in vip.backends):
+            raise UnknownBackend(f"VIP {vip_name!r} has no backend {address}")
+        return vip
+
+    def _effective_vip(self, name: str) -> Vip:
+        try:
+            return self.effective.vip(name)
+        except KeyError:
+            return self.config.vip(name)
+
+    def _views(self) -> dict[tuple[str, Endpoint], BackendView]:
+        return {
+            (r.vip, r.address): BackendView(
+                usable=r.health.usable,
+                admin_active=r.health.admin is Admin.ACTIVE,
+                usable_since=r.health.usable_since,
+                weight=self._weights.get((r.vip, r.address)),
+            )
+            for r in self.monitor.records()
+        }
+
+    async def _push(self, config: Config) -> None:
+        """Compute the effective config and hand it to the planes when it changed. Holds the lock."""
+        effective = effective_config(config, self._views(), self.clock())
+        if effective == self.effective and set(self._planes) >= {v.mode for v in config.vips}:
+            return
+        modes = {v.mode for v in effective.vips} | set(self._planes)
+        for mode in sorted(modes):
+            plane = self._planes.get(mode)
+            if plane is None:
+                factory = self._factories.get(mode)
+                if factory is None:
+                    raise RuntimeError(f"no data plane for mode {mode!r} in this build")
+                plane = self._planes[mode] = factory()
+            await plane.apply(effective)
+        self.effective = effective
+
+    def _prune_overrides(self, config: Config) -> None:
+        """Runtime weights survive a reload unless the file changed that backend or removed it."""
+        old = {(v.name, b.address): b.weight for v in self.config.vips for b in v.backends}
+        new = {(v.name, b.address): b.weight for v in config.vips for b in v.backends}
+        for key in list(self._weights):
+            if key not in new or old.get(key) != new[key]:
+                del self._weights[key]
+        for key in list(self._drains):
+            if key not in new:
+                self._drains.pop(key).cancel()
+
+    async def on_health(self, changes: list[BackendTransition]) -> None:
+        for bt in changes:
+            t = bt.transition
+            if t.old in USABLE and t.new in (State.DOWN, State.EJECTED):
+                try:
+                    vip = self.config.vip(bt.vip)
+                except KeyError:
+                    continue
+                if vip.on_backend_down == "close":
+                    self.close_backend_flows(bt.vip, bt.backend, "backend_down")
+        async with self._lock:
+            await self._push(self.config)
+
+    async def _drain_deadline(self, vip_name: str, address: Endpoint, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+        self._drains.pop((vip_name, address), None)
+        self.close_backend_flows(vip_name, address, "drain_timeout")
+
+    async def _stop_monitor(self) -> None:
+        task, self._monitor_task = self._monitor_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,88 @@
+"""What every checker shares: the result type, the timeout and latency wrapper, reply matching."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sluice.config import Endpoint, HealthCheck
+
+MAX_REPLY_BYTES = 65536
+"""The most a send/expect check reads before it gives up on finding its pattern."""
+
+
+class CheckFailed(Exception):
+    """Raised inside a probe; its message is the result's detail."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    detail: str
+    """Short reason: ``ok``, ``refused``, ``timeout``, ``status 503``, ..."""
+    latency_s: float
+    """Seconds the check took (up to the timeout)."""
+
+
+class Checker(Protocol):
+    async def __call__(self, target: Endpoint) -> CheckResult:
+        """Check the backend at `target`; never raises for a failing backend."""
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, CheckFailed):
+        return str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ProbeChecker:
+    """Base: runs `probe` under the timeout, measures it and turns errors into a failed result."""
+
+    def __init__(self, spec: HealthCheck, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+        self.spec = spec
+        self.timeout_s = spec.timeout
+        self.max_reply_bytes = max_reply_bytes
+        self.send = spec.send.encode() if spec.send else b""
+        self.expect = spec.expect.encode() if spec.expect is not None else None
+        self.expect_re = re.compile(spec.expect_regex.encode()) if spec.expect_regex is not None else None
+
+    async def __call__(self, target: Endpoint) -> CheckResult:
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                detail = await self.probe(target)
+        except (OSError, TimeoutError, CheckFailed, EOFError, ValueError) as exc:
+            return CheckResult(False, describe_error(exc), time.monotonic() - start)
+        return CheckResult(True, detail, time.monotonic() - start)
+
+    async def probe(self, target: Endpoint) -> str:
+        raise NotImplementedError
+
+    def matches(self, reply: bytes) -> bool:
+        """Whether `reply` satisfies expect / expect_regex (any reply when neither is set)."""
+        if self.expect is not None:
+            return self.expect in reply
+        if self.expect_re is not None:
+            return self.expect_re.search(reply) is not None
+        return True
+
+
+class NoneChecker:
+    """``type: none``: always passes (passive ejection still applies)."""
+
+    def __init__(self, spec: HealthCheck) -> None:
+        self.spec = spec
+
+    async def __call__(self, target: Endpoint) -> CheckResult:
+        return CheckResult(True, "no check", 0.0)

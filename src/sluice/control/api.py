@@ -1,0 +1,448 @@
+"""The admin REST API (aiohttp), plus ``/healthz`` and ``/metrics``.
+
+Reads are open to whoever can reach the socket (127.0.0.1 or a Unix socket by default). Changes
+(``POST``) need ``Authorization: Bearer <token>`` when ``admin.token_file`` is set; without a token
+file they are accepted only over a Unix socket (its file permissions are the access control) and
+refused with 403 on TCP. The API talks to a narrow `AdminTarget` (the controller in production, a
+fake in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sluice import __version__
+from sluice.config import AdminOptions, Config, ConfigError, Endpoint
+from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
+from sluice.core.health import Admin
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+MAX_BODY_BYTES = 4096
+"""Largest request body accepted (the weight endpoint's JSON)."""
+
+
+class AdminTarget(Protocol):
+    def snapshot(self) -> list[VipSnapshot]: ...
+
+    async def set_admin(self, vip_name: str, address: Endpoint, admin: Admin) -> None: ...
+
+    async def set_weight(self, vip_name: str, address: Endpoint, weight: int) -> None: ...
+
+
+Reloader = Callable[[], Awaitable[Config]]
+"""Re-reads and applies the config file; raises ConfigError for an invalid one."""
+
+_TARGET = web.AppKey("target", AdminTarget)
+_TOKEN = web.AppKey("token", str)
+_UNIX = web.AppKey("unix", bool)
+_RELOAD = web.AppKey("reload", object)
+_REGISTRY = web.AppKey("registry", object)
+
+
+class TokenError(Exception):
+    """The token file cannot be used."""
+
+
+def read_token(path: str | Path) -> str:
+    """The bearer token: the file's first line, at least 16 characters."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise TokenError(f"{path}: cannot read the token file: {exc.strerror}") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(token) < 16:
+        raise TokenError(f"{path}: the token must be at least 16 characters")
+    return token
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=1))
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return await handler(request)
+    token = request.app[_TOKEN]
+    if token:
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            return _error(401, "a valid bearer token is needed for changes", **{"WWW-Authenticate": "Bearer"})
+    elif not request.app[_UNIX]:
+        return _error(403, "changes need admin.token_file, or the API on a Unix socket")
+    return await handler(request)
+
+
+def _vip_json(vip: VipSnapshot) -> dict[str, Any]:
+    return dataclasses.asdict(vip)
+
+
+def _find(request: web.Request) -> VipSnapshot:
+    name = request.match_info["name"]
+    for vip in request.app[_TARGET].snapshot():
+        if vip.name == name:
+            return vip
+    raise web.HTTPNotFound(
+        text=json.dumps({"error": f"no VIP named {name!r}"}), content_type="application/json"
+    )
+
+
+def _backend_address(request: web.Request) -> Endpoint:
+    text = unquote(request.match_info["addr"])
+    try:
+        return Endpoint.parse(text)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": str(exc)}), content_type="application/json"
+        ) from None
+
+
+async def _list_vips(request: web.Request) -> web.Response:
+    return _json({"vips": [_vip_json(v) for v in request.app[_TARGET].snapshot()]})
+
+
+async def _get_vip(request: web.Request) -> web.Response:
+    return _json(_vip_json(_find(request)))
+
+
+async def _get_backends(request: web.Request) -> web.Response:
+    return _json({"backends": [dataclasses.asdict(b) for b in _find(request).backends]})
+
+
+def _backend_json(request: web.Request, address: Endpoint) -> dict[str, Any]:
+    vip = _find(request)
+    for b in vip.backends:
+        if b.address == str(address):
+            return dataclasses.asdict(b)
+    return {}
+
+
+def _admin_action(admin: Admin) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        address = _backend_address(request)
+        try:
+            await request.app[_TARGET].set_admin(request.match_info["name"], address, admin)
+        except UnknownBackend as exc:
+            return _error(404, str(exc.args[0]))
+        return _json(_backend_json(request, address))
+
+    return handler
+
+
+async def _set_weight(request: web.Request) -> web.Response:
+    address = _backend_address(request)
+    try:
+        body = await request.json()
+        weight = body["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return _error(400, 'expected a JSON body like {"weight": 3}')
+    try:
+        await request.app[_TARGET].set_weight(request.match_info["name"], address, weight)
+    except UnknownBackend as exc:
+        return _error(404, str(exc.args[0]))
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return _json(_backend_json(request, address))
+
+
+async def _reload(request: web.Request) -> web.Response:
+    reload = request.app[_RELOAD]
+    if reload is None:
+        return _error(501, "this server has no config file to reload")
+    assert callable(reload)
+    try:
+        config: Config = await reload()
+    except ConfigError as exc:
+        return _json({"ok": False, "errors": exc.errors}, status=400)
+    except OSError as exc:
+        return _json({"ok": False, "errors": [f"applying failed: {exc}"]}, status=500)
+    return _json({"ok": True, "vips": [v.name for v in config.vips]})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok", "version": __version__})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[_REGISTRY]
+    if registry is None:
+        return _error(404, "no metrics registry")
+    assert isinstance(registry, CollectorRegistry)
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+def build_app(
+    target: AdminTarget,
+    *,
+    token: str | None = None,
+    over_unix: bool = False,
+    reload: Reloader | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=MAX_BODY_BYTES)
+    app[_TARGET] = target
+    app[_TOKEN] = token or ""
+    app[_UNIX] = over_unix
+    app[_RELOAD] = reload
+    app[_REGISTRY] = registry
+    backend = API + "/vips/{name}/backends/{addr}"
+    app.add_routes(
+        [
+            web.get(API + "/vips", _list_vips),
+            web.get(API + "/vips/{name}", _get_vip),
+            web.get(API + "/vips/{name}/backends", _get_backends),
+            web.post(backend + "/drain", _admin_action(Admin.DRAIN)),
+            web.post(backend + "/undrain", _admin_action(Admin.ACTIVE)),
+            web.post(backend + "/maintenance", _admin_action(Admin.MAINTENANCE)),
+            web.post(backend + "/weight", _set_weight),
+            web.post(API + "/reload", _reload),
+            web.get(API + "/openapi.json", _openapi),
+            web.get("/healthz", _healthz),
+            web.get("/metrics", _metrics),
+        ]
+    )
+    return app
+
+
+class AdminServer:
+    """Runs one admin app on the listen address of `options` (IP:port or a Unix socket path)."""
+
+    def __init__(self, options: AdminOptions, app_factory: Callable[[bool], web.Application]) -> None:
+        self.options = options
+        self._factory = app_factory
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        unix = self.options.unix_path
+        runner = web.AppRunner(self._factory(unix is not None), access_log=None)
+        await runner.setup()
+        try:
+            if unix is not None:
+                _remove_stale_socket(unix)
+                site: web.BaseSite = web.UnixSite(runner, unix)
+                await site.start()
+                os.chmod(unix, 0o660)
+            else:
+                endpoint = self.options.endpoint
+                assert endpoint is not None
+                site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+                await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("admin API on %s", self.options.listen)
+
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (useful with port 0)."""
+        if self._runner is None:
+            return None
+        for site in self._runner.sites:
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            for sock in sockets:
+                name = sock.getsockname()
+                if isinstance(name, tuple):
+                    return int(name[1])
+        return None
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self.options.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.options.unix_path)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "dict[str, int]": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "str | None": {"type": ["string", "null"]},
+    "float | None": {"type": ["number", "null"]},
+    "list[BackendSnapshot]": {"type": "array", "items": {"$ref": "#/components/schemas/Backend"}},
+}
+
+
+def _schema(cls: type[Any]) -> dict[str, Any]:
+    fields = dataclasses.fields(cls)
+    return {
+        "type": "object",
+        "required": [f.name for f in fields],
+        "properties": {f.name: _TYPES[str(f.type)] for f in fields},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this API (served at /api/v1/openapi.json)."""
+
+    def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    error = {"$ref": "#/components/schemas/Error"}
+    backend = {"$ref": "#/components/schemas/Backend"}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    addr = {
+        "name": "addr",
+        "in": "path",
+        "required": True,
+        "description": "backend address, IP:port or [IPv6]:port (URL-encoded)",
+        "schema": {"type": "string"},
+    }
+    change_errors = {
+        "401": ok(error, "missing or wrong bearer token"),
+        "403": ok(error, "no token file configured and not on the Unix socket"),
+        "404": ok(error, "unknown VIP or backend"),
+    }
+
+    def admin_op(summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "security": [{"bearer": []}],
+                "parameters": [name, addr],
+                "responses": {"200": ok(backend), **change_errors},
+            }
+        }
+
+    weight_op = admin_op("set the backend's runtime weight (0..65535)")
+    weight_op["post"]["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["weight"],
+                    "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
+                }
+            }
+        },
+    }
+    weight_op["post"]["responses"]["400"] = ok(error, "bad body or weight")
+    base = API + "/vips/{name}/backends/{addr}"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sluice admin API", "version": __version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Vip": _schema(VipSnapshot),
+                "Backend": _schema(BackendSnapshot),
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+            },
+        },
+        "paths": {
+            API + "/vips": {
+                "get": {
+                    "summary": "every VIP with its backends and counters",
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "vips": {"type": "array", "items": {"$ref": "#/components/schemas/Vip"}}
+                                },
+                            }
+                        )
+                    },
+                }
+            },
+            API + "/vips/{name}": {
+                "get": {
+                    "summary": "one VIP",
+                    "parameters": [name],
+                    "responses": {"200": ok({"$ref": "#/components/schemas/Vip"}), "404": ok(error)},
+                }
+            },
+            API + "/vips/{name}/backends": {
+                "get": {
+                    "summary": "the backends of one VIP",
+                    "parameters": [name],
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "properties": {"backends": {"type": "array", "items": backend}},
+                            }
+                        ),
+                        "404": ok(error),
+                    },
+                }
+            },
+            base + "/drain": admin_op("no new flows; established ones continue up to drain_timeout"),
+            base + "/undrain": admin_op("back to active"),
+            base + "/maintenance": admin_op(
+                "maintenance: no new flows, established ones end at drain_timeout"
+            ),
+            base + "/weight": weight_op,
+            API + "/reload": {
+                "post": {
+                    "summary": "re-read the config file and apply the difference",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": ok({"type": "object"}),
+                        "400": ok(
+                            {
+                                "type": "object",
+                                "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
+                            },
+                            "invalid config; the running config stays",
+                        ),
+                        **{k: v for k, v in change_errors.items() if k != "404"},
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok({"type": "object"})}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+        },
+    }

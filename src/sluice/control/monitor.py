@@ -1,0 +1,284 @@
+"""The health monitor: runs the active checks, reads passive signals, feeds `core.health`.
+
+One `BackendHealth` per (VIP, backend). Every `step()`:
+
+1. passive: reads the data plane's `BackendStats.connect_ok` / ``connect_errors`` and hands the
+   deltas since the last step to each backend (no coupling beyond the counters the data plane keeps
+   anyway); the ejection budget (``max_ejected_percent``) is enforced here;
+2. runs the checks that are due, concurrently, each bounded by its ``timeout``; a check is due
+   ``interval`` (moved by up to ``jitter`` x interval) after the previous one started;
+3. returns the transitions, after logging each once and counting it.
+
+`run()` loops `step()` until cancelled and hands every batch to a callback (the controller).
+Clock, sleep, checkers and randomness are injected so the tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from sluice.checks import CHECKERS, Checker, CheckResult
+from sluice.config import CheckType, Config, Endpoint, HealthCheck, Vip
+from sluice.core.health import Admin, BackendHealth, PassivePolicy, State, Transition
+from sluice.dataplane.stats import VipStats
+
+log = logging.getLogger(__name__)
+
+NO_CHECK: Final = HealthCheck(type="none")
+"""What a VIP without a ``health:`` block gets (passes every interval, for re-admission after ejection)."""
+PASSIVE_INTERVAL_S: Final = 0.25
+"""Seconds between two reads of the data plane's connect counters."""
+LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+CheckerFactory = Callable[[HealthCheck], Checker]
+StatsSource = Callable[[], Mapping[str, VipStats]]
+
+
+@dataclass
+class LatencyHistogram:
+    """Check latencies: cumulative-ready bucket counts (Prometheus style), sum and count."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(self.bounds) and seconds > self.bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total_s += seconds
+        self.count += 1
+
+
+@dataclass
+class BackendRecord:
+    """Monitor-side state of one backend of one VIP."""
+
+    vip: str
+    address: Endpoint
+    target: Endpoint
+    """Where the check goes (check_port applied)."""
+    health: BackendHealth
+    next_check: float
+    last_result: CheckResult | None = None
+    checks_total: Counter[bool] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    seen_ok: int = 0
+    """connect_ok at the last passive read."""
+    seen_failed: int = 0
+    """Sum of connect_errors at the last passive read."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTransition:
+    vip: str
+    backend: Endpoint
+    transition: Transition
+
+
+@dataclass
+class _VipChecks:
+    vip: Vip
+    spec: HealthCheck
+    checker: Checker
+    backends: dict[Endpoint, BackendRecord]
+
+
+def _passive_policy(vip: Vip) -> PassivePolicy | None:
+    p = vip.passive
+    if p is None:
+        return None
+    return PassivePolicy(p.consecutive_failures, p.base_ejection_time, p.max_ejection_time)
+
+
+class Monitor:
+    def __init__(
+        self,
+        stats: StatsSource,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        checkers: Mapping[CheckType, CheckerFactory] = CHECKERS,
+        rng: random.Random | None = None,
+        passive_interval_s: float = PASSIVE_INTERVAL_S,
+    ) -> None:
+        self._stats = stats
+        self.clock = clock
+        self._checkers = checkers
+        self._rng = rng or random.Random()
+        self.passive_interval_s = passive_interval_s
+        self._vips: dict[str, _VipChecks] = {}
+        self._next_passive = 0.0
+        self._wake = asyncio.Event()
+        self.transitions: Counter[tuple[str, str, State]] = Counter()
+        """(vip, backend, new state) -> times entered."""
+
+    # ------------------------------------------------------------ config
+
+    def configure(self, config: Config) -> None:
+        """Follow a new config: backends that stay keep their state; new ones start up and are checked soon."""
+        now = self.clock()
+        wanted = {v.name: v for v in config.vips}
+        for name in list(self._vips):
+            if name not in wanted:
+                del self._vips[name]
+        for vip in config.vips:
+            spec = vip.health or NO_CHECK
+            current = self._vips.get(vip.name)
+            if current is None or current.spec != spec:
+                checker = self._checkers[spec.type](spec)
+                old = current.backends if current is not None else {}
+                current = self._vips[vip.name] = _VipChecks(vip, spec, checker, dict(old))
+            current.vip = vip
+            policy = _passive_policy(vip)
+            keep: dict[Endpoint, BackendRecord] = {}
+            for b in vip.backends:
+                target = Endpoint(b.address.ip, b.check_port or b.address.port)
+                record = current.backends.get(b.address)
+                if record is None:
+                    health = BackendHealth(spec.rise, spec.fall, policy, now)
+                    first = now + self._rng.uniform(0.0, spec.jitter * spec.interval)
+                    record = BackendRecord(vip.name, b.address, target, health, first)
+                    self._seed_counters(record)
+                else:
+                    record.health.configure(spec.rise, spec.fall, policy)
+                    record.target = target
+                    record.next_check = min(record.next_check, now + spec.interval)
+                keep[b.address] = record
+            current.backends = keep
+        self._wake.set()
+
+    def _seed_counters(self, record: BackendRecord) -> None:
+        vip_stats = self._stats().get(record.vip)
+        bstats = vip_stats.backends.get(str(record.address)) if vip_stats is not None else None
+        if bstats is not None:
+            record.seen_ok = bstats.connect_ok
+            record.seen_failed = sum(bstats.connect_errors.values())
+
+    # ------------------------------------------------------------ views and admin
+
+    def records(self) -> list[BackendRecord]:
+        return [r for v in self._vips.values() for r in v.backends.values()]
+
+    def record(self, vip: str, backend: Endpoint) -> BackendRecord:
+        """Raises KeyError for an unknown VIP or backend."""
+        return self._vips[vip].backends[backend]
+
+    def spec(self, vip: str) -> HealthCheck:
+        return self._vips[vip].spec
+
+    def set_admin(self, vip: str, backend: Endpoint, admin: Admin) -> BackendTransition | None:
+        record = self.record(vip, backend)
+        t = record.health.set_admin(admin, self.clock())
+        return self._note(record, t)
+
+    # ------------------------------------------------------------ the loop
+
+    async def step(self) -> list[BackendTransition]:
+        """One round: passive reads (when due), then the due checks. Returns what changed."""
+        now = self.clock()
+        out: list[BackendTransition] = []
+        if now >= self._next_passive:
+            self._next_passive = now + self.passive_interval_s
+            out += self._read_passive(now)
+        due = [(v, r) for v in self._vips.values() for r in v.backends.values() if r.next_check <= now]
+        if not due:
+            return out
+        for v, r in due:
+            wait = v.spec.interval * (1.0 + self._rng.uniform(-v.spec.jitter, v.spec.jitter))
+            r.next_check = now + wait
+        results = await asyncio.gather(*(v.checker(r.target) for v, r in due))
+        done = self.clock()
+        for (v, r), result in zip(due, results, strict=True):
+            if self._vips.get(v.vip.name) is not v or v.backends.get(r.address) is not r:
+                continue  # removed by a reload while the check ran
+            r.last_result = result
+            r.checks_total[result.ok] += 1
+            if v.spec.type != "none":
+                r.latency.observe(result.latency_s)
+            t = r.health.on_check(result.ok, done, result.detail)
+            if (bt := self._note(r, t)) is not None:
+                out.append(bt)
+        return out
+
+    def next_due(self) -> float:
+        """Clock time of the next check or passive read."""
+        checks = (r.next_check for v in self._vips.values() for r in v.backends.values())
+        return min(self._next_passive, *checks) if self._vips else self._next_passive
+
+    async def run(self, on_step: Callable[[list[BackendTransition]], Awaitable[None]]) -> None:
+        """Step forever (until cancelled); `on_step` gets every step's transitions (often none)."""
+        while True:
+            self._wake.clear()
+            changes = await self.step()
+            try:
+                await on_step(changes)
+            except Exception:
+                log.exception("health: applying %d transitions failed", len(changes))
+            delay = max(0.0, self.next_due() - self.clock())
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    # ------------------------------------------------------------ internals
+
+    def _read_passive(self, now: float) -> list[BackendTransition]:
+        out = []
+        stats = self._stats()
+        for v in self._vips.values():
+            vip_stats = stats.get(v.vip.name)
+            if vip_stats is None:
+                continue
+            budget = self._ejection_budget(v)
+            for r in v.backends.values():
+                bstats = vip_stats.backends.get(str(r.address))
+                if bstats is None:
+                    continue
+                ok_now, failed_now = bstats.connect_ok, sum(bstats.connect_errors.values())
+                # A counter that went backwards was reset (listener recreated): count from zero.
+                ok = ok_now - r.seen_ok if ok_now >= r.seen_ok else ok_now
+                failed = failed_now - r.seen_failed if failed_now >= r.seen_failed else failed_now
+                r.seen_ok, r.seen_failed = ok_now, failed_now
+                t = r.health.on_traffic(ok, failed, now, may_eject=budget > 0)
+                if t is not None and t.new is State.EJECTED:
+                    budget -= 1
+                if (bt := self._note(r, t)) is not None:
+                    out.append(bt)
+        return out
+
+    @staticmethod
+    def _ejection_budget(v: _VipChecks) -> int:
+        if v.vip.passive is None or v.vip.passive.max_ejected_percent == 0:
+            return 0
+        n = len(v.backends)
+        limit = max(1, n * v.vip.passive.max_ejected_percent // 100)
+        ejected = sum(1 for r in v.backends.values() if r.health.operational is State.EJECTED)
+        return limit - ejected
+
+    def _note(self, record: BackendRecord, t: Transition | None) -> BackendTransition | None:
+        if t is None:
+            return None
+        self.transitions[(record.vip, str(record.address), t.new)] += 1
+        level = logging.WARNING if t.new not in (State.UP, State.FALLING, State.RISING) else logging.INFO
+        log.log(
+            level,
+            "vip %s backend %s: %s -> %s (%s%s)",
+            record.vip,
+            record.address,
+            t.old,
+            t.new,
+            t.event,
+            f": {t.detail}" if t.detail else "",
+        )
+        return BackendTransition(record.vip, record.address, t)
