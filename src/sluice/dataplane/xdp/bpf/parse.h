@@ -1,0 +1,284 @@
+/* parse.h - bounds-checked parsing of Ethernet (+ one 802.1Q tag), IPv4/IPv6, TCP/UDP and ICMP "too big". */
+#ifndef SLUICE_PARSE_H
+#define SLUICE_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "xdp_consts.h"
+#include "xdp_structs.h"
+
+/* ICMP and ICMPv6 share this 8-byte header layout (linux/icmp.h pulls in libc headers). */
+struct icmp_header {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be32 rest; /* MTU for "fragmentation needed" / "packet too big" */
+};
+
+/* A counter in struct global_stats, by field index. */
+#define GSTAT(field) (__builtin_offsetof(struct global_stats, field) / sizeof(__u64))
+#define GSTAT_COUNT (sizeof(struct global_stats) / sizeof(__u64))
+
+/* What parsing found (internal to the program, never shared with Python). */
+struct packet {
+	struct flow_key flow; /* client -> VIP; for ICMP "too big" the quoted header reversed */
+	__u32 l2_len;         /* 14, or 18 with an 802.1Q tag */
+	__u32 ip_len;         /* length of the IP packet (header + payload) from its header */
+	__u32 frame_len;      /* bytes received */
+	__u16 vlan_tci;       /* network order, valid when l2_len == 18 */
+	__u8 family;          /* FAMILY_V4 / FAMILY_V6 */
+	__u8 tcp_flags;       /* TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 is_icmp;         /* an ICMP "too big" about `flow`: look up only, never create entries */
+};
+
+#define TCP_FLAG_SYN_ 0x02
+#define TCP_FLAG_ACK_ 0x10
+
+/* Outcome of parse_packet: PARSE_OK, or an XDP verdict with *reason set to a GSTAT index. */
+#define PARSE_OK (-1)
+
+static __always_inline void ipv4_mapped(__u8 *dst16, __be32 addr)
+{
+	__builtin_memset(dst16, 0, 10);
+	dst16[10] = 0xff;
+	dst16[11] = 0xff;
+	__builtin_memcpy(dst16 + 12, &addr, 4);
+}
+
+static __always_inline int ipv6_ext_header(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case 0:   /* hop-by-hop */
+	case 43:  /* routing */
+	case 44:  /* fragment */
+	case 50:  /* ESP */
+	case 51:  /* AH */
+	case 60:  /* destination options */
+	case 135: /* mobility */
+	case 139: /* HIP */
+	case 140: /* shim6 */
+		return 1;
+	}
+	return 0;
+}
+
+/* Ports of a TCP/UDP header at `l4`; fills flow ports and (TCP) flags. */
+static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct packet *pkt, __u32 *reason)
+{
+	if (proto == PROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > end) {
+			*reason = GSTAT(drop_truncated_l4);
+			return XDP_DROP;
+		}
+		if (tcp->doff < 5) {
+			*reason = GSTAT(drop_bad_l4);
+			return XDP_DROP;
+		}
+		pkt->flow.sport = tcp->source;
+		pkt->flow.dport = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+	} else {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > end) {
+			*reason = GSTAT(drop_truncated_l4);
+			return XDP_DROP;
+		}
+		if (bpf_ntohs(udp->len) < sizeof(*udp)) {
+			*reason = GSTAT(drop_bad_l4);
+			return XDP_DROP;
+		}
+		pkt->flow.sport = udp->source;
+		pkt->flow.dport = udp->dest;
+	}
+	pkt->flow.proto = proto;
+	return PARSE_OK;
+}
+
+/* The quoted header of an ICMP error is the backend's reply (VIP -> client): reverse it so the
+ * flow reads client -> VIP. Only the first 8 bytes of the quoted L4 header exist: ports only. */
+static __always_inline int parse_quoted_ports(void *l4, void *end, __u8 proto, struct packet *pkt,
+					      __u32 *reason)
+{
+	__be16 *ports = l4;
+	if (proto != PROTO_TCP && proto != PROTO_UDP) {
+		*reason = GSTAT(pass_icmp_other);
+		return XDP_PASS;
+	}
+	if ((void *)(ports + 2) > end) {
+		*reason = GSTAT(drop_truncated_l4);
+		return XDP_DROP;
+	}
+	pkt->flow.sport = ports[1];
+	pkt->flow.dport = ports[0];
+	pkt->flow.proto = proto;
+	pkt->is_icmp = 1;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_icmp4(void *l4, void *end, struct packet *pkt, __u32 *reason)
+{
+	struct icmp_header *icmp = l4;
+	struct iphdr *inner;
+
+	if ((void *)(icmp + 1) > end) {
+		*reason = GSTAT(drop_truncated_l4);
+		return XDP_DROP;
+	}
+	if (icmp->type != ICMP_DEST_UNREACH || icmp->code != ICMP_FRAG_NEEDED) {
+		*reason = GSTAT(pass_icmp_other);
+		return XDP_PASS;
+	}
+	inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > end) {
+		*reason = GSTAT(drop_truncated_l4);
+		return XDP_DROP;
+	}
+	if (inner->version != 4 || inner->ihl != 5) {
+		*reason = GSTAT(pass_icmp_other);
+		return XDP_PASS;
+	}
+	ipv4_mapped(pkt->flow.src, inner->daddr);
+	ipv4_mapped(pkt->flow.dst, inner->saddr);
+	return parse_quoted_ports(inner + 1, end, inner->protocol, pkt, reason);
+}
+
+static __always_inline int parse_icmp6(void *l4, void *end, struct packet *pkt, __u32 *reason)
+{
+	struct icmp_header *icmp = l4;
+	struct ipv6hdr *inner;
+
+	if ((void *)(icmp + 1) > end) {
+		*reason = GSTAT(drop_truncated_l4);
+		return XDP_DROP;
+	}
+	if (icmp->type != ICMPV6_PKT_TOOBIG) {
+		*reason = GSTAT(pass_icmp_other);
+		return XDP_PASS;
+	}
+	inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > end) {
+		*reason = GSTAT(drop_truncated_l4);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(pkt->flow.src, &inner->daddr, 16);
+	__builtin_memcpy(pkt->flow.dst, &inner->saddr, 16);
+	return parse_quoted_ports(inner + 1, end, inner->nexthdr, pkt, reason);
+}
+
+static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt, __u32 *reason)
+{
+	struct iphdr *ip = l3;
+	__u32 tot_len;
+
+	if ((void *)(ip + 1) > end) {
+		*reason = GSTAT(drop_truncated_l3);
+		return XDP_DROP;
+	}
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || ip->ihl < 5 || tot_len < (__u32)ip->ihl * 4) {
+		*reason = GSTAT(drop_bad_l3);
+		return XDP_DROP;
+	}
+	if (l3 + tot_len > end) {
+		*reason = GSTAT(drop_truncated_l3);
+		return XDP_DROP;
+	}
+	if (ip->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET)) {
+		*reason = GSTAT(pass_ipv4_fragment);
+		return XDP_PASS;
+	}
+	if (ip->ihl != 5) {
+		*reason = GSTAT(pass_ipv4_options);
+		return XDP_PASS;
+	}
+	pkt->family = FAMILY_V4;
+	pkt->ip_len = tot_len;
+	ipv4_mapped(pkt->flow.src, ip->saddr);
+	ipv4_mapped(pkt->flow.dst, ip->daddr);
+	switch (ip->protocol) {
+	case PROTO_TCP:
+	case PROTO_UDP:
+		return parse_l4(ip + 1, end, ip->protocol, pkt, reason);
+	case PROTO_ICMP:
+		return parse_icmp4(ip + 1, end, pkt, reason);
+	}
+	*reason = GSTAT(pass_other_proto);
+	return XDP_PASS;
+}
+
+static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt, __u32 *reason)
+{
+	struct ipv6hdr *ip6 = l3;
+	__u32 len;
+
+	if ((void *)(ip6 + 1) > end) {
+		*reason = GSTAT(drop_truncated_l3);
+		return XDP_DROP;
+	}
+	if (ip6->version != 6) {
+		*reason = GSTAT(drop_bad_l3);
+		return XDP_DROP;
+	}
+	len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (l3 + len > end) {
+		*reason = GSTAT(drop_truncated_l3);
+		return XDP_DROP;
+	}
+	pkt->family = FAMILY_V6;
+	pkt->ip_len = len;
+	__builtin_memcpy(pkt->flow.src, &ip6->saddr, 16);
+	__builtin_memcpy(pkt->flow.dst, &ip6->daddr, 16);
+	switch (ip6->nexthdr) {
+	case PROTO_TCP:
+	case PROTO_UDP:
+		return parse_l4(ip6 + 1, end, ip6->nexthdr, pkt, reason);
+	case PROTO_ICMPV6:
+		return parse_icmp6(ip6 + 1, end, pkt, reason);
+	}
+	*reason = ipv6_ext_header(ip6->nexthdr) ? GSTAT(pass_ipv6_ext) : GSTAT(pass_other_proto);
+	return XDP_PASS;
+}
+
+/* Parse one frame. Malformed or truncated headers -> XDP_DROP (the kernel would discard them too);
+ * anything sluice does not balance (not IP, fragments, options, extension headers) -> XDP_PASS. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt, __u32 *reason)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	void *l3 = (void *)(eth + 1);
+	__be16 proto;
+
+	pkt->frame_len = end - data;
+	if ((void *)(eth + 1) > end) {
+		*reason = GSTAT(drop_truncated_l2);
+		return XDP_DROP;
+	}
+	proto = eth->h_proto;
+	pkt->l2_len = sizeof(*eth);
+	if (proto == bpf_htons(ETHTYPE_VLAN)) {
+		__be16 *tag = (void *)(eth + 1); /* TCI, then the encapsulated type */
+		if ((void *)(tag + 2) > end) {
+			*reason = GSTAT(drop_truncated_l2);
+			return XDP_DROP;
+		}
+		pkt->vlan_tci = tag[0];
+		proto = tag[1];
+		pkt->l2_len += 4;
+		l3 = tag + 2;
+	}
+	if (proto == bpf_htons(ETHTYPE_IPV4))
+		return parse_ipv4(l3, end, pkt, reason);
+	if (proto == bpf_htons(ETHTYPE_IPV6))
+		return parse_ipv6(l3, end, pkt, reason);
+	*reason = GSTAT(pass_not_ip);
+	return XDP_PASS;
+}
+
+#endif

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sluice_xdp.bpf.c - the DSR data plane: parse -> look up -> forward -> count. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "xdp_consts.h"
+#include "xdp_structs.h"
+#include "xdp_maps.h"
+#include "parse.h"
+#include "flow_hash.h"
+#include "lookup.h"
+#include "encap.h"
+#include "counters.h"
+
+SEC("xdp")
+int sluice_xdp(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct vip_key vkey = {};
+	struct vip_meta *vip;
+	struct vip_stats *vs;
+	struct backend *be;
+	__u32 reason = 0, index = NO_BACKEND, vip_index, hash;
+	int verdict, new_flow = 0;
+
+	count_global(GSTAT(rx_packets), 0);
+	verdict = parse_packet(ctx, &pkt, &reason);
+	if (verdict != PARSE_OK)
+		return count_global(reason, verdict);
+
+	__builtin_memcpy(vkey.addr, pkt.flow.dst, sizeof(vkey.addr));
+	vkey.port = pkt.flow.dport;
+	vkey.proto = pkt.flow.proto;
+	vip = bpf_map_lookup_elem(&vips, &vkey);
+	if (!vip)
+		return count_global(GSTAT(pass_not_vip), XDP_PASS);
+	vip_index = vip->index;
+	vs = bpf_map_lookup_elem(&vip_stats, &vip_index);
+
+	hash = flow_hash(&pkt.flow);
+	be = pick_backend(vip, &pkt, vs, hash, &index, &new_flow);
+	if (!be) {
+		if (vs)
+			vs->drop_no_backend++;
+		return XDP_DROP;
+	}
+	verdict = forward(ctx, &pkt, vip, be, hash);
+	if (verdict != XDP_TX) {
+		if (vs)
+			vs->drop_encap++;
+		return XDP_DROP;
+	}
+	if (vs) {
+		vs->packets++;
+		vs->bytes += pkt.frame_len;
+		vs->new_flows += new_flow;
+		vs->icmp_forwarded += pkt.is_icmp;
+	}
+	count_backend(index, pkt.frame_len, new_flow);
+	return XDP_TX;
+}
+
+char LICENSE[] SEC("license") = "GPL";

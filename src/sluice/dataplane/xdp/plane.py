@@ -1,0 +1,465 @@
+"""XdpPlane: the DataPlane for ``mode: dsr`` VIPs, driving the XDP program through its maps.
+
+apply(config) turns the desired VIPs into map contents and touches only what differs:
+VIP slots and backend slots are stable (a kept backend keeps its slot, so connection entries stay
+valid), Maglev rows are rewritten only where a slot's backend changed (batch update), a removed
+backend's slot is marked inactive only after no Maglev slot points to it. Order of writes keeps the
+program consistent at every moment: backends, then Maglev rows, then the VIP entry; removal in reverse.
+
+The maps are pinned (see loader.py): a restarted process finds its VIP and backend slots in the pinned
+maps, so the connection table keeps pointing at the right backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from sluice.config import Config, Vip
+from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.maglev import build_table
+from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.dataplane.xdp import loader
+from sluice.dataplane.xdp.maps import (
+    BACKEND_F_ACTIVE,
+    FAMILY_V4,
+    FAMILY_V6,
+    FWD_IPIP,
+    FWD_L2,
+    NO_BACKEND,
+    Backend,
+    VipKey,
+    VipMeta,
+    XdpMaps,
+    addr16,
+    be16,
+    flow_key,
+    mac_bytes,
+    vip_key,
+)
+from sluice.dataplane.xdp.neighbours import Neighbours, NetlinkNeighbours
+
+log = logging.getLogger(__name__)
+
+PROGRAM: Final = "sluice_xdp"
+PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
+
+
+class XdpConfigError(ValueError):
+    """A dsr VIP the XDP plane cannot serve as configured (the message names the VIP)."""
+
+
+@dataclass(frozen=True)
+class XdpLimits:
+    """Map bounds; the program is compiled with these (-D), so they are fixed while it runs."""
+
+    max_vips: int = 64
+    max_backends: int = 4096
+    conntrack_entries: int = 65536  # per CPU
+
+
+class Attacher:
+    """Attach/detach through loader.py (tests pass a recording fake)."""
+
+    def attach(self, ifindex: int, prog_fd: int, mode: loader.AttachMode) -> loader.AttachMode:
+        return loader.attach_xdp(ifindex, prog_fd, mode)
+
+    def detach(self, ifindex: int, mode: loader.AttachMode) -> None:
+        loader.detach_xdp(ifindex, mode)
+
+
+@dataclass
+class _VipState:
+    name: str
+    index: int
+    key: tuple[bytes, int, int]
+    backend_slots: dict[str, int] = field(default_factory=dict)  # identity -> backend index
+    row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now
+    protocol: str = "tcp"
+
+
+def _identity_of(entry: Backend) -> str:
+    raw = bytes(entry.addr)
+    ip: IPv4Address | IPv6Address = (
+        IPv4Address(raw[12:]) if raw[:12] == b"\0" * 10 + b"\xff\xff" else IPv6Address(raw)
+    )
+    port = socket.ntohs(entry.port)
+    return f"[{ip}]:{port}" if isinstance(ip, IPv6Address) else f"{ip}:{port}"
+
+
+def _key_tuple(vip: Vip) -> tuple[bytes, int, int]:
+    return addr16(vip.listen.ip), vip.listen.port, PROTO_NUMBERS[vip.protocol]
+
+
+def _check_vip(vip: Vip) -> None:
+    assert vip.dsr is not None
+    where = f"vips[{vip.name}]"
+    for b in vip.backends:
+        if b.address.port != vip.listen.port:
+            raise XdpConfigError(
+                f"{where}: backend {b.address} must listen on the VIP port "
+                f"{vip.listen.port} (DSR cannot remap ports)"
+            )
+    if vip.dsr.forwarding == "ipip":
+        assert vip.dsr.outer_source is not None
+        outer = ip_network(vip.dsr.outer_source)
+        for b in vip.backends:
+            if b.address.ip.version != outer.version:
+                raise XdpConfigError(
+                    f"{where}: backend {b.address} and outer_source {outer} differ in family"
+                )
+    elif any(b.address.ip.version != vip.listen.ip.version for b in vip.backends):
+        raise XdpConfigError(f"{where}: l2 forwarding needs backends of the VIP's address family")
+
+
+class XdpPlane:
+    """DataPlane for dsr VIPs (proxy VIPs in the config are ignored: another plane serves them)."""
+
+    def __init__(
+        self,
+        instance: str = "default",
+        *,
+        neighbours: Neighbours | None = None,
+        attacher: Attacher | None = None,
+        attach_mode: loader.AttachMode = "native",
+        limits: XdpLimits | None = None,
+        cache_dir: Path | None = None,
+        refresh_interval_s: float = 30.0,
+    ) -> None:
+        self.instance = instance
+        self.neighbours: Neighbours = neighbours or NetlinkNeighbours()
+        self.attacher = attacher or Attacher()
+        self.attach_mode: loader.AttachMode = attach_mode
+        self.limits = limits or XdpLimits()
+        self.cache_dir = cache_dir
+        self.refresh_interval_s = refresh_interval_s
+        self._obj: loader.LoadedObject | None = None
+        self._maps: XdpMaps | None = None
+        self._defines: dict[str, int] = {}
+        self._vips: dict[tuple[bytes, int, int], _VipState] = {}
+        self._attached: dict[str, tuple[int, loader.AttachMode]] = {}
+        self._config: Config | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._next_backend = 0
+        self._unresolved: set[tuple[str, str]] = set()  # (vip name, backend) without a MAC yet
+
+    @property
+    def pin_dir(self) -> Path:
+        return loader.pin_dir(self.instance)
+
+    @property
+    def maps(self) -> XdpMaps:
+        if self._maps is None:
+            raise RuntimeError("XdpPlane: apply() a config first")
+        return self._maps
+
+    # ------------------------------------------------------------ loading
+
+    def _defines_for(self, vips: Sequence[Vip]) -> dict[str, int]:
+        return {
+            "MAX_VIPS": max(self.limits.max_vips, len(vips)),
+            "MAX_BACKENDS": max(self.limits.max_backends, 2 * sum(len(v.backends) for v in vips)),
+            "MAGLEV_SIZE": max((v.maglev_table_size for v in vips), default=65537),
+            "CT_SIZE": self.limits.conntrack_entries,
+        }
+
+    def _ensure_loaded(self, defines: dict[str, int]) -> None:
+        if self._obj is not None and defines == self._defines:
+            return
+        if self._obj is not None:
+            log.warning("XDP map sizes change %s -> %s: reloading the program", self._defines, defines)
+            self._close_object()
+            self._vips.clear()
+        path = loader.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
+        self._obj = loader.load_object(path, (PROGRAM,), pins=self.pin_dir)
+        self._maps = XdpMaps.from_fds(self._obj.maps)
+        self._defines = dict(defines)
+        self._recover()
+        for ifname, (ifindex, _mode) in list(self._attached.items()):
+            self._attached[ifname] = (
+                ifindex,
+                self.attacher.attach(ifindex, self._obj.programs[PROGRAM], self.attach_mode),
+            )
+
+    def _recover(self) -> None:
+        """Rebuild VIP and backend slot allocations from pinned maps (after a restart)."""
+        maps = self.maps
+        by_index: dict[int, _VipState] = {}
+        for key, meta in maps.vips.items():
+            kt = (bytes(key.addr), socket.ntohs(key.port), int(key.proto))
+            state = _VipState(name=f"#{meta.index}", index=meta.index, key=kt)
+            self._vips[kt] = by_index[meta.index] = state
+        for i in range(self._defines["MAX_BACKENDS"]):
+            entry = maps.backends.lookup(ctypes.c_uint32(i))
+            if entry is None or not entry.flags & BACKEND_F_ACTIVE:
+                continue
+            owner = by_index.get(entry.vip_index)
+            if owner is None:
+                maps.backends.update(ctypes.c_uint32(i), Backend())  # orphan: free it
+                continue
+            owner.backend_slots[_identity_of(entry)] = i
+        if self._vips:
+            log.info("recovered %d VIPs from pinned maps in %s", len(self._vips), self.pin_dir)
+
+    # ------------------------------------------------------------ apply
+
+    async def apply(self, config: Config) -> None:
+        vips = [v for v in config.vips if v.mode == "dsr"]
+        for v in vips:
+            _check_vip(v)
+        self._ensure_loaded(self._defines_for(vips))
+        wanted = {_key_tuple(v): v for v in vips}
+        for kt in [k for k in self._vips if k not in wanted]:
+            self._remove_vip(self._vips.pop(kt))
+        for kt, vip in wanted.items():
+            await self._apply_vip(kt, vip)
+        self._attach_interfaces({v.dsr.interface for v in vips if v.dsr is not None})
+        self._config = config
+        if self._refresh is None and self.refresh_interval_s > 0:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_macs())
+
+    def _free_vip_index(self) -> int:
+        used = {s.index for s in self._vips.values()}
+        for i in range(self._defines["MAX_VIPS"]):
+            if i not in used:
+                return i
+        raise XdpConfigError(f"more than {self._defines['MAX_VIPS']} dsr VIPs")
+
+    def _allocate_backend(self) -> int:
+        """A free backend slot, round robin so a just-freed slot is reused as late as possible."""
+        used = {i for s in self._vips.values() for i in s.backend_slots.values()}
+        total = self._defines["MAX_BACKENDS"]
+        for step in range(total):
+            i = (self._next_backend + step) % total
+            if i not in used:
+                self._next_backend = (i + 1) % total
+                return i
+        raise XdpConfigError(f"more than {total} dsr backends")
+
+    async def _backend_mac(self, vip: Vip, ip: str) -> bytes:
+        assert vip.dsr is not None
+        if vip.dsr.forwarding == "ipip":
+            assert vip.dsr.next_hop_mac is not None
+            return mac_bytes(vip.dsr.next_hop_mac)
+        return mac_bytes(await self.neighbours.resolve(ip, vip.dsr.interface))
+
+    async def _apply_vip(self, kt: tuple[bytes, int, int], vip: Vip) -> None:
+        assert vip.dsr is not None
+        maps = self.maps
+        state = self._vips.get(kt)
+        if state is None:
+            state = _VipState(vip.name, self._free_vip_index(), kt)
+            self._vips[kt] = state
+            maps.reset_counters(state.index, vip=True)
+        state.name, state.protocol = vip.name, vip.protocol
+        # 1. backends (new slots get zeroed counters; kept ones keep their slot). A backend whose MAC
+        #    cannot be resolved keeps its old entry if it has one, else it stays out of the table
+        #    until a later round (the refresh task retries) resolves it.
+        wanted = {str(b.address): b for b in vip.backends}
+        macs = await asyncio.gather(
+            *(self._backend_mac(vip, b.address.host) for b in wanted.values()), return_exceptions=True
+        )
+        usable = []
+        for (identity, b), mac in zip(wanted.items(), macs, strict=True):
+            slot = state.backend_slots.get(identity)
+            if isinstance(mac, BaseException):
+                log.warning("vip %s: backend %s: %s", vip.name, identity, mac)
+                self._unresolved.add((vip.name, identity))
+                if slot is not None:
+                    usable.append(b)
+                continue
+            self._unresolved.discard((vip.name, identity))
+            if slot is None:
+                slot = state.backend_slots[identity] = self._allocate_backend()
+                maps.reset_counters(slot, vip=False)
+            entry = Backend(
+                family=FAMILY_V4 if b.address.ip.version == 4 else FAMILY_V6,
+                flags=BACKEND_F_ACTIVE,
+                vip_index=state.index,
+                port=be16(b.address.port),
+            )
+            entry.addr[:] = addr16(b.address.ip)
+            entry.mac[:] = mac
+            maps.backends.update(ctypes.c_uint32(slot), entry)
+            usable.append(b)
+        # 2. Maglev row: only the slots whose backend changed
+        table = build_table([(str(b.address), b.weight) for b in usable], vip.maglev_table_size)
+        lut = np.array([state.backend_slots[i] for i in table.backends] + [NO_BACKEND], dtype=np.uint32)
+        slots = np.asarray(table.slots, dtype=np.int64)
+        row = lut[np.where(slots >= 0, slots, len(table.backends))]
+        if state.row is not None and len(state.row) == len(row):
+            changed = np.nonzero(state.row != row)[0].astype(np.uint32)
+        else:
+            changed = np.arange(len(row), dtype=np.uint32)
+        maps.write_maglev(state.index, self._defines["MAGLEV_SIZE"], changed, row[changed])
+        state.row = row
+        log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
+        # 3. the VIP entry
+        maps.vips.update(
+            vip_key(vip.listen.host, vip.listen.port, PROTO_NUMBERS[vip.protocol]),
+            self._vip_meta(vip, state.index),
+        )
+        # 4. backends no longer wanted: inactive once no slot points at them
+        for identity in [i for i in state.backend_slots if i not in wanted]:
+            maps.backends.update(ctypes.c_uint32(state.backend_slots.pop(identity)), Backend())
+
+    def _vip_meta(self, vip: Vip, index: int) -> VipMeta:
+        assert vip.dsr is not None
+        meta = VipMeta(
+            index=index,
+            maglev_size=vip.maglev_table_size,
+            udp_idle_ns=int(vip.idle_timeout_s * 1e9),
+            fwd=FWD_IPIP if vip.dsr.forwarding == "ipip" else FWD_L2,
+        )
+        meta.src_mac[:] = mac_bytes(self.neighbours.interface(vip.dsr.interface).mac)
+        if vip.dsr.outer_source is not None:
+            net = ip_network(vip.dsr.outer_source)
+            host_bits = min(32, net.max_prefixlen - net.prefixlen)
+            meta.outer_src[:] = addr16(net.network_address)
+            meta.outer_hash_mask = (1 << host_bits) - 1
+        return meta
+
+    def _remove_vip(self, state: _VipState) -> None:
+        maps = self.maps
+        addr, port, proto = state.key
+        key = VipKey(port=be16(port), proto=proto)
+        key.addr[:] = addr
+        maps.vips.delete(key)
+        size = self._defines["MAGLEV_SIZE"]
+        maps.write_maglev(
+            state.index, size, np.arange(size, dtype=np.uint32), np.full(size, NO_BACKEND, dtype=np.uint32)
+        )
+        for slot in state.backend_slots.values():
+            maps.backends.update(ctypes.c_uint32(slot), Backend())
+        log.info("vip %s removed", state.name)
+
+    def _attach_interfaces(self, names: set[str]) -> None:
+        assert self._obj is not None
+        for name in sorted(names - set(self._attached)):
+            info = self.neighbours.interface(name)
+            mode = self.attacher.attach(info.index, self._obj.programs[PROGRAM], self.attach_mode)
+            self._attached[name] = (info.index, mode)
+            log.info("XDP program attached to %s (%s mode)", name, mode)
+        for name in sorted(set(self._attached) - names):
+            ifindex, mode = self._attached.pop(name)
+            self.attacher.detach(ifindex, mode)
+
+    async def _refresh_macs(self) -> None:
+        """Re-resolve l2 backends' MACs periodically; a changed MAC is written to its slot."""
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            config = self._config
+            if config is None or self._maps is None:
+                continue
+            if self._unresolved:
+                try:
+                    await self.apply(config)  # retries the backends without a MAC
+                except Exception as exc:
+                    log.warning("re-applying for unresolved backends failed: %s", exc)
+            for vip in config.vips:
+                if vip.mode != "dsr" or vip.dsr is None or vip.dsr.forwarding != "l2":
+                    continue
+                state = self._vips.get(_key_tuple(vip))
+                for b in vip.backends:
+                    slot = state.backend_slots.get(str(b.address)) if state else None
+                    if slot is None:
+                        continue
+                    try:
+                        mac = await self._backend_mac(vip, b.address.host)
+                    except Exception as exc:  # keep the old MAC; report and retry next round
+                        log.warning("vip %s: backend %s: %s", vip.name, b.address, exc)
+                        continue
+                    entry = self._maps.backends.lookup(ctypes.c_uint32(slot))
+                    if entry is not None and bytes(entry.mac) != mac:
+                        entry.mac[:] = mac
+                        self._maps.backends.update(ctypes.c_uint32(slot), entry)
+                        log.info("vip %s: backend %s MAC is now %s", vip.name, b.address, mac.hex(":"))
+
+    # ------------------------------------------------------------ read
+
+    @property
+    def unresolved(self) -> set[tuple[str, str]]:
+        """(VIP name, backend) pairs left out of the Maglev table because their MAC is unknown."""
+        return set(self._unresolved)
+
+    def xdp_counters(self) -> dict[str, dict[str, int]]:
+        """Raw counters: 'global', 'vip:<name>', 'backend:<vip>/<identity>'."""
+        maps = self.maps
+        out = {"global": maps.global_counters()}
+        for state in self._vips.values():
+            out[f"vip:{state.name}"] = maps.vip_counters(state.index)
+            for identity, slot in state.backend_slots.items():
+                out[f"backend:{state.name}/{identity}"] = maps.backend_counters(slot)
+        return out
+
+    def stats(self) -> dict[str, VipStats]:
+        if self._maps is None:
+            return {}
+        out = {}
+        for state in self._vips.values():
+            c = self._maps.vip_counters(state.index)
+            vs = VipStats(flows_total=c["new_flows"])
+            for reason in ("no_backend", "encap"):
+                if c[f"drop_{reason}"]:
+                    vs.dropped[reason] = c[f"drop_{reason}"]
+            for identity, slot in state.backend_slots.items():
+                bc = self._maps.backend_counters(slot)
+                bs = BackendStats(flows_total=bc["new_flows"], bytes_to_backend=bc["bytes"])
+                if state.protocol == "udp":
+                    bs.datagrams_to_backend = bc["packets"]
+                else:
+                    bs.connect_attempts = bc["new_flows"]
+                vs.backends[identity] = bs
+            out[state.name] = vs
+        return out
+
+    def flow_backend(self, flow: FiveTuple) -> tuple[str, str] | None:
+        """Where the program sends `flow` now (for `sluice flow`): (backend identity, "conntrack" or
+        "maglev"), or None if the flow is not for a dsr VIP or its slot is empty."""
+        state = self._vips.get((addr16(flow.dst_ip), flow.dst_port, flow.proto))
+        if state is None or self._maps is None:
+            return None
+        by_slot = {slot: identity for identity, slot in state.backend_slots.items()}
+        key = flow_key(str(flow.src_ip), str(flow.dst_ip), flow.src_port, flow.dst_port, flow.proto)
+        entries = [e for e in self._maps.conntrack.lookup_percpu(key) or [] if e.last_seen_ns]
+        if entries:
+            latest = max(entries, key=lambda e: e.last_seen_ns)
+            if latest.backend in by_slot:
+                return by_slot[latest.backend], "conntrack"
+        if state.row is None:
+            return None
+        slot = int(state.row[flow_hash(flow) % len(state.row)])
+        return (by_slot[slot], "maglev") if slot in by_slot else None
+
+    # ------------------------------------------------------------ stop
+
+    def _close_object(self) -> None:
+        if self._obj is not None:
+            self._obj.close()
+        self._obj = None
+        self._maps = None
+
+    async def close(self, *, detach: bool = True) -> None:
+        """Stop: detach the program (unless `detach` is False: forwarding continues without us);
+        the pinned maps stay, so a restart keeps the connection table."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+            self._refresh = None
+        if detach:
+            for ifindex, mode in self._attached.values():
+                self.attacher.detach(ifindex, mode)
+        self._attached.clear()
+        self._close_object()

@@ -1,0 +1,570 @@
+"""The DSR lab: a client, an XDP load balancer and three backends on one bridge, all in namespaces.
+
+::
+
+    client 198.18.0.10 (mtu 1400) --+
+    lb     198.18.0.2  (XDP)      --+-- br0 198.18.0.254 (bridge ns; also the ipip next hop router)
+    b1..b3 198.18.0.11-13         --+   VIP 198.18.100.1 on each backend's lo, arp_ignore=1/arp_announce=2
+
+The client routes the VIP via the LB; the LB's XDP program forwards to a backend (l2: MAC rewrite;
+ipip: encapsulated to the bridge namespace's br0, which routes it to the backend, whose decap XDP
+program strips the outer header); the backend answers the client directly. The client's MTU leaves
+room for the outer header. Every process of the lab runs on one CPU (`cpu`): the XDP connection table
+is per CPU, and on veth the CPU that handles a packet is the one that sent it.
+
+The module is also the entry point of the lab's processes (``python -m sluice.lab.dsr <role>``):
+``lb`` (the XdpPlane, driven over stdin), ``http-server``, ``dns-server``, ``http-client``,
+``http-burst``, ``dns-burst``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import http.client
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import yaml
+
+from sluice.lab.netns import LabError, Namespace, sweep_stale
+
+Forwarding = Literal["l2", "ipip"]
+
+SUBNET = "198.18.0"
+ROUTER = f"{SUBNET}.254"
+ROUTER_MAC = "02:53:4c:00:00:fe"
+CLIENT = f"{SUBNET}.10"
+LB = f"{SUBNET}.2"
+VIP = "198.18.100.1"
+OUTER_SOURCE = "198.19.0.0/16"
+HTTP_PORT = 80
+DNS_PORT = 53
+CLIENT_MTU = 1400
+
+
+def backend_ip(i: int) -> str:
+    return f"{SUBNET}.{11 + i}"
+
+
+def _sweep_stale_pins() -> None:
+    """Remove pinned maps of labs whose process is gone (``lab-<pid>-<forwarding>``)."""
+    from sluice.dataplane.xdp.loader import PIN_ROOT, remove_pins
+
+    if not PIN_ROOT.is_dir():
+        return
+    for path in PIN_ROOT.iterdir():
+        parts = path.name.split("-")
+        if (
+            len(parts) == 3
+            and parts[0] == "lab"
+            and parts[1].isdigit()
+            and not Path(f"/proc/{parts[1]}").exists()
+        ):
+            with contextlib.suppress(OSError):
+                remove_pins(path.name)
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sluice.lab.dsr", *args]
+
+
+class LbProcess:
+    """The LB runner (``python -m sluice.lab.dsr lb``) in the LB namespace, driven line by line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def _readline(self, timeout_s: float) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LabError(f"lb runner: no answer within {timeout_s:g}s")
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise LabError(f"lb runner exited (code {self.proc.wait(5)})")
+                return line.strip()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        line = self._readline(timeout_s)
+        if line != "ready":
+            raise LabError(f"lb runner: {line}")
+
+    def command(self, line: str, timeout_s: float = 20.0) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self._readline(timeout_s)
+        if reply.startswith("error"):
+            raise LabError(f"lb runner: {reply}")
+        return reply
+
+    def apply(self, config_path: Path) -> None:
+        self.command(f"apply {config_path}")
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
+        return result
+
+    def quit(self) -> None:
+        """Clean stop: the runner detaches the program and exits."""
+        with contextlib.suppress(LabError, BrokenPipeError):
+            self.command("quit")
+        self.proc.wait(10)
+
+    def kill(self) -> None:
+        """Crash: SIGKILL, nothing is detached (the attached program keeps forwarding)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@dataclass
+class DsrLab:
+    forwarding: Forwarding
+    cpu: int
+    instance: str
+    workdir: Path
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    router_mac: str = ""
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    backends: int = 3
+
+    # ------------------------------------------------------------ topology
+
+    @classmethod
+    def create(
+        cls, forwarding: Forwarding, workdir: Path, *, backends: int = 3, cpu: int | None = None
+    ) -> DsrLab:
+        sweep_stale()
+        _sweep_stale_pins()
+        cpu = min(os.sched_getaffinity(0)) if cpu is None else cpu
+        lab = cls(forwarding, cpu, f"lab-{os.getpid()}-{forwarding}", workdir, backends=backends)
+        try:
+            lab._build()
+        except BaseException:
+            lab.destroy()
+            raise
+        return lab
+
+    def ns(self, role: str) -> Namespace:
+        return self.namespaces[role]
+
+    def _add_ns(self, role: str) -> Namespace:
+        ns = Namespace.create(role)
+        self.namespaces[role] = ns
+        return ns
+
+    def _build(self) -> None:
+        br = self._add_ns("br")
+        # a fixed MAC: a bridge otherwise takes the lowest MAC of its ports, which changes as they join
+        br.run("ip", "link", "add", "br0", "address", ROUTER_MAC, "type", "bridge")
+        br.run("ip", "addr", "add", f"{ROUTER}/24", "dev", "br0")
+        br.run("ip", "link", "set", "br0", "up")
+        for key, value in (
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.br0.send_redirects", "0"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.br0.rp_filter", "0"),
+        ):
+            br.sysctl(key, value)
+        self.router_mac = ROUTER_MAC
+        hosts = [("client", CLIENT), ("lb", LB)] + [
+            (f"b{i + 1}", backend_ip(i)) for i in range(self.backends)
+        ]
+        for role, ip in hosts:
+            ns = self._add_ns(role)
+            port = f"p-{role}"
+            br.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+            br.run("ip", "link", "set", port, "master", "br0")
+            br.run("ip", "link", "set", port, "up")
+            ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+            ns.run("ip", "link", "set", "eth0", "up")
+        client = self.ns("client")
+        client.run("ip", "link", "set", "eth0", "mtu", str(CLIENT_MTU))
+        client.run("ip", "route", "add", f"{VIP}/32", "via", LB)
+        subprocess.run(self._in_ns("client", _python("tx-csum-off", "eth0")), check=True, timeout=30)
+        for i in range(self.backends):
+            b = self.ns(f"b{i + 1}")
+            b.run("ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+            for key, value in (
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+                ("net.ipv4.conf.eth0.arp_ignore", "1"),
+                ("net.ipv4.conf.eth0.arp_announce", "2"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ):
+                b.sysctl(key, value)
+            if self.forwarding == "ipip":
+                self._run_py(b, "sluice.dataplane.xdp.decap", "attach", "eth0")
+        # native XDP_TX out of the LB's veth is delivered only if the peer has an XDP program
+        self._run_py(br, "sluice.dataplane.xdp.decap", "attach", "p-lb", "--program", "sluice_pass")
+
+    def _run_py(self, ns: Namespace, module: str, *args: str) -> None:
+        ns.run(sys.executable, "-m", module, *args, timeout=60)
+
+    def destroy(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        self.processes.clear()
+        for ns in self.namespaces.values():
+            ns.delete()
+        self.namespaces.clear()
+        from sluice.dataplane.xdp.loader import remove_pins
+
+        with contextlib.suppress(OSError):
+            remove_pins(self.instance)
+
+    # ------------------------------------------------------------ config and processes
+
+    def config(self, backends: Sequence[int] | None = None, *, udp_idle: str = "30s") -> dict[str, Any]:
+        """Config data with an HTTP (tcp/80) and a DNS (udp/53) dsr VIP over the chosen backends."""
+        chosen = range(self.backends) if backends is None else backends
+        dsr: dict[str, Any] = {"interface": "eth0", "forwarding": self.forwarding}
+        if self.forwarding == "ipip":
+            dsr |= {"next_hop_mac": self.router_mac, "outer_source": OUTER_SOURCE}
+
+        def vip(name: str, proto: str, port: int, extra: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "name": name,
+                "protocol": proto,
+                "listen": f"{VIP}:{port}",
+                "mode": "dsr",
+                "maglev_table_size": 251,
+                "dsr": dsr,
+                "backends": [{"address": f"{backend_ip(i)}:{port}"} for i in chosen],
+                **extra,
+            }
+
+        return {
+            "vips": [
+                vip("web", "tcp", HTTP_PORT, {}),
+                vip("dns", "udp", DNS_PORT, {"timeouts": {"idle": udp_idle}}),
+            ]
+        }
+
+    def write_config(self, name: str, backends: Sequence[int] | None = None) -> Path:
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(self.config(backends)))
+        return path
+
+    def _in_ns(self, role: str, args: list[str]) -> list[str]:
+        """`args` in the role's network namespace, on the lab's CPU. nsenter switches only the network
+        namespace (``ip netns exec`` would also remount /sys and hide the host's bpffs and its pins)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns(role).name}", "taskset", "-c", str(self.cpu), *args]
+
+    def _popen(self, role: str, args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        proc: subprocess.Popen[Any] = subprocess.Popen(self._in_ns(role, args), **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def start_backends(self) -> None:
+        for i in range(self.backends):
+            name = f"b{i + 1}"
+            self._popen(name, _python("http-server", name, str(HTTP_PORT)))
+            self._popen(name, _python("dns-server", name, VIP, str(DNS_PORT)))
+        for i in range(self.backends):
+            self._wait_port(f"b{i + 1}", HTTP_PORT)
+
+    def _wait_port(self, role: str, port: int, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = self.ns(role).run("ss", "-Hltn", f"sport = :{port}").stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise LabError(f"{role}: nothing listens on {port}")
+
+    def start_lb(self, config_path: Path, *, mode: str = "native") -> LbProcess:
+        proc = self._popen(
+            "lb",
+            _python("lb", "--instance", self.instance, "--config", str(config_path), "--mode", mode),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        lb = LbProcess(proc)
+        lb.wait_ready()
+        return lb
+
+    def client(self, *args: str, timeout_s: float = 30.0) -> str:
+        """Run a client role to completion in the client namespace; its stdout."""
+        proc = subprocess.run(
+            self._in_ns("client", _python(*args)),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LabError(f"client {args}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def http_burst(self, first_sport: int, count: int) -> dict[int, str]:
+        out = json.loads(self.client("http-burst", VIP, str(HTTP_PORT), str(first_sport), str(count)))
+        return {int(k): v for k, v in out.items()}
+
+    def dns_burst(self, first_sport: int, count: int) -> dict[int, str]:
+        out = json.loads(self.client("dns-burst", VIP, str(DNS_PORT), str(first_sport), str(count)))
+        return {int(k): v for k, v in out.items()}
+
+    def http_session(self, sport: int) -> HttpSession:
+        """A keep-alive connection from client port `sport` (opened by the first `get`)."""
+        proc = self._popen(
+            "client",
+            _python("http-client", VIP, str(HTTP_PORT), str(sport)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return HttpSession(LbProcess(proc))
+
+    def tcp_out_segments(self) -> int:
+        """Tcp OutSegs of the client namespace (/proc/net/snmp)."""
+        lines = [
+            line.split()
+            for line in self.ns("client").run("cat", "/proc/net/snmp").stdout.splitlines()
+            if line.startswith("Tcp:")
+        ]
+        return int(lines[1][lines[0].index("OutSegs")])
+
+
+@dataclass
+class HttpSession:
+    """One keep-alive HTTP connection from the client namespace."""
+
+    runner: LbProcess
+
+    def get(self) -> tuple[str, int]:
+        """(backend name, client port) of one request on the connection."""
+        name, port = self.runner.command("get").split()
+        return name, int(port)
+
+    def close(self) -> None:
+        self.runner.quit()
+
+
+# ---------------------------------------------------------------- the lab's processes
+
+
+async def _http_server(name: str, port: int) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                close = b"connection: close" in head.lower()
+                body = f"{name}\n".encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                    b"Connection: %s\r\n\r\n%s" % (len(body), b"close" if close else b"keep-alive", body)
+                )
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "0.0.0.0", port, reuse_address=True)
+    async with server:
+        await server.serve_forever()
+
+
+def _tx_checksum_off(ifname: str) -> None:
+    """ethtool -K IFNAME tx off (ETHTOOL_STXCSUM through SIOCETHTOOL; Debian's ethtool may be absent).
+
+    veth leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL); a native XDP program on the way
+    turns the packet into a plain frame and the checksum is never filled in. Real NICs deliver full
+    checksums, so the lab's client computes them in software."""
+    siocethtool, ethtool_stxcsum = 0x8946, 0x17
+    value = struct.pack("II", ethtool_stxcsum, 0)
+    buf = ctypes.create_string_buffer(value)
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), siocethtool, ifreq)
+
+
+def _dns_server(name: str, addr: str, port: int) -> None:
+    import dns.message
+    import dns.rrset
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, port))  # bound to the VIP: replies leave with the VIP as source
+    while True:
+        data, peer = sock.recvfrom(2048)
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # not DNS: ignore
+            continue
+        response = dns.message.make_response(query)
+        qname = query.question[0].name
+        response.answer.append(dns.rrset.from_text(qname, 0, "IN", "TXT", f'"{name}"'))
+        sock.sendto(response.to_wire(), peer)
+
+
+def _http_client(host: str, port: int, sport: int) -> None:
+    conn = http.client.HTTPConnection(host, port, timeout=5, source_address=("0.0.0.0", sport))
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            print("bye", flush=True)
+            break
+        try:
+            conn.request("GET", "/")
+            body = conn.getresponse().read().decode().strip()
+            assert conn.sock is not None
+            print(f"{body} {conn.sock.getsockname()[1]}", flush=True)
+        except Exception as exc:
+            print(f"error {type(exc).__name__}: {exc}", flush=True)
+    conn.close()
+
+
+def _http_burst(host: str, port: int, first: int, count: int) -> dict[int, str]:
+    out = {}
+    for sport in range(first, first + count):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.settimeout(5)
+                s.bind(("0.0.0.0", sport))
+                s.connect((host, port))
+                s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            out[sport] = data.split(b"\r\n\r\n", 1)[1].decode().strip()
+        except OSError as exc:
+            out[sport] = f"error {type(exc).__name__}"
+    return out
+
+
+def _dns_burst(host: str, port: int, first: int, count: int) -> dict[int, str]:
+    import dns.message
+    import dns.query
+
+    out = {}
+    for sport in range(first, first + count):
+        query = dns.message.make_query(f"q{sport}.lab.", "TXT")
+        try:
+            response = dns.query.udp(query, host, port=port, timeout=3, source_port=sport)
+            out[sport] = response.answer[0][0].strings[0].decode()
+        except Exception as exc:
+            out[sport] = f"error {type(exc).__name__}"
+    return out
+
+
+async def _lb(instance: str, config_path: Path, mode: str) -> None:
+    from sluice.config import load_config
+    from sluice.dataplane.xdp.plane import XdpPlane
+
+    plane = XdpPlane(instance, attach_mode="generic" if mode == "generic" else "native", refresh_interval_s=5)
+    await plane.apply(load_config(config_path))
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
+    try:
+        while not stop.is_set():
+            get = asyncio.ensure_future(lines.get())
+            stopped = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({get, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                break
+            stopped.cancel()
+            cmd, _, arg = get.result().strip().partition(" ")
+            try:
+                if cmd in ("quit", ""):
+                    break
+                if cmd == "apply":
+                    await plane.apply(load_config(arg))
+                    print("ok", flush=True)
+                elif cmd == "stats":
+                    print(json.dumps(plane.xdp_counters()), flush=True)
+                else:
+                    print(f"error unknown command {cmd!r}", flush=True)
+            except Exception as exc:
+                print(f"error {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+    finally:
+        await plane.close(detach=True)
+        print("bye", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sluice.lab.dsr")
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("lb")
+    p.add_argument("--instance", required=True)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--mode", choices=("native", "generic"), default="native")
+    p = sub.add_parser("tx-csum-off")
+    p.add_argument("ifname")
+    p = sub.add_parser("http-server")
+    p.add_argument("name")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("dns-server")
+    p.add_argument("name")
+    p.add_argument("addr")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("http-client")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("sport", type=int)
+    for burst in ("http-burst", "dns-burst"):
+        p = sub.add_parser(burst)
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        p.add_argument("first_sport", type=int)
+        p.add_argument("count", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    out: IO[str] = sys.stdout
+    if args.role == "lb":
+        asyncio.run(_lb(args.instance, args.config, args.mode))
+    elif args.role == "tx-csum-off":
+        _tx_checksum_off(args.ifname)
+    elif args.role == "http-server":
+        asyncio.run(_http_server(args.name, args.port))
+    elif args.role == "dns-server":
+        _dns_server(args.name, args.addr, args.port)
+    elif args.role == "http-client":
+        _http_client(args.host, args.port, args.sport)
+    elif args.role == "http-burst":
+        json.dump(_http_burst(args.host, args.port, args.first_sport, args.count), out)
+    elif args.role == "dns-burst":
+        json.dump(_dns_burst(args.host, args.port, args.first_sport, args.count), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

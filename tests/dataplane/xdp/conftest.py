@@ -1,0 +1,47 @@
+"""Fixtures for the XDP program tests: compile once per session, fresh maps for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sluice.dataplane.xdp import loader
+from tests.dataplane.xdp.harness import DEFINES, World, pinned_cpu
+from tests.privileged import needs
+
+
+@pytest.fixture(scope="session")
+def xdp_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs(root=True, commands=("clang",))
+    return loader.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path_factory.mktemp("bpf-cache"))
+
+
+@pytest.fixture(scope="session")
+def decap_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs(root=True, commands=("clang",))
+    return loader.compile_object("sluice_decap.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-decap"))
+
+
+@pytest.fixture
+def world(xdp_object_path: Path) -> Iterator[World]:
+    obj = loader.load_object(xdp_object_path, ("sluice_xdp",))
+    try:
+        yield from _pinned(World(obj))
+    finally:
+        obj.close()
+
+
+def _pinned(w: World) -> Iterator[World]:
+    for _ in pinned_cpu():
+        yield w
+
+
+@pytest.fixture
+def decap(decap_object_path: Path) -> Iterator[loader.LoadedObject]:
+    obj = loader.load_object(decap_object_path, ("sluice_decap", "sluice_pass"))
+    try:
+        yield obj
+    finally:
+        obj.close()
