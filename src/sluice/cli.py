@@ -179,6 +179,46 @@ def _cmd_top(args: argparse.Namespace, client: ApiClient) -> int:
     return EXIT_OK
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from sluice.lab import anycast
+    from sluice.lab.netns import LabError
+
+    if os.geteuid() != 0:
+        print("sluice lab: needs root (network namespaces, XDP, BGP)", file=sys.stderr)
+        return EXIT_FAILURE
+    workdir = Path(args.workdir)
+    try:
+        if args.action == "up":
+            lab = anycast.lab_up(workdir)
+            print(f"anycast lab up: VIP {anycast.VIP} announced by {', '.join(n.name for n in lab.nodes)}")
+            print(f"  router next hops: {', '.join(sorted(lab.next_hops()))}")
+            print(f"  try: ip netns exec {anycast.CLI_PREFIX}client curl -s http://{anycast.VIP}/")
+            print(f"  node APIs: sluice status --api {lab.nodes[0].api_socket}  (logs in {workdir})")
+        elif args.action == "down":
+            removed = anycast.lab_down(workdir)
+            print(f"anycast lab down: removed {len(removed)} item(s)")
+        else:
+            status = anycast.lab_status(workdir)
+            if args.json:
+                print(json.dumps(status, indent=1))
+            elif not status["up"]:
+                print("anycast lab: down")
+            else:
+                print(f"anycast lab: up, VIP {status['vip']}")
+                for name, proc in status.get("processes", {}).items():
+                    print(f"  {name:<12} pid {proc['pid']:<8} {'running' if proc['alive'] else 'GONE'}")
+                print(f"  router: {status['router_route'] or 'no route to the VIP'}")
+                print("  " + status["router_bgp"].replace("\n", "\n  "))
+            return EXIT_OK if status["up"] else EXIT_FAILURE
+    except (LabError, OSError, subprocess.SubprocessError) as exc:
+        print(f"sluice lab {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _add_api_options(p: argparse.ArgumentParser) -> None:
     from sluice.control.client import DEFAULT_API
 
@@ -246,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     p.set_defaults(func=_api_command(_cmd_top))
+
+    p = sub.add_parser("lab", help="network-namespace lab: up, down or status (root)")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--topology", choices=("anycast",), default="anycast", help="which lab (default anycast)")
+    p.add_argument("--workdir", default="/run/sluice-lab/anycast", help="configs, logs and state of the lab")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.set_defaults(func=_cmd_lab)
     return parser
 
 

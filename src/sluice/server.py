@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sluice.config import Config, ConfigError, load_config
 from sluice.control import systemd
+from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
 from sluice.control.controller import Controller
 from sluice.control.metrics import Sources, build_registry
@@ -62,6 +63,11 @@ def _token(config: Config) -> str | None:
         raise ConfigError([f"admin.token_file: {exc}"]) from None
 
 
+def _announcer(config: Config) -> Announcer | None:
+    """The BGP announcer of the ``announce:`` block (BIRD runs as sluice's child), or None."""
+    return None if config.announce is None else Announcer(config.announce)
+
+
 def metrics_sources(controller: Controller) -> Sources:
     return Sources(
         stats=controller.stats,
@@ -83,7 +89,7 @@ async def serve(config_path: Path) -> None:
     """
     config = load_config(config_path)
     token = _token(config)
-    controller = Controller(config)
+    controller = Controller(config, announcer=_announcer(config))
     await controller.start()
     loop = asyncio.get_running_loop()
     reload_lock = asyncio.Lock()
@@ -97,6 +103,8 @@ async def serve(config_path: Path) -> None:
                 systemd.notify("READY=1")
             if new.admin != config.admin:
                 log.warning("the admin block changed; it takes effect at the next restart")
+            if new.announce is not None and config.announce is None:
+                log.warning("the announce block was added; it takes effect at the next restart")
             return new
 
     admin: AdminServer | None = None

@@ -305,6 +305,7 @@ _TYPES: dict[str, dict[str, Any]] = {
     "dict[str, int]": {"type": "object", "additionalProperties": {"type": "integer"}},
     "str | None": {"type": ["string", "null"]},
     "float | None": {"type": ["number", "null"]},
+    "bool | None": {"type": ["boolean", "null"]},
     "list[BackendSnapshot]": {"type": "array", "items": {"$ref": "#/components/schemas/Backend"}},
 }
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sluice.config import Config, ConfigError, Endpoint, Mode, Vip, load_config
 from sluice.control.effective import BackendView, effective_config
@@ -36,6 +36,9 @@ from sluice.control.monitor import BackendTransition, Monitor
 from sluice.core.health import USABLE, Admin, State
 from sluice.dataplane import DataPlane
 from sluice.dataplane.stats import BackendStats, VipStats
+
+if TYPE_CHECKING:
+    from sluice.control.announce import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class VipSnapshot:
     closed: dict[str, int]
     rebalanced: int
     backends: list[BackendSnapshot] = field(default_factory=list)
+    announced: bool | None = None
+    """Whether this node announces the VIP over BGP now (None: no ``announce:`` block)."""
 
 
 class Controller:
@@ -129,6 +134,7 @@ class Controller:
         *,
         monitor: Monitor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        announcer: Announcer | None = None,
     ) -> None:
         self.config = config
         """The desired config (as read from the file)."""
@@ -146,10 +152,14 @@ class Controller:
         """Reloads by result: ok, invalid, failed."""
         self.closed_by_control: Counter[tuple[str, str]] = Counter()
         """(vip, reason) -> flows the controller had the data plane close."""
+        self.announcer = announcer
+        """BGP announcement of the dsr VIPs; told after every push (control/announce.py)."""
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.announcer is not None:
+            await self.announcer.start()
         await self.apply(self.config)
         if self._monitor_task is None:
             self._monitor_task = asyncio.create_task(self.monitor.run(self.on_health), name="sluice-monitor")
@@ -180,7 +190,9 @@ class Controller:
 
     async def shutdown(self, timeout_s: float) -> int:
         """Graceful stop: take no new flows, let established ones finish for up to `timeout_s`, then
-        close everything. Returns the flows that were still open at the deadline."""
+        close everything. Returns the flows that were still open at the deadline. BGP withdraws first."""
+        if self.announcer is not None:
+            await self.announcer.shutdown()
         await self._stop_monitor()
         for plane in self._planes.values():
             if isinstance(plane, StopsAccepting):
@@ -195,6 +207,8 @@ class Controller:
         return left
 
     async def close(self) -> None:
+        if self.announcer is not None:
+            await self.announcer.close()  # traffic leaves before the data planes stop
         await self._stop_monitor()
         for task in self._drains.values():
             task.cancel()
@@ -266,6 +280,7 @@ class Controller:
                     closed=dict(vstats.closed),
                     rebalanced=vstats.rebalanced,
                     backends=backends,
+                    announced=None if self.announcer is None else self.announcer.vip_announced(vip.name),
                 )
             )
         return out
@@ -354,6 +369,8 @@ class Controller:
                 plane = self._planes[mode] = factory()
             await plane.apply(effective)
         self.effective = effective
+        if self.announcer is not None:
+            await self.announcer.update(effective)
 
     def _prune_overrides(self, config: Config) -> None:
         """Runtime weights survive a reload unless the file changed that backend or removed it."""
