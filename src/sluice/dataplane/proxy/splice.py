@@ -1,0 +1,301 @@
+"""Moving bytes between two connected TCP sockets: the proxy's byte mover.
+
+A `Splice` joins two sockets with one `_Direction` each way. A direction reads from its source into
+a bounded holding area and writes that out to its destination:
+
+- `PipeMover`: a kernel pipe and `os.splice` (socket -> pipe -> socket, the bytes never enter
+  Python), the pipe sized with ``F_SETPIPE_SZ``;
+- `CopyMover`: a preallocated buffer and ``recv_into``/``send``, where splice is unavailable.
+
+Flow control lives in one place, `_Direction._flush`: a direction reads again only once its holding
+area has been written out completely. A slow reader therefore stops its writer (the source's TCP
+receive window closes) and the LB holds at most `capacity` bytes per direction.
+
+The sockets are driven with ``loop.add_reader``/``add_writer`` on their raw file descriptors, so the
+same code runs on asyncio's selector loop and on uvloop. End of stream in one direction becomes
+``shutdown(SHUT_WR)`` on the destination once everything read before it was written (half-close).
+A reset or error on either socket closes both, the other one with ``SO_LINGER`` 0 so the reset
+reaches its peer too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Final, Protocol
+
+SPLICE_AVAILABLE: Final = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+PIPE_SIZE: Final = 1 << 20  # bytes per direction asked of F_SETPIPE_SZ
+COPY_BUFFER_SIZE: Final = 256 * 1024  # bytes per direction for the recv/send fallback
+
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+class Mover(Protocol):
+    """A bounded holding area between a source and a destination socket."""
+
+    capacity: int
+    """Most bytes it ever holds."""
+    held: int
+    """Bytes read from the source and not yet written to the destination."""
+    peak: int
+    """Highest `held` seen."""
+
+    def fill(self, src: socket.socket) -> int | None:
+        """Read what fits; bytes read, 0 at end of stream, None if nothing to read now."""
+
+    def drain(self, dst: socket.socket) -> int:
+        """Write what the destination takes now; bytes written."""
+
+    def close(self) -> None: ...
+
+
+class PipeMover:
+    """socket -> pipe -> socket with `os.splice`."""
+
+    def __init__(self, size: int = PIPE_SIZE) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Over fs.pipe-max-size or the user's pipe page quota (EPERM): keep the default size.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._w, fcntl.F_SETPIPE_SZ, size)
+        self.capacity: int = fcntl.fcntl(self._w, fcntl.F_GETPIPE_SZ)
+        self.held = 0
+        self.peak = 0
+
+    def fill(self, src: socket.socket) -> int | None:
+        try:
+            n = os.splice(src.fileno(), self._w, self.capacity - self.held, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return None
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        return n
+
+    def drain(self, dst: socket.socket) -> int:
+        written = 0
+        while self.held:
+            try:
+                n = os.splice(self._r, dst.fileno(), self.held, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+            self.held -= n
+            written += n
+        return written
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+class CopyMover:
+    """socket -> buffer -> socket with `recv_into` and `send` (the fallback)."""
+
+    def __init__(self, size: int = COPY_BUFFER_SIZE) -> None:
+        self._view = memoryview(bytearray(size))
+        self._start = 0
+        self.capacity = size
+        self.held = 0
+        self.peak = 0
+
+    def fill(self, src: socket.socket) -> int | None:
+        # Only called once everything held was written out: the buffer is empty.
+        try:
+            n = src.recv_into(self._view)
+        except BlockingIOError:
+            return None
+        self._start, self.held = 0, n
+        self.peak = max(self.peak, n)
+        return n
+
+    def drain(self, dst: socket.socket) -> int:
+        written = 0
+        while self.held:
+            try:
+                n = dst.send(self._view[self._start : self._start + self.held])
+            except BlockingIOError:
+                break
+            self._start += n
+            self.held -= n
+            written += n
+        return written
+
+    def close(self) -> None:
+        self._view.release()
+
+
+class _Direction:
+    """src -> mover -> dst, paced by the mover's capacity."""
+
+    def __init__(
+        self,
+        splice: Splice,
+        src: socket.socket,
+        dst: socket.socket,
+        mover: Mover,
+        on_moved: Callable[[int], None],
+    ) -> None:
+        self._splice = splice
+        self._loop = splice.loop
+        self.src, self.dst = src, dst
+        self.mover = mover
+        self._on_moved = on_moved
+        self._reading = False
+        self._writing = False
+        self._eof = False
+        self.done = False
+        """End of stream read, everything written, and the destination shut down for writing."""
+
+    def start(self) -> None:
+        self._start_reading()
+
+    def stop(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.src.fileno())
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self.dst.fileno())
+            self._writing = False
+
+    def _start_reading(self) -> None:
+        self._loop.add_reader(self.src.fileno(), self._on_readable)
+        self._reading = True
+
+    def _on_readable(self) -> None:
+        try:
+            n = self.mover.fill(self.src)
+        except OSError as exc:
+            self._splice.abort(self.src, exc)
+            return
+        if n is None:
+            return
+        if n == 0:
+            self._eof = True
+            self._loop.remove_reader(self.src.fileno())
+            self._reading = False
+        self._flush()
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            moved = self.mover.drain(self.dst)
+        except OSError as exc:
+            self._splice.abort(self.dst, exc)
+            return
+        if moved:
+            self._on_moved(moved)
+        if self.mover.held:  # the destination is full: stop reading until it takes the rest
+            if self._reading:
+                self._loop.remove_reader(self.src.fileno())
+                self._reading = False
+            if not self._writing:
+                self._loop.add_writer(self.dst.fileno(), self._on_writable)
+                self._writing = True
+            return
+        if self._writing:
+            self._loop.remove_writer(self.dst.fileno())
+            self._writing = False
+        if self._eof:
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                self._splice.abort(self.dst, exc)
+                return
+            self.done = True
+            self._splice.direction_done()
+        elif not self._reading:
+            self._start_reading()
+
+
+class Splice:
+    """Two connected sockets joined both ways until both ends finished, one reset, or `close`.
+
+    Owns both sockets from `start` on and closes them; `on_closed(reason)` is called exactly once:
+    ``done`` (both directions ended cleanly), ``<name>_reset`` / ``<name>_error`` (a socket failed;
+    `names` gives the two sockets' names), or the reason given to `close`.
+    """
+
+    def __init__(
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        *,
+        on_closed: Callable[[str], None],
+        on_a_to_b: Callable[[int], None] = lambda n: None,
+        on_b_to_a: Callable[[int], None] = lambda n: None,
+        names: tuple[str, str] = ("a", "b"),
+        use_splice: bool = SPLICE_AVAILABLE,
+        buffer_size: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self._names = {a.fileno(): names[0], b.fileno(): names[1]}
+        self._socks = (a, b)
+        self._on_closed = on_closed
+        movers: list[Mover] = []
+        try:
+            for _ in range(2):
+                if use_splice:
+                    movers.append(PipeMover(buffer_size or PIPE_SIZE))
+                else:
+                    movers.append(CopyMover(buffer_size or COPY_BUFFER_SIZE))
+        except OSError:
+            for mover in movers:
+                mover.close()
+            raise
+        self._dirs = (
+            _Direction(self, a, b, movers[0], on_a_to_b),
+            _Direction(self, b, a, movers[1], on_b_to_a),
+        )
+        self.closed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in the LB now, both directions."""
+        return sum(d.mover.held for d in self._dirs)
+
+    @property
+    def peak_buffered(self) -> int:
+        """Highest bytes held by one direction so far."""
+        return max(d.mover.peak for d in self._dirs)
+
+    @property
+    def capacity(self) -> int:
+        """Most bytes one direction can hold."""
+        return max(d.mover.capacity for d in self._dirs)
+
+    def start(self) -> None:
+        for d in self._dirs:
+            d.start()
+
+    def direction_done(self) -> None:
+        if all(d.done for d in self._dirs):
+            self.close("done")
+
+    def abort(self, failed: socket.socket, exc: OSError) -> None:
+        """`failed` raised `exc`: close both, resetting the other socket's connection."""
+        kind = "reset" if isinstance(exc, ConnectionResetError | BrokenPipeError) else "error"
+        reason = f"{self._names.get(failed.fileno(), '?')}_{kind}"
+        self.close(reason, reset=True)
+
+    def close(self, reason: str, *, reset: bool = False) -> None:
+        """Stop moving and close both sockets (with RST when `reset`); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for d in self._dirs:
+            d.stop()
+            d.mover.close()
+        for sock in self._socks:
+            if reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()
+        self._on_closed(reason)
