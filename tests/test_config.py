@@ -28,7 +28,7 @@ vips:
       connect: 3s
       idle: 350s
     max_connections: 10000
-    proxy_protocol: off
+    proxy_protocol: v1
     accept_proxy_protocol: false
 """
 
@@ -52,9 +52,14 @@ def test_reference_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (code, err) == (0, "")
     assert "ok, 1 VIP(s): web" in out
     vip = load_config(tmp_path / "sluice.yaml").vips[0]
-    assert vip.proxy_protocol == "off"
+    assert vip.proxy_protocol == "v1"
     assert vip.timeouts.connect == 3.0 and vip.idle_timeout_s == 350.0
     assert vip.backends[1].weight == 1
+
+
+def test_yaml_off_means_off(tmp_path: Path) -> None:
+    text = GOOD.replace("proxy_protocol: v1", "proxy_protocol: off")
+    assert load_config(write(tmp_path, text)).vips[0].proxy_protocol == "off"
 
 
 def test_idle_default_depends_on_protocol(tmp_path: Path) -> None:
@@ -93,8 +98,10 @@ def test_idle_default_depends_on_protocol(tmp_path: Path) -> None:
         (("      connect: 3s", "      connect: 0s"), "vips[0].timeouts.connect: a duration must be positive"),
         (("    protocol: tcp", "    protocol: sctp"), "vips[0].protocol: Input should be 'tcp' or 'udp'"),
         (("    scheduler: maglev", "    scheduler: fastest"), "vips[0].scheduler: Input should be"),
-        (("    proxy_protocol: off", "    proxy_protocol: v3"), "vips[0].proxy_protocol: Input should be"),
+        (("    proxy_protocol: v1", "    proxy_protocol: v3"), "vips[0].proxy_protocol: Input should be"),
         (("    mode: proxy", "    mode: dsr"), "vips[0]: mode: dsr needs a dsr block"),
+        (("    protocol: tcp", "    protocol: udp"), "vips[0]: proxy_protocol: v1 has no UDP form"),
+        (("      - address: 127.0.0.1:9002", "      - address: 127.0.0.1:8000"), "vips[0]: backend 127.0.0.1:8000 is the VIP itself"),
         (("    listen: 127.0.0.1:8000", "    listen: 8000"), "vips[0].listen: expected a string"),
     ],
 )

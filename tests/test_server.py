@@ -22,18 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.control.fakes import free_port
 from tests.control.lab import Backend, Backends, Held, probe
 
-# Until the TCP data plane and the scheduler are merged these end-to-end tests cannot run.
-pytest.importorskip("sluice.core.scheduler", reason="the scheduler (core/scheduler.py) is not merged yet")
-
-
-def needs_flow_hooks() -> None:
-    """Skip until the proxy listeners have close_backend_flows / stop_accepting."""
-    from sluice.dataplane.proxy.tcp import TcpListener
-
-    if not hasattr(TcpListener, "close_backend_flows") or not hasattr(TcpListener, "stop_accepting"):
-        pytest.skip("TcpListener has no close_backend_flows / stop_accepting yet")
-
-
 TOKEN = "server-test-token-0123456789"
 
 
@@ -187,7 +175,6 @@ async def test_run_serves_reloads_and_reports(tmp_path: Path, backends: Backends
 async def test_graceful_stop_lets_flows_finish_and_second_signal_exits(
     tmp_path: Path, backends: Backends
 ) -> None:
-    needs_flow_hooks()
     b0 = await backends.add()
     async with sluice(tmp_path, [b0], shutdown_timeout="20s") as s:
         held = await Held.open(s.vip_port)

@@ -473,6 +473,10 @@ class Vip(_Frozen):
             raise ValueError("a dsr block is only valid with mode: dsr")
         if self.accept_proxy_protocol and self.protocol != "tcp":
             raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
+        if self.protocol == "udp" and self.proxy_protocol == "v1":
+            raise ValueError("proxy_protocol: v1 has no UDP form; use v2 for udp VIPs")
+        if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
+            raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
         return self
 
     @property

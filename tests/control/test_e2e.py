@@ -17,18 +17,6 @@ from sluice.core.health import Admin, State
 from tests.control.fakes import free_port
 from tests.control.lab import Backend, Backends, Held, Load, probe, vip_config, wait_for
 
-# Until the TCP data plane and the scheduler are merged these end-to-end tests cannot run.
-pytest.importorskip("sluice.core.scheduler", reason="the scheduler (core/scheduler.py) is not merged yet")
-
-
-def needs_flow_hooks() -> None:
-    """Skip until the proxy listeners have close_backend_flows / stop_accepting."""
-    from sluice.dataplane.proxy.tcp import TcpListener
-
-    if not hasattr(TcpListener, "close_backend_flows") or not hasattr(TcpListener, "stop_accepting"):
-        pytest.skip("TcpListener has no close_backend_flows / stop_accepting yet")
-
-
 INTERVAL, TIMEOUT, RISE, FALL = 0.2, 0.2, 2, 2
 HEALTH = {"type": "tcp", "interval": INTERVAL, "timeout": TIMEOUT, "rise": RISE, "fall": FALL, "jitter": 0.1}
 
@@ -124,7 +112,6 @@ async def test_passive_ejection_without_active_checks(backends: Backends) -> Non
 
 
 async def test_drain_then_drain_timeout_closes_the_rest(backends: Backends) -> None:
-    needs_flow_hooks()
     b0, b1, b2 = [await backends.add() for _ in range(3)]
     port = free_port()
     controller = await running(vip_config([b0, b1, b2], port, drain_timeout="600ms", health=HEALTH))

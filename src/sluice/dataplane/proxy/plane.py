@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from sluice.config import Config, Vip
+from sluice.config import Config, Endpoint, Vip
 from sluice.dataplane.stats import VipStats
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,12 @@ class Listener(Protocol):
     def update(self, vip: Vip) -> None:
         """Take a new config for the same listen address (backends, weights, limits);
         established flows keep their backend."""
+
+    async def stop_accepting(self) -> None:
+        """Take no new flows; established ones continue (graceful shutdown)."""
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """Close the established flows on `backend`; returns how many."""
 
     async def close(self) -> None:
         """Stop accepting and close every flow."""
@@ -68,6 +74,14 @@ class ProxyPlane:
 
     def stats(self) -> dict[str, VipStats]:
         return {name: listener.stats for name, (_, listener) in self._listeners.items()}
+
+    async def stop_accepting(self) -> None:
+        for _, listener in self._listeners.values():
+            await listener.stop_accepting()
+
+    def close_backend_flows(self, vip_name: str, backend: Endpoint, reason: str) -> int:
+        current = self._listeners.get(vip_name)
+        return 0 if current is None else current[1].close_backend_flows(backend, reason)
 
     async def close(self) -> None:
         listeners, self._listeners = self._listeners, {}

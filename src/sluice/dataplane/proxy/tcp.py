@@ -188,18 +188,29 @@ class TcpListener:
         for flow in self._flows:
             self._rehome(flow)
 
-    async def close(self) -> None:
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; established flows continue."""
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
         if self._resume is not None:
             self._resume.cancel()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
         for task in list(self._handshakes):
             task.cancel()
         await asyncio.gather(*self._handshakes, return_exceptions=True)
         for flow in list(self._flows):
             flow.close("shutdown")
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """Close the established flows on `backend` (drain timeout, on_backend_down: close)."""
+        doomed = [flow for flow in self._flows if flow.backend == backend]
+        for flow in doomed:
+            flow.close(reason)
+        return len(doomed)
 
     # ------------------------------------------------------------------ observation
 

@@ -139,6 +139,7 @@ class UdpListener:
         self._vip_ip: IPv4Address | IPv6Address = vip.listen.ip
         self._vip_port = vip.listen.port
         self._seq = 0
+        self._accepting = True
 
     @property
     def address(self) -> tuple[str, int]:
@@ -179,6 +180,19 @@ class UdpListener:
             else:
                 up.stale = True
         self._rearm_timer()
+
+    async def stop_accepting(self) -> None:
+        """Open no new sessions; datagrams of existing sessions still flow (UDP keeps its socket)."""
+        self._accepting = False
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """End the sessions on `backend`; their next datagram opens a new session elsewhere."""
+        keys = [
+            s.key for s in self._table if s.value.backend is not None and s.value.backend.endpoint == backend
+        ]
+        for key in keys:
+            self._end(key, reason)
+        return len(keys)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -291,6 +305,9 @@ class UdpListener:
     # ------------------------------------------------------------------------------- sessions
 
     def _open_session(self, addr: Address, now: float) -> Session[Address, _Upstream] | None:
+        if not self._accepting:
+            self.stats.refused["shutting_down"] += 1
+            return None
         udp = self._vip.udp
         client_ip = ip_address(addr[0])
         if udp.hash == "source_ip":
