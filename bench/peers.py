@@ -1,0 +1,190 @@
+"""The load balancers compared (and "direct": no LB at all), each pinned to the LB core.
+
+Every peer proxies one VIP on 127.0.0.1 to one backend, with the same limits and timeouts:
+connect 3 s, idle 350 s (TCP), 120 s (UDP); UDP request/response ends a session after one reply.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import proc
+
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def _max_conn() -> int:
+    """Same connection cap for every peer, within the fd hard limit (a proxied flow holds 2 fds, + splice pipes)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 100000 if hard == resource.RLIM_INFINITY else max(1000, min(100000, (hard - 1000) // 3))
+
+
+MAX_CONN = _max_conn()
+
+
+@dataclass
+class Running:
+    """A started peer: where clients connect, and the process tree whose CPU is the LB's cost."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc.stop(self.proc)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a peer must do: listen on `port` and forward `proto` to the backend."""
+
+    proto: str  # "tcp" | "udp"
+    port: int
+    backend_port: int
+    tmp: Path
+    udp_responses: int | None = None  # 1 = request/response (DNS-like), None = long-lived flow
+
+
+def _haproxy_cfg(job: Job, tuned: bool) -> str:
+    tune = "    tune.bufsize 131072\n    tune.maxrewrite 1024\n" if tuned else ""
+    splice = "    option splice-auto\n" if tuned else ""
+    return f"""global
+    nbthread 1
+    maxconn {MAX_CONN}
+    pidfile {job.tmp}/haproxy.pid
+{tune}
+defaults
+    mode tcp
+    maxconn {MAX_CONN}
+    timeout connect 3s
+    timeout client 350s
+    timeout server 350s
+{splice}
+frontend vip
+    bind {proc.HOST}:{job.port}
+    default_backend pool
+
+backend pool
+    server b1 {proc.HOST}:{job.backend_port}
+"""
+
+
+def _start_haproxy(job: Job, tuned: bool) -> subprocess.Popen[bytes]:
+    name = "haproxy-splice" if tuned else "haproxy"
+    cfg = job.tmp / f"{name}.cfg"
+    cfg.write_text(_haproxy_cfg(job, tuned))
+    # -db: foreground, no daemon, no master-worker: a single process is the whole LB.
+    return _launch(["haproxy", "-db", "-f", str(cfg)], job, name)
+
+
+def nginx_base(tmp: Path, name: str) -> str:
+    return f"""daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {2 * MAX_CONN + 500};
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.error.log warn;
+events {{ worker_connections {MAX_CONN}; }}
+"""
+
+
+def nginx_cmd(cfg: Path, tmp: Path) -> list[str]:
+    return ["nginx", "-p", str(tmp), "-e", str(tmp / "nginx.startup.log"), "-c", str(cfg)]
+
+
+def _start_nginx(job: Job) -> subprocess.Popen[bytes]:
+    if job.proto == "tcp":
+        server = f"""    server {{
+        listen {proc.HOST}:{job.port} backlog=4096;
+        proxy_pass {proc.HOST}:{job.backend_port};
+        proxy_connect_timeout 3s;
+        proxy_timeout 350s;
+    }}"""
+    else:
+        responses = f"        proxy_responses {job.udp_responses};\n" if job.udp_responses else ""
+        server = f"""    server {{
+        listen {proc.HOST}:{job.port} udp;
+        proxy_pass {proc.HOST}:{job.backend_port};
+        proxy_timeout 120s;
+{responses}    }}"""
+    cfg = job.tmp / "nginx-stream.conf"
+    cfg.write_text(
+        f"load_module {NGINX_STREAM_MODULE};\n"
+        + nginx_base(job.tmp, "nginx-stream")
+        + f"stream {{\n{server}\n}}\n"
+    )
+    return _launch(nginx_cmd(cfg, job.tmp), job, "nginx")
+
+
+def sluice_bin() -> str:
+    return str(Path(sys.executable).parent / "sluice")
+
+
+def sluice_yaml(job: Job) -> str:
+    idle = "350s" if job.proto == "tcp" else "120s"
+    udp = f"    udp: {{responses: {job.udp_responses}}}\n" if job.proto == "udp" and job.udp_responses else ""
+    return f"""vips:
+  - name: bench
+    protocol: {job.proto}
+    listen: {proc.HOST}:{job.port}
+    scheduler: maglev
+    backends:
+      - address: {proc.HOST}:{job.backend_port}
+    timeouts: {{connect: 3s, idle: {idle}}}
+    max_connections: {MAX_CONN}
+{udp}"""
+
+
+def _start_sluice(job: Job) -> subprocess.Popen[bytes]:
+    cfg = job.tmp / "sluice.yaml"
+    cfg.write_text(sluice_yaml(job))
+    return _launch([sluice_bin(), "run", str(cfg)], job, "sluice")
+
+
+def _launch(cmd: list[str], job: Job, name: str) -> subprocess.Popen[bytes]:
+    log = job.tmp / f"{name}.log"
+    p = proc.spawn(cmd, proc.cores()[0], log)
+    proc.wait_listening(p, job.port, job.proto, log, name)
+    return p
+
+
+Starter = Callable[[Job], subprocess.Popen[bytes] | None]
+
+STARTERS: dict[str, Starter] = {
+    "haproxy": lambda job: _start_haproxy(job, tuned=False),
+    "haproxy-splice": lambda job: _start_haproxy(job, tuned=True),
+    "nginx": _start_nginx,
+    "sluice": _start_sluice,
+    "direct": lambda job: None,
+}
+
+LABELS = {
+    "haproxy": "HAProxy 2.6 (mode tcp, nbthread 1, defaults)",
+    "haproxy-splice": "HAProxy 2.6 tuned (splice-auto, bufsize 128k)",
+    "nginx": "NGINX stream (1 worker)",
+    "sluice": "sluice (proxy data plane)",
+    "direct": "direct (no LB)",
+}
+
+TCP_PEERS = ("haproxy", "haproxy-splice", "nginx", "sluice", "direct")
+UDP_PEERS = ("nginx", "sluice", "direct")
+
+
+def start(name: str, proto: str, backend_port: int, tmp: Path, udp_responses: int | None = None) -> Running:
+    """Start peer `name`; "direct" starts nothing and points clients straight at the backend."""
+    if name == "direct":
+        return Running(name, backend_port)
+    job = Job(proto, proc.free_port(), backend_port, tmp, udp_responses)
+    return Running(name, job.port, STARTERS[name](job))
