@@ -13,13 +13,15 @@ import sys
 import time
 from typing import Any
 
-from bench import anycast, maglev, proc, report, rounds, tcp, udp
+from bench import anycast, control, maglev, proc, report, rounds, tcp, udp, xdp
 
 _ALL: tuple[type[rounds.Scenario], ...] = (
     *tcp.SCENARIOS,
     *udp.SCENARIOS,
     maglev.MaglevBuild,
     anycast.AnycastFailover,
+    control.ControlPlane,
+    xdp.XdpForwarding,
 )
 SCENARIOS: dict[str, type[rounds.Scenario]] = {sc.name: sc for sc in _ALL}
 NEEDS = {"tcp_bulk": ("iperf3",), "tcp_conn": ("wrk", "nginx"), "tcp_keepalive": ("wrk", "nginx")}
@@ -46,6 +48,10 @@ def run_one(name: str, n_rounds: int, quick: bool, layout: str | None = None) ->
         return rounds.result(sc, sc.builds, rows, errors, started)
     if isinstance(sc, anycast.AnycastFailover):
         return anycast.run(sc, n_rounds, log)  # None (skipped) without root / bird / the lab
+    if isinstance(sc, xdp.XdpForwarding):
+        return xdp.run(sc, n_rounds, log)  # None (skipped) without root / trafgen / clang / 2 cores
+    if isinstance(sc, control.ControlPlane):
+        return control.run(sc, n_rounds, log)
     return rounds.run(sc, n_rounds, log)
 
 

@@ -101,7 +101,10 @@ def test_idle_default_depends_on_protocol(tmp_path: Path) -> None:
         (("    proxy_protocol: v1", "    proxy_protocol: v3"), "vips[0].proxy_protocol: Input should be"),
         (("    mode: proxy", "    mode: dsr"), "vips[0]: mode: dsr needs a dsr block"),
         (("    protocol: tcp", "    protocol: udp"), "vips[0]: proxy_protocol: v1 has no UDP form"),
-        (("      - address: 127.0.0.1:9002", "      - address: 127.0.0.1:8000"), "vips[0]: backend 127.0.0.1:8000 is the VIP itself"),
+        (
+            ("      - address: 127.0.0.1:9002", "      - address: 127.0.0.1:8000"),
+            "vips[0]: backend 127.0.0.1:8000 is the VIP itself",
+        ),
         (("    listen: 127.0.0.1:8000", "    listen: 8000"), "vips[0].listen: expected a string"),
     ],
 )

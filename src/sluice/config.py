@@ -606,6 +606,10 @@ def parse_config(data: Any) -> Config:
     return config
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it (5-10x faster on big files), else PyYAML's."""
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; raises ConfigError."""
     try:
@@ -613,7 +617,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
     return parse_config(data)

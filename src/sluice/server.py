@@ -69,7 +69,7 @@ def _announcer(config: Config) -> Announcer | None:
 
 
 def metrics_sources(controller: Controller) -> Sources:
-    return Sources(
+    sources = Sources(
         stats=controller.stats,
         health=controller.monitor.records,
         weights=controller.effective_weights,
@@ -77,6 +77,11 @@ def metrics_sources(controller: Controller) -> Sources:
         reloads=lambda: controller.reloads,
         closed_by_control=lambda: controller.closed_by_control,
     )
+    if (announcer := controller.announcer) is not None:
+        sources.announce_changes = lambda: announcer.counts
+        sources.announced = announcer.prefix_states
+        sources.announce_errors = lambda: announcer.errors
+    return sources
 
 
 async def serve(config_path: Path) -> None:

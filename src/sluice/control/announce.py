@@ -257,6 +257,10 @@ class Announcer:
             for prefix, vips in prefixes_of(self._config).items()
         )
 
+    def prefix_states(self) -> dict[str, bool]:
+        """prefix -> announced now, for every prefix the config covers and every one still announced."""
+        return {p: p in self.announced for p in sorted({*self.decision(), *self.announced})}
+
     def decision(self) -> dict[str, str | None]:
         if self._config is None:
             return {}

@@ -3,7 +3,7 @@
 Nothing is counted twice: the data plane's `VipStats`, the monitor's records and the controller's
 counters are read when Prometheus scrapes, and turned into metric families here. Names follow the
 Prometheus conventions (``_total`` counters, ``_seconds`` / ``_bytes`` units, labels ``vip``,
-``backend``, ``reason``, ``direction``, ``state``).
+``backend``, ``reason``, ``direction``, ``state``, ``prefix``, ``action``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sluice.control.announce import Action
 from sluice.control.monitor import BackendRecord
 from sluice.core.health import State
 from sluice.dataplane.stats import VipStats
@@ -36,6 +37,12 @@ class Sources:
     transitions: Callable[[], Mapping[tuple[str, str, State], int]] = dict
     reloads: Callable[[], Mapping[str, int]] = dict
     closed_by_control: Callable[[], Mapping[tuple[str, str], int]] = dict
+    announce_changes: Callable[[], Mapping[tuple[str, Action], int]] = dict
+    """(prefix, action) -> times this node announced / withdrew the prefix (control/announce.py)."""
+    announced: Callable[[], Mapping[str, bool]] = dict
+    """prefix -> announced now, for every prefix of the ``announce:`` block."""
+    announce_errors: Callable[[], int] | None = None
+    """Failed speaker (BIRD) updates; None without an ``announce:`` block."""
     extra: list[Callable[[], Iterable[Metric]]] = field(default_factory=list)
 
 
@@ -60,6 +67,7 @@ class SluiceCollector(Collector):
         for (vip, reason), n in sorted(self.sources.closed_by_control().items()):
             closed.add_metric([vip, reason], n)
         yield closed
+        yield from _announce_metrics(self.sources)
         for extra in self.sources.extra:
             yield from extra()
 
@@ -88,7 +96,15 @@ def _vip_metrics(stats: Mapping[str, VipStats]) -> Iterator[Metric]:
         "sluice_session_evictions", "UDP sessions evicted (table full)", labels=vl
     )
     moved = CounterMetricFamily(
-        "sluice_flows_moved", "Flows moved to another backend by a table change", labels=vl
+        "sluice_flows_moved",
+        "Flows (UDP sessions) moved to another backend because theirs went away",
+        labels=vl,
+    )
+    slots = CounterMetricFamily(
+        "sluice_maglev_slots_changed",
+        "Maglev table slots whose backend changed, summed over table rebuilds (divided by the table "
+        "size: the share of new flows moved)",
+        labels=vl,
     )
     active = GaugeMetricFamily("sluice_flows_active", "Flows open now per backend", labels=bl)
     total = CounterMetricFamily("sluice_flows", "Flows sent to a backend", labels=bl)
@@ -115,6 +131,7 @@ def _vip_metrics(stats: Mapping[str, VipStats]) -> Iterator[Metric]:
         sessions.add_metric([vip], s.sessions)
         evictions.add_metric([vip], s.evictions)
         moved.add_metric([vip], s.rebalanced)
+        slots.add_metric([vip], s.table_slots_changed)
         for backend, b in sorted(s.backends.items()):
             labels = [vip, backend]
             active.add_metric(labels, b.active)
@@ -127,7 +144,7 @@ def _vip_metrics(stats: Mapping[str, VipStats]) -> Iterator[Metric]:
             bytes_.add_metric([vip, backend, "from_backend"], b.bytes_from_backend)
             datagrams.add_metric([vip, backend, "to_backend"], b.datagrams_to_backend)
             datagrams.add_metric([vip, backend, "from_backend"], b.datagrams_from_backend)
-    yield from (vip_active, vip_total, refused, dropped, closed, sessions, evictions, moved)
+    yield from (vip_active, vip_total, refused, dropped, closed, sessions, evictions, moved, slots)
     yield from (active, total, attempts, established, errors, bytes_, datagrams)
 
 
@@ -169,3 +186,25 @@ def _health_metrics(
     for (vip, backend, s), n in sorted(transitions.items()):
         moved.add_metric([vip, backend, str(s)], n)
     yield from (up, state, weight, checks, latency, moved)
+
+
+def _announce_metrics(sources: Sources) -> Iterator[Metric]:
+    changes = CounterMetricFamily(
+        "sluice_announce_changes",
+        "BGP announcements and withdrawals of a prefix by this node",
+        labels=["prefix", "action"],
+    )
+    for (prefix, action), n in sorted(sources.announce_changes().items()):
+        changes.add_metric([prefix, action], n)
+    announced = GaugeMetricFamily(
+        "sluice_announced", "1 while this node announces the prefix over BGP", labels=["prefix"]
+    )
+    for prefix, on in sorted(sources.announced().items()):
+        announced.add_metric([prefix], 1.0 if on else 0.0)
+    yield from (changes, announced)
+    if sources.announce_errors is not None:
+        yield CounterMetricFamily(
+            "sluice_announce_errors",
+            "Failed BGP speaker updates (each retried at the next update or node check)",
+            value=sources.announce_errors(),
+        )

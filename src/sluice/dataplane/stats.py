@@ -45,6 +45,9 @@ class VipStats:
     """UDP: sessions evicted because the table was full."""
     rebalanced: int = 0
     """Flows moved to another backend because theirs went away."""
+    table_slots_changed: int = 0
+    """Maglev table slots whose backend changed, summed over the table rebuilds (config, health or
+    weight changes); divided by the table size, the share of the flow-hash space (new flows) moved."""
     backends: dict[str, BackendStats] = field(default_factory=dict)
     """Keyed by str(Endpoint)."""
 

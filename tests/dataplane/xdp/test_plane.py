@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sluice.core.maglev import build_table
 
 from sluice.config import Config, parse_config
 from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.maglev import build_table
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.loader import XDP_TX
 from sluice.dataplane.xdp.maps import BACKEND_F_ACTIVE, NO_BACKEND, CtEntry, flow_key, mac_str
@@ -189,9 +189,11 @@ async def test_removing_a_backend_rewrites_only_its_slots(instance: str, tmp_pat
         index = vip_index(plane, "web")
         before_slots = slot_of(plane, "web")
         before = row(plane, index)
+        assert plane.stats()["web"].table_slots_changed == 0  # the first write is no change
         await plane.apply(config(WEB3[:2]))
         after = row(plane, index)
         assert (after == expected_row(plane, "web", WEB3[:2])).all()
+        assert plane.stats()["web"].table_slots_changed == int((before != after).sum())
         gone = before_slots[WEB3[2]]
         # the removed backend's slots all changed; Maglev moves only a few others (M=251 here, so allow 5%)
         assert (after != gone).all()

@@ -86,6 +86,7 @@ class _VipState:
     key: tuple[bytes, int, int]
     backend_slots: dict[str, int] = field(default_factory=dict)  # identity -> backend index
     row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now
+    slots_changed: int = 0  # Maglev slots rewritten by the updates after the first write
     protocol: str = "tcp"
 
 
@@ -303,6 +304,8 @@ class XdpPlane:
         else:
             changed = np.arange(len(row), dtype=np.uint32)
         maps.write_maglev(state.index, self._defines["MAGLEV_SIZE"], changed, row[changed])
+        if state.row is not None:
+            state.slots_changed += len(changed)
         state.row = row
         log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
         # 3. the VIP entry
@@ -409,7 +412,7 @@ class XdpPlane:
         out = {}
         for state in self._vips.values():
             c = self._maps.vip_counters(state.index)
-            vs = VipStats(flows_total=c["new_flows"])
+            vs = VipStats(flows_total=c["new_flows"], table_slots_changed=state.slots_changed)
             for reason in ("no_backend", "encap"):
                 if c[f"drop_{reason}"]:
                     vs.dropped[reason] = c[f"drop_{reason}"]
