@@ -144,9 +144,13 @@ async def _udp_client(vip: Endpoint, load: Load, sem: asyncio.Semaphore) -> None
 
 def _render(controller: Controller, load: Load, connections: int) -> Group:
     stats = controller.stats()
-    table = Table(title="sluice demo: flows per backend", expand=False)
-    for column in ("VIP", "backend", "active", "flows", "share", "bytes to backend", "bytes from backend"):
-        table.add_column(column, justify="right" if column not in ("VIP", "backend") else "left")
+    table = Table(
+        title="sluice demo: flows per backend", caption="bytes in: client -> backend; out: backend -> client"
+    )
+    table.add_column("VIP", no_wrap=True)
+    table.add_column("backend", no_wrap=True)
+    for column in ("active", "flows", "share", "bytes in", "bytes out"):
+        table.add_column(column, justify="right")
     for vip in controller.config.vips:
         vs = stats.get(vip.name)
         if vs is None:

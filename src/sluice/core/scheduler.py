@@ -1,0 +1,214 @@
+"""Schedulers: which backend a new flow goes to. Chosen by name from `REGISTRY`.
+
+Sans-IO: a scheduler is told about flows (`pick`, `on_open`, `on_close`) and keeps only counts. A
+backend with weight 0 never gets a new flow from any scheduler (it may still have open flows;
+`on_open`/`on_close` keep counting them).
+
+- ``maglev``: consistent hashing. ``slot = flow_hash(flow) % M`` in the Maglev table
+  (`sluice.core.maglev`); the same flow always lands on the same backend, on every node. With
+  `exclude` (a connect retry after a failure) the walk goes on to slot + 1, slot + 2, ... up to the
+  first backend not excluded: deterministic, and bounded by M.
+- ``round_robin``: smooth weighted round robin as nginx does it: every eligible backend gains its
+  weight, the one with the most current weight is picked (first in config order on a tie) and
+  loses the total of the weights. Weights 5, 1, 1 give a a b a c a a, not a a a a a b c.
+- ``least_conn``: the backend with the fewest active flows per unit of weight (active / weight,
+  compared exactly); a tie goes to the heavier backend, then to the first in config order.
+- ``random_two``: power of two choices: two different backends drawn at random in proportion to
+  their weights (from the injected `random.Random`), then the one with fewer active / weight (the
+  first drawn on a tie).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from sluice.config import DEFAULT_TABLE_SIZE, Backend, Endpoint, SchedulerName
+from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.maglev import MaglevTable, build_table
+
+
+class Scheduler(Protocol):
+    name: SchedulerName
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        """The backend for a new flow; None = no eligible backend (all weight 0 or excluded)."""
+        ...
+
+    def on_open(self, backend: Endpoint) -> None:
+        """A flow started on `backend` (least_conn / random_two bookkeeping)."""
+        ...
+
+    def on_close(self, backend: Endpoint) -> None:
+        """A flow on `backend` ended."""
+        ...
+
+
+class _Base:
+    """Shared state: the backends in config order, their weights and active flow counts."""
+
+    name: SchedulerName
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        table_size: int = DEFAULT_TABLE_SIZE,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backends: tuple[Backend, ...] = tuple(backends)
+        self.weights: dict[Endpoint, int] = {b.address: b.weight for b in self.backends}
+        if len(self.weights) != len(self.backends):
+            raise ValueError("duplicate backend address")
+        self.active: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
+        """Open flows per backend, as told by on_open / on_close."""
+        self._eligible = [b.address for b in self.backends if b.weight > 0]
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        raise NotImplementedError
+
+    def eligible(self, exclude: Collection[Endpoint] = ()) -> list[Endpoint]:
+        """Backends that may take a new flow: weight > 0 and not excluded, in config order."""
+        if not exclude:
+            return list(self._eligible)
+        return [a for a in self._eligible if a not in exclude]
+
+    def on_open(self, backend: Endpoint) -> None:
+        if backend in self.active:  # a backend a reload removed is not counted
+            self.active[backend] += 1
+
+    def on_close(self, backend: Endpoint) -> None:
+        if self.active.get(backend, 0) > 0:
+            self.active[backend] -= 1
+
+    def _less_loaded(self, a: Endpoint, b: Endpoint) -> bool:
+        """active/weight of a < that of b (exact: cross-multiplied); weights are > 0."""
+        return self.active[a] * self.weights[b] < self.active[b] * self.weights[a]
+
+
+class MaglevScheduler(_Base):
+    name: SchedulerName = "maglev"
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        table_size: int = DEFAULT_TABLE_SIZE,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(backends, table_size=table_size, rng=rng)
+        self.table: MaglevTable = build_table([(str(b.address), b.weight) for b in self.backends], table_size)
+        by_identity = {str(b.address): b.address for b in self.backends}
+        self._endpoints = [by_identity[identity] for identity in self.table.backends]
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        slots = self.table.slots
+        size = len(slots)
+        slot = flow_hash(flow) % size
+        index = int(slots[slot])
+        if index < 0:
+            return None
+        if not exclude:
+            return self._endpoints[index]
+        if not self.eligible(exclude):
+            return None
+        at = slots.item
+        for step in range(size):
+            index = at((slot + step) % size)
+            if self._endpoints[index] not in exclude:
+                return self._endpoints[index]
+        return None  # unreachable: an eligible backend has slots
+
+
+class RoundRobinScheduler(_Base):
+    name: SchedulerName = "round_robin"
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        table_size: int = DEFAULT_TABLE_SIZE,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(backends, table_size=table_size, rng=rng)
+        self._current: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = self.eligible(exclude)
+        if not candidates:
+            return None
+        current = self._current
+        total = 0
+        best = candidates[0]
+        for a in candidates:
+            current[a] += self.weights[a]
+            total += self.weights[a]
+            if current[a] > current[best]:
+                best = a
+        current[best] -= total
+        return best
+
+
+class LeastConnScheduler(_Base):
+    name: SchedulerName = "least_conn"
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = self.eligible(exclude)
+        if not candidates:
+            return None
+        best = candidates[0]
+        for a in candidates[1:]:
+            if self._less_loaded(a, best) or (
+                not self._less_loaded(best, a) and self.weights[a] > self.weights[best]
+            ):
+                best = a
+        return best
+
+
+class RandomTwoScheduler(_Base):
+    name: SchedulerName = "random_two"
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        table_size: int = DEFAULT_TABLE_SIZE,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(backends, table_size=table_size, rng=rng)
+        self.rng = rng if rng is not None else random.Random()
+
+    def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = self.eligible(exclude)
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        weights = [self.weights[a] for a in candidates]
+        i = self.rng.choices(range(len(candidates)), weights)[0]
+        weights[i] = 0
+        j = self.rng.choices(range(len(candidates)), weights)[0]
+        first, second = candidates[i], candidates[j]
+        return second if self._less_loaded(second, first) else first
+
+
+REGISTRY: dict[SchedulerName, type[_Base]] = {
+    "maglev": MaglevScheduler,
+    "round_robin": RoundRobinScheduler,
+    "least_conn": LeastConnScheduler,
+    "random_two": RandomTwoScheduler,
+}
+
+
+def build_scheduler(
+    name: SchedulerName,
+    backends: Sequence[Backend],
+    table_size: int = DEFAULT_TABLE_SIZE,
+    rng: random.Random | None = None,
+) -> Scheduler:
+    """The scheduler called `name` over `backends` (config order). `table_size` is Maglev's M;
+    `rng` feeds random_two (tests inject a seeded one)."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown scheduler {name!r} (have: {', '.join(REGISTRY)})") from None
+    return cls(backends, table_size=table_size, rng=rng)
