@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.core.maglev import is_prime
+
 Protocol = Literal["tcp", "udp"]
 Mode = Literal["proxy", "dsr"]
 SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
@@ -128,19 +130,6 @@ Duration = Annotated[
 def _yaml_off(value: Any) -> Any:
     # YAML 1.1 reads a bare `off` as False.
     return "off" if value is False else value
-
-
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    f = 3
-    while f * f <= n:
-        if n % f == 0:
-            return False
-        f += 2
-    return True
 
 
 # ---------------------------------------------------------------- model

@@ -174,7 +174,7 @@ def permutation_parameters(names: Sequence[str], size: int) -> tuple[I64, I64]:
 
 
 def _prepare(backends: Sequence[tuple[str, int]], size: int) -> tuple[list[str], list[int]]:
-    if not _is_prime(size):
+    if not is_prime(size):
         raise ValueError(f"the table size must be a prime number, got {size}")
     items = sorted((str(name), int(weight)) for name, weight in backends)
     names = [name for name, _ in items]
@@ -192,7 +192,8 @@ def _frozen(names: Sequence[str], slots: I32) -> MaglevTable:
     return MaglevTable(backends=tuple(names), slots=slots)
 
 
-def _is_prime(n: int) -> bool:
+def is_prime(n: int) -> bool:
+    """Trial division; table sizes are at most ~1e6."""
     if n < 2:
         return False
     if n % 2 == 0:
