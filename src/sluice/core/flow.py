@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Final
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 FLOW_HASH_SEED = 0x51CE_F10E
 KEY_LEN = 40
+ADDRESS_CACHE_SIZE = 4096
+"""Host strings whose parsed address `parse_address` keeps."""
+DST_CACHE_SIZE = 256
+"""Destination addresses (VIPs) whose scrambled key words `flow_hash` keeps."""
 
 _MASK = 0xFFFFFFFF
 _WORDS = struct.Struct("<10I")
@@ -51,7 +57,7 @@ class FiveTuple:
     @classmethod
     def of(cls, src: tuple[str, int], dst: tuple[str, int], proto: int) -> FiveTuple:
         """Build from (host, port) pairs as sockets report them."""
-        return cls(ip_address(src[0]), ip_address(dst[0]), src[1], dst[1], proto)
+        return cls(parse_address(src[0]), parse_address(dst[0]), src[1], dst[1], proto)
 
     def key(self) -> bytes:
         """The 40-byte hash key (see the module docstring)."""
@@ -60,6 +66,14 @@ class FiveTuple:
             + _ip16(self.dst_ip)
             + struct.pack("!HHB3x", self.src_port, self.dst_port, self.proto)
         )
+
+
+@lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def parse_address(host: str) -> IPAddress:
+    """`ipaddress.ip_address` of a host string as sockets report it, cached: a new connection or
+    session comes from an address seen before far more often than not, and parsing costs microseconds.
+    """
+    return ip_address(host)
 
 
 def _ip16(ip: IPAddress) -> bytes:
@@ -91,6 +105,72 @@ def murmur3_words(words: tuple[int, ...], seed: int, length: int) -> int:
     return h
 
 
+def _mix(k: int) -> int:
+    """The per-word scramble of MurmurHash3 (k *= c1; k = rotl(k, 15); k *= c2)."""
+    k = (k * 0xCC9E2D51) & _MASK
+    k = ((k << 15) | (k >> 17)) & _MASK
+    return (k * 0x1B873593) & _MASK
+
+
+def _step(h: int, mixed: int) -> int:
+    """One round of MurmurHash3 with an already scrambled word."""
+    h ^= mixed
+    h = ((h << 13) | (h >> 19)) & _MASK
+    return (h * 5 + 0xE6546B64) & _MASK
+
+
+# An IPv4 address is ::ffff:a.b.c.d: its first three key words are constant (0, 0, 0xffff0000 read
+# little-endian), so the state after them (source) and their scrambled form (destination) are too.
+_V4_PREFIX_MIXED: Final = (_mix(0), _mix(0), _mix(0xFFFF0000))
+_V4_PREFIX_STATE: Final = _step(_step(_step(FLOW_HASH_SEED, _mix(0)), _mix(0)), _mix(0xFFFF0000))
+
+
+@lru_cache(maxsize=DST_CACHE_SIZE)
+def _mixed_destination(address: int, v4: bool) -> tuple[int, ...]:
+    """The four scrambled key words of a destination (a VIP: few distinct values, hence cached)."""
+    if v4:
+        return (*_V4_PREFIX_MIXED, _mix(int.from_bytes(address.to_bytes(4, "big"), "little")))
+    x = int.from_bytes(address.to_bytes(16, "big"), "little")
+    return tuple(_mix((x >> shift) & _MASK) for shift in (0, 32, 64, 96))
+
+
 def flow_hash(flow: FiveTuple) -> int:
-    """sluice's 32-bit flow hash (see the module docstring for the exact definition)."""
-    return murmur3_words(_WORDS.unpack(flow.key()), FLOW_HASH_SEED, KEY_LEN)
+    """sluice's 32-bit flow hash (see the module docstring for the exact definition).
+
+    Bit-identical to ``murmur3_words(struct.unpack("<10I", flow.key()), FLOW_HASH_SEED, KEY_LEN)``,
+    computed without building the key: the constant IPv4 prefix is folded in advance and the
+    destination's words are cached.
+    """
+    src = flow.src_ip
+    if src.version == 4:
+        h = _V4_PREFIX_STATE
+        words: tuple[int, ...] = (int.from_bytes(src.packed, "little"),)
+    else:
+        h = FLOW_HASH_SEED
+        x = int.from_bytes(src.packed, "little")
+        words = (x & _MASK, (x >> 32) & _MASK, (x >> 64) & _MASK, x >> 96)
+    for k in words:
+        k = (k * 0xCC9E2D51) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        h ^= (k * 0x1B873593) & _MASK
+        h = ((h << 13) | (h >> 19)) & _MASK
+        h = (h * 5 + 0xE6546B64) & _MASK
+    dst = flow.dst_ip
+    for mixed in _mixed_destination(int(dst), dst.version == 4):
+        h ^= mixed
+        h = ((h << 13) | (h >> 19)) & _MASK
+        h = (h * 5 + 0xE6546B64) & _MASK
+    sp, dp = flow.src_port, flow.dst_port
+    # bytes 32..35 (both ports, network order) read little-endian, then byte 36 (the protocol)
+    for k in ((sp >> 8) | (sp & 0xFF) << 8 | (dp >> 8) << 16 | (dp & 0xFF) << 24, flow.proto):
+        k = (k * 0xCC9E2D51) & _MASK
+        k = ((k << 15) | (k >> 17)) & _MASK
+        h ^= (k * 0x1B873593) & _MASK
+        h = ((h << 13) | (h >> 19)) & _MASK
+        h = (h * 5 + 0xE6546B64) & _MASK
+    h ^= KEY_LEN
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    return h ^ (h >> 16)

@@ -32,6 +32,7 @@ from typing import Final, Protocol
 SPLICE_AVAILABLE: Final = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 PIPE_SIZE: Final = 1 << 20  # bytes per direction asked of F_SETPIPE_SZ
 COPY_BUFFER_SIZE: Final = 256 * 1024  # bytes per direction for the recv/send fallback
+PIPE_POOL_SIZE: Final = 16  # drained pipes kept for reuse (per pool)
 
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -56,15 +57,65 @@ class Mover(Protocol):
     def close(self) -> None: ...
 
 
-class PipeMover:
-    """socket -> pipe -> socket with `os.splice`."""
+class PipePool:
+    """A bounded free-list of drained pipes, so a new flow skips ``pipe2`` + ``F_SETPIPE_SZ`` (two
+    syscalls and a buffer allocation per direction) and a closed one skips two ``close``.
 
-    def __init__(self, size: int = PIPE_SIZE) -> None:
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    Only empty pipes come back (`PipeMover.close` checks); at most `max_free` wait here, each counted
+    against the user's pipe page quota at its full size, so keep the bound small.
+    """
+
+    def __init__(self, max_free: int = PIPE_POOL_SIZE, size: int = PIPE_SIZE) -> None:
+        self.max_free = max_free
+        self.size = size
+        self._free: list[tuple[int, int, int]] = []  # (read fd, write fd, capacity)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def take(self) -> tuple[int, int, int]:
+        """A pipe: (read fd, write fd, capacity in bytes), reused when one is free."""
+        if self._free:
+            return self._free.pop()
+        return open_pipe(self.size)
+
+    def give(self, r: int, w: int, capacity: int) -> None:
+        """Take back an *empty* pipe; closed when the free-list is full."""
+        if len(self._free) < self.max_free:
+            self._free.append((r, w, capacity))
+        else:
+            os.close(r)
+            os.close(w)
+
+    def close(self) -> None:
+        """Close every free pipe (the owner is shutting down); the pool stays usable."""
+        free, self._free = self._free, []
+        for r, w, _ in free:
+            os.close(r)
+            os.close(w)
+
+
+def open_pipe(size: int) -> tuple[int, int, int]:
+    """A new non-blocking pipe sized `size` bytes if allowed: (read fd, write fd, capacity)."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
         # Over fs.pipe-max-size or the user's pipe page quota (EPERM): keep the default size.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._w, fcntl.F_SETPIPE_SZ, size)
-        self.capacity: int = fcntl.fcntl(self._w, fcntl.F_GETPIPE_SZ)
+        try:
+            return r, w, fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)  # returns the size granted
+        except OSError:
+            return r, w, fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+
+
+class PipeMover:
+    """socket -> pipe -> socket with `os.splice`; the pipe comes from (and goes back to) `pool`."""
+
+    def __init__(self, size: int = PIPE_SIZE, pool: PipePool | None = None) -> None:
+        self._pool = pool
+        self._r, self._w, self.capacity = pool.take() if pool is not None else open_pipe(size)
         self.held = 0
         self.peak = 0
 
@@ -74,7 +125,8 @@ class PipeMover:
         except BlockingIOError:
             return None
         self.held += n
-        self.peak = max(self.peak, self.held)
+        if self.held > self.peak:
+            self.peak = self.held
         return n
 
     def drain(self, dst: socket.socket) -> int:
@@ -89,8 +141,12 @@ class PipeMover:
         return written
 
     def close(self) -> None:
-        os.close(self._r)
-        os.close(self._w)
+        # `held` counts exactly the bytes in the pipe: 0 means drained, safe to hand to another flow.
+        if self._pool is not None and self.held == 0:
+            self._pool.give(self._r, self._w, self.capacity)
+        else:
+            os.close(self._r)
+            os.close(self._w)
 
 
 class CopyMover:
@@ -143,6 +199,7 @@ class _Direction:
         self._splice = splice
         self._loop = splice.loop
         self.src, self.dst = src, dst
+        self._src_fd, self._dst_fd = src.fileno(), dst.fileno()
         self.mover = mover
         self._on_moved = on_moved
         self._reading = False
@@ -156,14 +213,14 @@ class _Direction:
 
     def stop(self) -> None:
         if self._reading:
-            self._loop.remove_reader(self.src.fileno())
+            self._loop.remove_reader(self._src_fd)
             self._reading = False
         if self._writing:
-            self._loop.remove_writer(self.dst.fileno())
+            self._loop.remove_writer(self._dst_fd)
             self._writing = False
 
     def _start_reading(self) -> None:
-        self._loop.add_reader(self.src.fileno(), self._on_readable)
+        self._loop.add_reader(self._src_fd, self._on_readable)
         self._reading = True
 
     def _on_readable(self) -> None:
@@ -176,7 +233,7 @@ class _Direction:
             return
         if n == 0:
             self._eof = True
-            self._loop.remove_reader(self.src.fileno())
+            self._loop.remove_reader(self._src_fd)
             self._reading = False
         self._flush()
 
@@ -193,14 +250,14 @@ class _Direction:
             self._on_moved(moved)
         if self.mover.held:  # the destination is full: stop reading until it takes the rest
             if self._reading:
-                self._loop.remove_reader(self.src.fileno())
+                self._loop.remove_reader(self._src_fd)
                 self._reading = False
             if not self._writing:
-                self._loop.add_writer(self.dst.fileno(), self._on_writable)
+                self._loop.add_writer(self._dst_fd, self._on_writable)
                 self._writing = True
             return
         if self._writing:
-            self._loop.remove_writer(self.dst.fileno())
+            self._loop.remove_writer(self._dst_fd)
             self._writing = False
         if self._eof:
             try:
@@ -233,6 +290,7 @@ class Splice:
         names: tuple[str, str] = ("a", "b"),
         use_splice: bool = SPLICE_AVAILABLE,
         buffer_size: int | None = None,
+        pipes: PipePool | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
@@ -243,7 +301,7 @@ class Splice:
         try:
             for _ in range(2):
                 if use_splice:
-                    movers.append(PipeMover(buffer_size or PIPE_SIZE))
+                    movers.append(PipeMover(buffer_size or PIPE_SIZE, pipes))
                 else:
                     movers.append(CopyMover(buffer_size or COPY_BUFFER_SIZE))
         except OSError:

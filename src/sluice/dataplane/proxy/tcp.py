@@ -1,9 +1,11 @@
 """The TCP full proxy: one `TcpListener` per VIP.
 
-Each accepted client connection goes through a short handshake task -- read the client's PROXY
-header when the VIP expects one, build the `FiveTuple` (client -> VIP, proto 6), pick a backend,
-connect with a timeout and retry on another backend -- and then becomes a `_Flow`: a `Splice`
-moving bytes both ways, plus one lazily re-armed idle timer. No task lives on once the flow runs.
+Each accepted client connection goes through a short handshake -- read the client's PROXY header
+when the VIP expects one (a task: the only await), build the `FiveTuple` (client -> VIP, proto 6),
+then a `_Connector` picks a backend, connects without blocking (``connect_ex`` + ``add_writer``,
+callbacks, no task) with a timeout and retries on another backend -- and then becomes a `_Flow`: a
+`Splice` moving bytes both ways, plus one lazily re-armed idle timer. Drained pipes of closed flows
+are reused (`PipePool`).
 
 Counting (see `VipStats`): ``flows_total``/``active`` count flows that reached a backend, so
 ``flows_total == active + sum(closed.values())``; connections turned away before that are counted in
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 from typing import Final, Literal
@@ -27,7 +30,8 @@ from sluice.config import Endpoint, Vip
 from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler
-from sluice.dataplane.proxy.splice import SPLICE_AVAILABLE, Splice
+from sluice.dataplane.proxy.plane import maglev_slots_changed
+from sluice.dataplane.proxy.splice import PIPE_SIZE, SPLICE_AVAILABLE, PipePool, Splice
 from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)
@@ -40,11 +44,14 @@ ACCEPT_BATCH: Final = 64
 """Connections accepted per readable event of the listening socket."""
 ACCEPT_PAUSE_S: Final = 0.1
 """Seconds accepting stops after an error such as EMFILE."""
+PIPE_POOL_SIZE: Final = 16
+"""Drained pipes a listener keeps for its next flows (each counts against the pipe page quota)."""
 
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _UNREACHABLE: Final = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
 Address = tuple[str, int]
+_WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
 
 
 class _Refused(Exception):
@@ -68,6 +75,17 @@ def connect_error_reason(exc: BaseException) -> str:
     return "other"
 
 
+class _BackendInfo:
+    """What a connect to one backend needs, computed once: family, socket address, counters."""
+
+    __slots__ = ("addr", "family", "stats")
+
+    def __init__(self, backend: Endpoint, stats: BackendStats) -> None:
+        self.family = socket.AF_INET6 if backend.family_v6 else socket.AF_INET
+        self.addr: Address = (backend.host, backend.port)
+        self.stats = stats
+
+
 def _reset_close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -89,7 +107,7 @@ class _Flow:
         self.backend = backend
         self.counted_by = counted_by
         """The scheduler whose on_open saw this flow (on_close goes there too)."""
-        self._bstats: BackendStats = listener.stats.backend(str(backend))
+        self.bstats: BackendStats = listener.backend_info(backend).stats
         self._loop = asyncio.get_running_loop()
         self._last_active = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
@@ -102,6 +120,7 @@ class _Flow:
             names=("client", "backend"),
             use_splice=listener.use_splice,
             buffer_size=listener.buffer_size,
+            pipes=listener.pipes,
         )
 
     def start(self) -> None:
@@ -112,11 +131,11 @@ class _Flow:
         self.splice.close(reason)
 
     def _on_to_backend(self, n: int) -> None:
-        self._bstats.bytes_to_backend += n
+        self.bstats.bytes_to_backend += n
         self._last_active = self._loop.time()
 
     def _on_from_backend(self, n: int) -> None:
-        self._bstats.bytes_from_backend += n
+        self.bstats.bytes_from_backend += n
         self._last_active = self._loop.time()
 
     def _arm_idle(self) -> None:
@@ -134,7 +153,7 @@ class _Flow:
         if self._idle is not None:
             self._idle.cancel()
         self._listener.flow_closed(self, reason)
-        self._bstats.active -= 1
+        self.bstats.active -= 1
 
 
 class TcpListener:
@@ -149,10 +168,17 @@ class TcpListener:
         self.vip = vip
         self.use_splice = SPLICE_AVAILABLE if use_splice is None else use_splice
         self.buffer_size = buffer_size
+        self.pipes = PipePool(PIPE_POOL_SIZE, buffer_size or PIPE_SIZE)
+        """Drained pipes of closed flows, for the next ones (splice mover only)."""
+        self._backend_info: dict[Endpoint, _BackendInfo] = {}
         self._scheduler = self._build_scheduler(vip)
         self._sock: socket.socket | None = None
+        self._local: Address | None = None
+        """The listen address when it is concrete (then no getsockname per connection)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        """Clients whose PROXY header is being read."""
+        self._connecting: set[_Connector] = set()
         self._flows: set[_Flow] = set()
         self._resume: asyncio.TimerHandle | None = None
 
@@ -172,6 +198,8 @@ class TcpListener:
             sock.close()
             raise
         self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._local = None if host in _WILDCARDS else (host, port)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_acceptable)
 
@@ -184,7 +212,8 @@ class TcpListener:
             old.maglev_table_size,
         ):
             return
-        self._scheduler = self._build_scheduler(vip)
+        old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
+        self.stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
         for flow in self._flows:
             self._rehome(flow)
 
@@ -202,8 +231,11 @@ class TcpListener:
         for task in list(self._handshakes):
             task.cancel()
         await asyncio.gather(*self._handshakes, return_exceptions=True)
+        for connector in list(self._connecting):
+            connector.cancel()
         for flow in list(self._flows):
             flow.close("shutdown")
+        self.pipes.close()
 
     def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
         """Close the established flows on `backend` (drain timeout, on_backend_down: close)."""
@@ -235,14 +267,21 @@ class TcpListener:
 
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         for backend in vip.backends:
-            self.stats.backend(str(backend.address))
+            self.backend_info(backend.address)
         return build_scheduler(vip.scheduler, vip.backends, table_size=vip.maglev_table_size)
+
+    def backend_info(self, backend: Endpoint) -> _BackendInfo:
+        """`backend`'s socket address and counters (made once per backend ever seen)."""
+        info = self._backend_info.get(backend)
+        if info is None:
+            info = self._backend_info[backend] = _BackendInfo(backend, self.stats.backend(str(backend)))
+        return info
 
     def _on_acceptable(self) -> None:
         assert self._sock is not None and self._loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                client, _ = self._sock.accept()
+                client, peer = self._sock.accept()
             except BlockingIOError:
                 return
             except ConnectionAbortedError:
@@ -252,55 +291,82 @@ class TcpListener:
                 self._loop.remove_reader(self._sock.fileno())
                 self._resume = self._loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
                 return
-            if len(self._flows) + len(self._handshakes) >= self.vip.max_connections:
+            if len(self._flows) + len(self._connecting) + len(self._handshakes) >= self.vip.max_connections:
                 _reset_close(client)
                 self.stats.refused["max_connections"] += 1
                 continue
+            self._on_accepted(client, peer[:2])
+
+    def _on_accepted(self, client: socket.socket, peer: Address) -> None:
+        try:
             client.setblocking(False)
-            task = self._loop.create_task(self._handshake(client))
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local: Address = self._local or client.getsockname()[:2]
+        except OSError as exc:  # the client went away already
+            self._refuse_lost(client, exc)
+            return
+        if self.vip.accept_proxy_protocol:
+            assert self._loop is not None
+            task = self._loop.create_task(self._handshake(client, peer, local))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+            return
+        self._connect_flow(client, FiveTuple.of(peer, local, IPPROTO_TCP), peer, local, b"")
+
+    def _connect_flow(
+        self,
+        client: socket.socket,
+        flow: FiveTuple,
+        source: Address | None,
+        destination: Address | None,
+        early: bytes,
+    ) -> None:
+        """Start connecting `client` to a backend: `flow` picks it; `source` and `destination` go in
+        the PROXY header sent first, then `early` (client bytes read past its own PROXY header)."""
+        vip = self.vip
+        try:
+            header = b""
+            if vip.proxy_protocol != "off":
+                version: Literal[1, 2] = 1 if vip.proxy_protocol == "v1" else 2
+                header = build_proxy_header(version, source, destination)
+        except Exception:
+            log.exception("vip %s: handshake failed", vip.name)
+            self.refuse(client, "internal_error")
+            return
+        connector = _Connector(self, client, flow, header + early, len(early))
+        self._connecting.add(connector)
+        connector.start()
+
+    def refuse(self, client: socket.socket, reason: str) -> None:
+        """Turn `client` away (RST), counted in ``refused[reason]``."""
+        self.stats.refused[reason] += 1
+        _reset_close(client)
+
+    def _refuse_lost(self, client: socket.socket, exc: OSError) -> None:
+        log.debug("vip %s: client lost during the handshake: %r", self.vip.name, exc)
+        self.refuse(client, "client_gone")
 
     def _resume_accepting(self) -> None:
         self._resume = None
         if self._sock is not None and self._loop is not None:
             self._loop.add_reader(self._sock.fileno(), self._on_acceptable)
 
-    async def _handshake(self, client: socket.socket) -> None:
-        vip = self.vip
+    async def _handshake(self, client: socket.socket, peer: Address, local: Address) -> None:
+        """Read the client's PROXY header, then hand the client to a `_Connector`."""
         try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer: Address = client.getpeername()[:2]
-            local: Address = client.getsockname()[:2]
-            source: Address | None = peer
-            destination: Address | None = local
-            early = b""  # client payload read together with its PROXY header
-            if vip.accept_proxy_protocol:
-                source, destination, early = await self._read_proxy_header(client)
-            flow = FiveTuple.of(source or peer, local, IPPROTO_TCP)
-            header = b""
-            if vip.proxy_protocol != "off":
-                version: Literal[1, 2] = 1 if vip.proxy_protocol == "v1" else 2
-                header = build_proxy_header(version, source, destination)
-            backend_sock, backend, counted_by = await self._connect(flow, header + early)
+            source, destination, early = await self._read_proxy_header(client)
         except _Refused as exc:
-            self.stats.refused[exc.reason] += 1
-            _reset_close(client)
-            return
-        except OSError as exc:  # the client went away before its flow started
-            log.debug("vip %s: client lost during the handshake: %r", vip.name, exc)
-            self.stats.refused["client_gone"] += 1
-            _reset_close(client)
+            self.refuse(client, exc.reason)
             return
         except Exception:
-            log.exception("vip %s: handshake failed", vip.name)
-            self.stats.refused["internal_error"] += 1
-            _reset_close(client)
+            log.exception("vip %s: handshake failed", self.vip.name)
+            self.refuse(client, "internal_error")
             return
         except BaseException:
             _reset_close(client)
             raise
-        self._start_flow(client, backend_sock, backend, counted_by, len(early))
+        flow = FiveTuple.of(source or peer, local, IPPROTO_TCP)  # client -> VIP, as the header says
+        self._connect_flow(client, flow, source, destination, early)
 
     async def _read_proxy_header(self, client: socket.socket) -> tuple[Address | None, Address | None, bytes]:
         """The client's PROXY header: (source, destination, payload read past it)."""
@@ -323,53 +389,18 @@ class TcpListener:
         header, used = parsed
         return header.source, header.destination, data[used:]
 
-    async def _connect(
-        self, flow: FiveTuple, first_bytes: bytes
-    ) -> tuple[socket.socket, Endpoint, Scheduler]:
-        """Connect to the picked backend and send `first_bytes`; on failure try another one."""
-        assert self._loop is not None
-        scheduler = self._scheduler
-        tried: list[Endpoint] = []
-        for _ in range(min(MAX_CONNECT_TRIES, len(self.vip.backends))):
-            backend = scheduler.pick(flow, exclude=tried)
-            if backend is None:
-                break
-            tried.append(backend)
-            stats = self.stats.backend(str(backend))
-            stats.connect_attempts += 1
-            scheduler.on_open(backend)
-            sock = socket.socket(socket.AF_INET6 if backend.family_v6 else socket.AF_INET)
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                async with asyncio.timeout(self.vip.timeouts.connect):
-                    await self._loop.sock_connect(sock, (backend.host, backend.port))
-                    if first_bytes:
-                        await self._loop.sock_sendall(sock, first_bytes)
-            except OSError as exc:  # TimeoutError included
-                sock.close()
-                scheduler.on_close(backend)
-                stats.connect_errors[connect_error_reason(exc)] += 1
-                log.debug("vip %s: connect to %s failed: %r", self.vip.name, backend, exc)
-                continue
-            except BaseException:
-                sock.close()
-                scheduler.on_close(backend)
-                raise
-            stats.connect_ok += 1
-            return sock, backend, scheduler
-        raise _Refused("connect_failed" if tried else "no_backend")
-
     # ------------------------------------------------------------------ flows
 
-    def _start_flow(
+    def start_flow(
         self,
+        connector: _Connector,
         client: socket.socket,
         backend_sock: socket.socket,
         backend: Endpoint,
         counted_by: Scheduler,
         early: int,
     ) -> None:
+        self._connecting.discard(connector)
         try:
             flow = _Flow(self, client, backend_sock, backend, counted_by)
         except OSError as exc:  # no pipe: EMFILE and friends
@@ -380,7 +411,7 @@ class TcpListener:
             self.stats.refused["no_resources"] += 1
             return
         self._rehome(flow)
-        bstats = self.stats.backend(str(backend))
+        bstats = flow.bstats
         bstats.active += 1
         bstats.flows_total += 1
         bstats.bytes_to_backend += early
@@ -407,3 +438,147 @@ class TcpListener:
             flow.counted_by.on_close(flow.backend)
         self.stats.active -= 1
         self.stats.closed[reason] += 1
+
+
+class _Connector:
+    """One client on its way to a backend: pick, non-blocking connect, send the first bytes (PROXY
+    header, early payload), and on failure or timeout try another backend; then `start_flow`.
+
+    Driven by ``add_writer`` callbacks and one timer per attempt: no task, no future.
+    """
+
+    def __init__(
+        self, listener: TcpListener, client: socket.socket, flow: FiveTuple, first_bytes: bytes, early: int
+    ) -> None:
+        assert listener._loop is not None
+        self._listener = listener
+        self._loop = listener._loop
+        self._client = client
+        self._flow = flow
+        self._first = first_bytes
+        self._early = early
+        self._scheduler = listener._scheduler
+        self._tried: list[Endpoint] = []
+        self._sock: socket.socket | None = None
+        self._backend: Endpoint | None = None
+        self._info: _BackendInfo | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        try:
+            self._next()
+        except Exception:
+            log.exception("vip %s: handshake failed", self._listener.vip.name)
+            self._give_up("internal_error")
+
+    def cancel(self) -> None:
+        """Abandon the attempt (the listener is closing): close both sockets, count nothing."""
+        self._drop_backend()
+        self._listener._connecting.discard(self)
+        _reset_close(self._client)
+
+    def _next(self) -> None:
+        """Connect to the next backend the scheduler offers, or refuse the client."""
+        listener = self._listener
+        tries = min(MAX_CONNECT_TRIES, len(listener.vip.backends))
+        while len(self._tried) < tries:
+            backend = self._scheduler.pick(self._flow, exclude=self._tried)
+            if backend is None:
+                break
+            self._tried.append(backend)
+            info = listener.backend_info(backend)
+            info.stats.connect_attempts += 1
+            try:
+                sock = socket.socket(info.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:  # EMFILE and friends
+                log.warning("vip %s: cannot open a backend socket: %s", listener.vip.name, exc)
+                self._give_up("no_resources")
+                return
+            self._scheduler.on_open(backend)
+            self._sock, self._backend, self._info = sock, backend, info
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = sock.connect_ex(info.addr)
+            except OSError as exc:
+                self._failed(exc)
+                continue
+            if err == 0:
+                self._on_writable()
+                return
+            if err != errno.EINPROGRESS:
+                self._failed(OSError(err, os.strerror(err)))
+                continue
+            self._wait()
+            return
+        self._give_up("connect_failed" if self._tried else "no_backend")
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        assert sock is not None and self._backend is not None and self._info is not None
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            if self._first:
+                try:
+                    sent = sock.send(self._first)
+                except BlockingIOError:
+                    sent = 0
+                self._first = self._first[sent:]
+                if self._first:  # the rest when the socket takes it, within the same timeout
+                    self._wait()
+                    return
+        except OSError as exc:
+            self._retry(exc)
+            return
+        self._stop_waiting()
+        self._info.stats.connect_ok += 1
+        self._sock = None
+        self._listener.start_flow(self, self._client, sock, self._backend, self._scheduler, self._early)
+
+    def _on_timeout(self) -> None:
+        self._stop_waiting()
+        self._retry(TimeoutError("connect timed out"))
+
+    def _retry(self, exc: OSError) -> None:
+        self._failed(exc)
+        try:
+            self._next()
+        except Exception:
+            log.exception("vip %s: handshake failed", self._listener.vip.name)
+            self._give_up("internal_error")
+
+    def _failed(self, exc: OSError) -> None:
+        """The current attempt failed with `exc`: count it and release its socket."""
+        assert self._info is not None
+        self._info.stats.connect_errors[connect_error_reason(exc)] += 1
+        log.debug("vip %s: connect to %s failed: %r", self._listener.vip.name, self._backend, exc)
+        self._drop_backend()
+
+    def _wait(self) -> None:
+        """Call `_on_writable` when the socket is writable, `_on_timeout` after the connect timeout
+        (one timeout for the connect and the first bytes together)."""
+        if self._timer is None:
+            assert self._sock is not None
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            self._timer = self._loop.call_later(self._listener.vip.timeouts.connect, self._on_timeout)
+
+    def _stop_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            assert self._sock is not None
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _drop_backend(self) -> None:
+        self._stop_waiting()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            assert self._backend is not None
+            self._scheduler.on_close(self._backend)
+
+    def _give_up(self, reason: str) -> None:
+        self._drop_backend()
+        self._listener._connecting.discard(self)
+        self._listener.refuse(self._client, reason)

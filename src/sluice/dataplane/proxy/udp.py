@@ -64,14 +64,15 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, TypeAlias
 
 from sluice.config import Endpoint, Vip
-from sluice.core.flow import IPPROTO_UDP, FiveTuple
+from sluice.core.flow import IPPROTO_UDP, FiveTuple, parse_address
 from sluice.core.proxy_protocol import build_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler
 from sluice.core.sessions import EVICTED, Session, SessionClosed, SessionTable
+from sluice.dataplane.proxy.plane import maglev_slots_changed
 from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ class UdpListener:
         _check(vip)
         self._vip = vip
         self._release_all(self._table.configure(vip.udp.max_sessions, vip.idle_timeout_s, vip.udp.responses))
-        self._scheduler = self._build_scheduler(vip)
+        old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
+        self.stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
         for session in self._table:
             up = session.value
             if up.backend is None:
@@ -309,7 +311,7 @@ class UdpListener:
             self.stats.refused["shutting_down"] += 1
             return None
         udp = self._vip.udp
-        client_ip = ip_address(addr[0])
+        client_ip = parse_address(addr[0])
         if udp.hash == "source_ip":
             flow = FiveTuple(client_ip, self._vip_ip, 0, 0, IPPROTO_UDP)
         else:
@@ -507,9 +509,9 @@ def _upstream_socket(backend: _BackendRef | None, family_v6: bool) -> socket.soc
     backends' address family `family_v6`."""
     if backend is not None:
         family_v6 = backend.endpoint.family_v6
-    sock = socket.socket(socket.AF_INET6 if family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if family_v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)  # no separate ioctl
     try:
-        sock.setblocking(False)
         if backend is not None:
             sock.connect(backend.addr)
     except BaseException:
