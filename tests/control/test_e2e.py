@@ -85,7 +85,12 @@ async def test_failover_and_rise_under_steady_load(backends: Backends) -> None:
     assert (RISE - 1) * INTERVAL * 0.9 - 0.05 <= rise_time <= RISE * INTERVAL * 1.1 + TIMEOUT + 0.5
     survivors = [h for h in held if h.backend != "b1"]
     assert sum(h.errors for h in survivors) == 0 and all(h.pings == 5 for h in survivors)
-    assert load.errors() == 0  # flows that picked b1 while it was dying were retried on another backend
+    # New flows that picked b1 after it died were retried on another backend: no error. Only flows
+    # already on b1 at the kill (at most one per load worker, mid-flight or in b1's accept backlog)
+    # were reset with it, right then.
+    errors = [t for t, name in load.results if name.startswith("error:")]
+    assert len(errors) <= load.workers, errors
+    assert all(killed_at <= t <= killed_at + 1.0 for t in errors), (killed_at, errors)
     assert load.counts().keys() >= {"b0", "b1", "b2"}
     transitions = controller.monitor.transitions
     assert (
