@@ -49,7 +49,7 @@ def run_one(name: str, n_rounds: int, quick: bool, layout: str | None = None) ->
     if isinstance(sc, anycast.AnycastFailover):
         return anycast.run(sc, n_rounds, log)  # None (skipped) without root / bird / the lab
     if isinstance(sc, xdp.XdpForwarding):
-        return xdp.run(sc, n_rounds, log)  # None (skipped) without root / trafgen / clang / 2 cores
+        return xdp.run(sc, n_rounds, log)  # None (skipped) without root / nft / clang / 2 cores
     if isinstance(sc, control.ControlPlane):
         return control.run(sc, n_rounds, log)
     return rounds.run(sc, n_rounds, log)
