@@ -1,0 +1,103 @@
+"""`sluice flow`: the answer is the data plane's scheduler pick for the VIP's 5-tuple."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sluice.cli import main
+from sluice.config import Endpoint, parse_config
+from sluice.control.flowquery import FlowQueryError, explain_flow, vip_flow
+from sluice.core.flow import FiveTuple
+from sluice.core.scheduler import build_scheduler
+from sluice.server import setup_logging
+
+CONFIG = """\
+vips:
+  - name: web
+    listen: 127.0.0.1:8000
+    backends: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}, {address: 127.0.0.1:9003, weight: 3}]
+  - name: rtp
+    protocol: udp
+    listen: 127.0.0.1:5004
+    udp: {hash: source_ip}
+    backends: [{address: 127.0.0.1:6001}, {address: 127.0.0.1:6002}]
+  - name: rr
+    listen: 127.0.0.1:8001
+    scheduler: round_robin
+    backends: [{address: 127.0.0.1:9001}]
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_answer_is_the_schedulers_pick(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config(yaml.safe_load(CONFIG))
+    vip = config.vip("web")
+    scheduler = build_scheduler("maglev", vip.backends, vip.maglev_table_size)
+    seen = set()
+    for port in range(40000, 40060):
+        source = Endpoint.parse(f"10.1.2.3:{port}")
+        expected = scheduler.pick(FiveTuple(source.ip, vip.listen.ip, port, 8000, 6))
+        assert main(["flow", str(config_file), "web", str(source)]) == 0
+        out = capsys.readouterr().out
+        assert out.split()[0] == str(expected)
+        seen.add(out.split()[0])
+    assert len(seen) == 3  # the answers depend on the tuple
+
+
+def test_source_ip_hash_ignores_ports() -> None:
+    config = parse_config(yaml.safe_load(CONFIG))
+    answers = {
+        explain_flow(config, "rtp", Endpoint.parse(f"10.9.9.9:{p}")).split()[0] for p in (5000, 5001, 7000)
+    }
+    assert len(answers) == 1
+    assert vip_flow(config, "rtp", Endpoint.parse("10.9.9.9:5000")).proto == 17
+
+
+@pytest.mark.parametrize(
+    ("vip", "source", "message"),
+    [
+        ("nope", "10.0.0.1:1", "no VIP named 'nope'"),
+        ("web", "[::1]:5000", "different IP families"),
+        ("rr", "10.0.0.1:1", "only maglev answers offline"),
+        ("web", "10.0.0.1", "expected IPv4:port"),
+    ],
+)
+def test_questions_without_an_answer_exit_2(
+    config_file: Path, capsys: pytest.CaptureFixture[str], vip: str, source: str, message: str
+) -> None:
+    assert main(["flow", str(config_file), vip, source]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flow_query_error_is_raised_for_unknown_vip() -> None:
+    with pytest.raises(FlowQueryError):
+        vip_flow(parse_config(yaml.safe_load(CONFIG)), "x", Endpoint.parse("10.0.0.1:1"))
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("json")
+        logging.getLogger("sluice.test").warning("vip %s: %d flows", "web", 3)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    line = capsys.readouterr().err.strip()
+    record = json.loads(line)
+    assert (
+        record["msg"] == "vip web: 3 flows"
+        and record["level"] == "warning"
+        and record["logger"] == "sluice.test"
+    )
