@@ -11,6 +11,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -59,8 +60,8 @@ async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 
 class _UdpEcho(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport, so no isinstance check
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)
