@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,46 +153,35 @@ def _round(lab: Any, kind: str, node: int, base: int) -> Row:
     }
 
 
+class Failovers:
+    """The lab and its failures so far: failure n takes node n % nodes and ports from 20000 + 4000 n."""
+
+    def __init__(self, workdir: Path) -> None:
+        from sluice.lab.anycast import AnycastLab
+
+        self.lab = AnycastLab.create(workdir, cpu=proc.cores()[0])
+        self.failures = 0
+
+    def setup(self) -> None:
+        self.lab.start_backends()
+        self.lab.start_router()
+
+    def measure(self, kind: str) -> Row:
+        n = self.failures
+        self.failures += 1
+        return _round(self.lab, kind, n % self.lab.node_count, 20000 + 4000 * n)
+
+    def close(self) -> None:
+        self.lab.destroy()
+
+
+def _brief(row: Row) -> str:
+    return (
+        f"  r{row['round']} {row['peer']:<9} {row['node']}: converged {row['convergence_s']:.3f}s, traffic "
+        f"{row['recovery_s']:.3f}s, kept {row['survived']:.4f}, new failed {row['new_failed']}"
+    )
+
+
 def run(sc: AnycastFailover, n_rounds: int, log: Any = print) -> dict[str, Any] | None:
     """All rounds in one lab; the json document, or None when the scenario cannot run here."""
-    reason = missing()
-    if reason is not None:
-        log(f"== {sc.name}: skipped, {reason}")
-        return None
-    from sluice.lab.anycast import AnycastLab
-
-    started = time.monotonic()
-    rows: list[Row] = []
-    errors: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-anycast-"))
-    lab = None
-    try:
-        lab = AnycastLab.create(workdir, cpu=proc.cores()[0])
-        lab.start_backends()
-        lab.start_router()
-        for r in range(1, n_rounds + 1):
-            for k, kind in enumerate(sc.peer_names):
-                node = (2 * (r - 1) + k) % lab.node_count
-                base = 20000 + 4000 * (2 * (r - 1) + k)
-                try:
-                    row = {"round": r, "peer": kind, **_round(lab, kind, node, base)}
-                except Exception as exc:  # one failed round must not sink the scenario
-                    errors.append(f"round {r} {kind}: {type(exc).__name__}: {exc}")
-                    log(f"  ! round {r} {kind}: {exc}")
-                    continue
-                rows.append(row)
-                log(
-                    f"  r{r} {kind:<9} {row['node']}: converged {row['convergence_s']:.3f}s, traffic "
-                    f"{row['recovery_s']:.3f}s, kept {row['survived']:.4f}, new failed {row['new_failed']}"
-                )
-    except Exception as exc:
-        errors.append(f"scenario aborted: {type(exc).__name__}: {exc}")
-        log(f"  ! scenario aborted: {exc}")
-    finally:
-        if lab is not None:
-            lab.destroy()
-    if errors:
-        errors.append(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return rounds.result(sc, n_rounds, rows, errors, started)
+    return rounds.run_lab(sc, n_rounds, missing(), Failovers, _brief, log)

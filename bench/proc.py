@@ -82,13 +82,13 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
-    """SIGTERM the child's own process group (its pgid is its pid), then SIGKILL if it lingers."""
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Signal the child's own process group (its pgid is its pid), then SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:
         return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+    for s, wait in ((sig, timeout), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, s)
         try:
             proc.wait(wait)
             return

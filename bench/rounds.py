@@ -14,9 +14,10 @@ import statistics
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench import machine, peers, proc
 from bench.cpu import CoreMeter
@@ -195,6 +196,62 @@ def _run(sc: Scenario, rounds: int, log: Any, started: float) -> dict[str, Any]:
     else:
         shutil.rmtree(sc.tmp, ignore_errors=True)
     return result(sc, rounds, rows, errors, started)
+
+
+class Lab(Protocol):
+    """A scenario's own test bed (network namespaces and what runs in them), driven by `run_lab`."""
+
+    def setup(self) -> None: ...
+
+    def measure(self, peer: str) -> Row: ...
+
+    def close(self) -> None: ...
+
+
+def run_lab(
+    sc: Scenario,
+    n_rounds: int,
+    missing: str | None,
+    open_lab: Callable[[Path], Lab],
+    brief: Callable[[Row], str],
+    log: Any,
+) -> dict[str, Any] | None:
+    """The json document of a scenario that measures in its own lab, opened in a fresh workdir and
+    closed at the end: every peer once per round; a failed round is an error, not the end. None,
+    without a lab, when the scenario cannot run here (`missing` says why)."""
+    if missing is not None:
+        log(f"== {sc.name}: skipped, {missing}")
+        return None
+    started = time.monotonic()
+    rows: list[Row] = []
+    errors: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix=f"sluice-bench-{sc.name}-"))
+    lab: Lab | None = None
+    try:
+        lab = open_lab(workdir)
+        lab.setup()
+        for r in range(1, n_rounds + 1):
+            for peer in sc.peer_names:
+                try:
+                    row = {"round": r, "peer": peer, **lab.measure(peer)}
+                except Exception as exc:  # one failed round must not sink the scenario
+                    errors.append(f"round {r} {peer}: {type(exc).__name__}: {exc}")
+                    log(f"  ! round {r} {peer}: {exc}")
+                    continue
+                rows.append(row)
+                log(brief(row))
+    except Exception as exc:
+        errors.append(f"scenario aborted: {type(exc).__name__}: {exc}")
+        log(f"  ! scenario aborted: {exc}")
+    finally:
+        if lab is not None:
+            lab.close()
+    sc.derive(rows)
+    if errors:
+        errors.append(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result(sc, n_rounds, rows, errors, started)
 
 
 def result(sc: Scenario, rounds: int, rows: list[Row], errors: list[str], started: float) -> dict[str, Any]:

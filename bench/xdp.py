@@ -73,7 +73,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,20 +293,6 @@ def _mac_bytes(mac: str) -> str:
     return ",".join(f"0x{b}" for b in mac.split(":"))
 
 
-def _stop_group(p: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, wait_s: float = 5.0) -> None:
-    """Signal the process group this module started (its pgid is its pid), then SIGKILL if it lingers."""
-    if p is None or p.poll() is not None:
-        return
-    for s, w in ((sig, wait_s), (signal.SIGKILL, 3.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, s)
-        try:
-            p.wait(w)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 # ---------------------------------------------------------------- the bench lab
 
 
@@ -401,30 +386,11 @@ class Bench:
         self._start_proxy()
 
     def _compile_reflector(self) -> None:
+        from sluice.dataplane.xdp import loader
+
         m = self.macs
-        machine = os.uname().machine
-        includes = (
-            [f"-I/usr/include/{machine}-linux-gnu"]
-            if Path(f"/usr/include/{machine}-linux-gnu").is_dir()
-            else []
-        )
-        cmd = [
-            "clang",
-            "-target",
-            "bpf",
-            "-O2",
-            "-g",
-            "-Wall",
-            "-Werror",
-            "-Wno-unused-parameter",
-            *includes,
-            f"-DLB_MAC={_mac_bytes(m['lb'])}",
-            *(f"-DB{i}_MAC={_mac_bytes(m[f'b{i + 1}'])}" for i in range(3)),
-            "-c",
-            str(REFLECTOR_C),
-            "-o",
-            str(self.reflector),
-        ]
+        macs = {"LB_MAC": _mac_bytes(m["lb"])} | {f"B{i}_MAC": _mac_bytes(m[f"b{i + 1}"]) for i in range(3)}
+        cmd = ["clang", *loader.clang_flags(macs), "-c", str(REFLECTOR_C), "-o", str(self.reflector)]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"clang failed on {REFLECTOR_C.name}: {r.stderr.strip()[-1500:]}")
@@ -643,7 +609,7 @@ class Bench:
                 b = self.sample()
                 out, err = gen.communicate(timeout=self.sc.warm_s + self.sc.measure_s + 15)
             finally:
-                _stop_group(gen, signal.SIGKILL)
+                proc.stop(gen, sig=signal.SIGKILL)
                 self.generator = None
             if gen.returncode != 0:
                 raise RuntimeError(
@@ -791,52 +757,27 @@ class Bench:
     # ---------------------------------------------------------- teardown
 
     def close(self) -> None:
-        _stop_group(self.generator, signal.SIGKILL)
-        _stop_group(self.proxy, signal.SIGTERM)
+        proc.stop(self.generator, sig=signal.SIGKILL)
+        proc.stop(self.proxy)
         self.lab.destroy()  # kills the holders and LB runners, deletes the namespaces and the pins
+
+
+def _brief(row: Row) -> str:
+    return (
+        f"  r{row['round']} {row['peer']:<13} {row['kpps']:8.1f} kpps (offered {row['offered_kpps']:.0f}), "
+        f"LB CPU {row['lb_cpu_s_per_mpkt'] or float('nan'):.3f} s/Mpkt, "
+        f"core busy {row['lb_core_busy_pct']:.0f} %"
+    )
 
 
 def run(sc: XdpForwarding, n_rounds: int, log: Any = print) -> dict[str, Any] | None:
     """All rounds in one lab; the json document, or None when the scenario cannot run here."""
-    reason = missing()
-    if reason is not None:
-        log(f"== {sc.name}: skipped, {reason}")
-        return None
-    started = time.monotonic()
-    rows: list[Row] = []
-    errors: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-xdp-"))
     lb_core, gen_core = proc.cores()
-    bench: Bench | None = None
-    try:
-        bench = Bench(sc, workdir, lb_core, gen_core)
-        bench.setup()
-        for r in range(1, n_rounds + 1):
-            for peer in sc.peer_names:
-                try:
-                    row = {"round": r, "peer": peer, **bench.measure(peer)}
-                except Exception as exc:  # one failed round must not sink the scenario
-                    errors.append(f"round {r} {peer}: {type(exc).__name__}: {exc}")
-                    log(f"  ! round {r} {peer}: {exc}")
-                    continue
-                rows.append(row)
-                log(
-                    f"  r{r} {peer:<13} {row['kpps']:8.1f} kpps (offered {row['offered_kpps']:.0f}), "
-                    f"LB CPU {row['lb_cpu_s_per_mpkt'] or float('nan'):.3f} s/Mpkt, "
-                    f"core busy {row['lb_core_busy_pct']:.0f} %"
-                )
-    except Exception as exc:
-        errors.append(f"scenario aborted: {type(exc).__name__}: {exc}")
-        log(f"  ! scenario aborted: {exc}")
-    finally:
-        if bench is not None:
-            bench.close()
-    sc.derive(rows)
-    if errors:
-        errors.append(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    doc = rounds.result(sc, n_rounds, rows, errors, started)
+    doc = rounds.run_lab(
+        sc, n_rounds, missing(), lambda workdir: Bench(sc, workdir, lb_core, gen_core), _brief, log
+    )
+    if doc is None:
+        return None
     doc["peer_labels"] = {p: LABELS[p] for p in sc.peer_names}
     doc["method"] = METHOD
     doc["layout"] = {"name": "split", "lb_core": lb_core, "generator_core": gen_core, "nice": proc.NICE}

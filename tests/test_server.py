@@ -76,11 +76,8 @@ def write_config(path: Path, vip_port: int, admin_port: int, backends: list[Back
 
 @pytest.fixture
 async def backends() -> AsyncIterator[Backends]:
-    pool = Backends()
-    try:
+    async with Backends() as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 @contextlib.asynccontextmanager

@@ -82,6 +82,12 @@ class Backends:
         for b in self.all:
             await b.kill()
 
+    async def __aenter__(self) -> Backends:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 def vip_config(backends: list[Backend], vip_port: int, **vip: Any) -> Config:
     spec: dict[str, Any] = {

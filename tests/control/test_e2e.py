@@ -23,11 +23,8 @@ HEALTH = {"type": "tcp", "interval": INTERVAL, "timeout": TIMEOUT, "rise": RISE,
 
 @pytest.fixture
 async def backends() -> AsyncIterator[Backends]:
-    pool = Backends()
-    try:
+    async with Backends() as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 async def running(config: Config) -> Controller:

@@ -16,7 +16,7 @@ installs one multipath route with a next hop per announcing node. A node's XDP p
 MACs and sends the packet back out onto the segment (XDP_TX) to the Maglev-chosen backend, which
 answers the client directly through the router.
 
-Lab details, from the DSR lab (lab/dsr.py): each node process is started with nsenter (network
+Lab details, shared with the DSR lab (lab/hosts.py): each node process is started with nsenter (network
 namespace only) plus its own mount namespace with a private bpffs, so the three nodes' pinned maps
 never meet; the router-side veth peers of the nodes carry an XDP_PASS stub (native XDP_TX on veth
 needs it); the client computes TCP/UDP checksums in software; the LB, client and backend processes
@@ -49,6 +49,7 @@ from typing import IO, Any
 
 import yaml
 
+from sluice.lab import hosts
 from sluice.lab.dsr import LbProcess
 from sluice.lab.netns import PREFIX, LabError, Namespace, list_namespaces, sh, sweep_stale
 
@@ -84,10 +85,6 @@ def backend_name(address: str) -> str:
     """``198.18.2.12:80`` -> ``b2``."""
     host = address.rsplit(":", 1)[0]
     return f"b{int(host.rsplit('.', 1)[1]) - 10}"
-
-
-def _python(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
 
 
 def _children(pid: int) -> list[int]:
@@ -199,18 +196,8 @@ class AnycastLab:
 
     def _build(self) -> None:
         router = self._add_ns("router")
-        router.run("ip", "link", "add", "br0", "address", ROUTER_MAC, "type", "bridge")
-        router.run("ip", "addr", "add", f"{ROUTER}/24", "dev", "br0")
-        router.run("ip", "link", "set", "br0", "up")
-        for key, value in (
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.fib_multipath_hash_policy", "1"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.br0.send_redirects", "0"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.br0.rp_filter", "0"),
-        ):
-            router.sysctl(key, value)
+        hosts.add_bridge(router, ROUTER_MAC, f"{ROUTER}/24")
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")
         client = self._add_ns("client")
         router.run("ip", "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", client.name)
         router.run("ip", "addr", "add", f"{ROUTER_CLIENT_SIDE}/24", "dev", "c0")
@@ -219,42 +206,19 @@ class AnycastLab:
         client.run("ip", "addr", "add", f"{CLIENT}/24", "dev", "eth0")
         client.run("ip", "link", "set", "eth0", "up")
         client.run("ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE)
-        subprocess.run(self._in_ns("client", _python("sluice.lab.dsr", "tx-csum-off", "eth0")), check=True)
-        hosts = [(f"lb{i + 1}", node_ip(i)) for i in range(self.node_count)]
-        hosts += [(f"b{i + 1}", backend_ip(i)) for i in range(self.backend_count)]
-        for role, ip in hosts:
+        hosts.tx_checksum_off(client, self.cpu)
+        segment = [(f"lb{i + 1}", node_ip(i)) for i in range(self.node_count)]
+        segment += [(f"b{i + 1}", backend_ip(i)) for i in range(self.backend_count)]
+        for role, ip in segment:
             ns = self._add_ns(role)
             port = f"p-{role}"
-            router.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
-            router.run("ip", "link", "set", port, "master", "br0")
-            router.run("ip", "link", "set", port, "up")
-            ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-            ns.run("ip", "link", "set", "eth0", "up")
+            hosts.plug(router, port, ns, f"{ip}/24")
             ns.run("ip", "route", "add", "default", "via", ROUTER)
             if role.startswith("lb"):
                 router.run("bridge", "link", "set", "dev", port, "flood", "off")
-                # native XDP_TX out of the node's veth is delivered only if the peer has an XDP program
-                router.run(
-                    sys.executable,
-                    "-m",
-                    "sluice.dataplane.xdp.decap",
-                    "attach",
-                    port,
-                    "--program",
-                    "sluice_pass",
-                )
+                hosts.attach_pass_stub(router, port)
         for i in range(self.backend_count):
-            b = self.ns(f"b{i + 1}")
-            b.run("ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-            for key, value in (
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-                ("net.ipv4.conf.eth0.arp_ignore", "1"),
-                ("net.ipv4.conf.eth0.arp_announce", "2"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.eth0.rp_filter", "0"),
-            ):
-                b.sysctl(key, value)
+            hosts.dsr_backend(self.ns(f"b{i + 1}"), VIP)
         self.nodes = [
             Node(
                 i,
@@ -272,15 +236,7 @@ class AnycastLab:
                 self._kill_tree(node.proc.pid)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.proc.wait(5)
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+        hosts.end_processes(self.processes.values())
         self.processes.clear()
         for ns in self.namespaces.values():
             ns.delete()
@@ -295,8 +251,8 @@ class AnycastLab:
     # ------------------------------------------------------------ processes
 
     def _in_ns(self, role: str, args: list[str]) -> list[str]:
-        """`args` in the role's network namespace only (``ip netns exec`` would remount /sys), on the lab CPU."""
-        return ["nsenter", f"--net=/run/netns/{self.ns(role).name}", "taskset", "-c", str(self.cpu), *args]
+        """`args` in the role's network namespace, on the lab's CPU."""
+        return hosts.in_netns(self.ns(role), self.cpu, args)
 
     def _popen(
         self, key: str, role: str, args: list[str], log: Path | None = None, **kw: Any
@@ -322,25 +278,17 @@ class AnycastLab:
             self._popen(
                 f"{name}-http",
                 name,
-                _python("sluice.lab.dsr", "http-server", name, str(HTTP_PORT)),
+                hosts.python("sluice.lab.dsr", "http-server", name, str(HTTP_PORT)),
                 self.workdir / f"{name}.log",
             )
             self._popen(
                 f"{name}-echo",
                 name,
-                _python("sluice.lab.anycast", "udp-echo", name, VIP, str(ECHO_PORT)),
+                hosts.python("sluice.lab.anycast", "udp-echo", name, VIP, str(ECHO_PORT)),
                 self.workdir / f"{name}.log",
             )
         for i in range(self.backend_count):
-            self._wait_port(f"b{i + 1}", HTTP_PORT)
-
-    def _wait_port(self, role: str, port: int, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.ns(role).run("ss", "-Hltn", f"sport = :{port}").stdout.strip():
-                return
-            time.sleep(0.05)
-        raise LabError(f"{role}: nothing listens on {port}")
+            hosts.wait_listening(self.ns(f"b{i + 1}"), HTTP_PORT)
 
     def router_bird_config(self) -> str:
         lines = [
@@ -545,22 +493,18 @@ class AnycastLab:
     # ------------------------------------------------------------ clients
 
     def client_command(self, *args: str) -> list[str]:
-        return self._in_ns("client", _python("sluice.lab.anycast", *args))
+        return self._in_ns("client", hosts.python("sluice.lab.anycast", *args))
 
     def burst(
         self, first_sport: int, count: int, *, pace_s: float = 0.0, timeout_s: float = 120.0
     ) -> dict[int, tuple[str, float]]:
         """New TCP connections (one GET each) from ports first..first+count-1: port -> (backend or error, seconds)."""
-        proc = subprocess.run(
+        out = hosts.run_client(
             self.client_command("burst", VIP, str(HTTP_PORT), str(first_sport), str(count), str(pace_s)),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
+            "burst",
+            timeout_s,
         )
-        if proc.returncode != 0:
-            raise LabError(f"burst: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-        return {int(k): (v[0], v[1]) for k, v in json.loads(proc.stdout).items()}
+        return {int(k): (v[0], v[1]) for k, v in json.loads(out).items()}
 
     def start_burst(self, first_sport: int, count: int, pace_s: float) -> subprocess.Popen[str]:
         """`burst` in the background; `finish_burst` collects it."""

@@ -42,6 +42,7 @@ from typing import IO, Any, Literal
 
 import yaml
 
+from sluice.lab import hosts
 from sluice.lab.netns import LabError, Namespace, sweep_stale
 
 Forwarding = Literal["l2", "ipip"]
@@ -81,7 +82,7 @@ def _sweep_stale_pins() -> None:
 
 
 def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sluice.lab.dsr", *args]
+    return hosts.python("sluice.lab.dsr", *args)
 
 
 class LbProcess:
@@ -175,64 +176,26 @@ class DsrLab:
 
     def _build(self) -> None:
         br = self._add_ns("br")
-        # a fixed MAC: a bridge otherwise takes the lowest MAC of its ports, which changes as they join
-        br.run("ip", "link", "add", "br0", "address", ROUTER_MAC, "type", "bridge")
-        br.run("ip", "addr", "add", f"{ROUTER}/24", "dev", "br0")
-        br.run("ip", "link", "set", "br0", "up")
-        for key, value in (
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.br0.send_redirects", "0"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.br0.rp_filter", "0"),
-        ):
-            br.sysctl(key, value)
+        hosts.add_bridge(br, ROUTER_MAC, f"{ROUTER}/24")
         self.router_mac = ROUTER_MAC
-        hosts = [("client", CLIENT), ("lb", LB)] + [
+        segment = [("client", CLIENT), ("lb", LB)] + [
             (f"b{i + 1}", backend_ip(i)) for i in range(self.backends)
         ]
-        for role, ip in hosts:
-            ns = self._add_ns(role)
-            port = f"p-{role}"
-            br.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
-            br.run("ip", "link", "set", port, "master", "br0")
-            br.run("ip", "link", "set", port, "up")
-            ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-            ns.run("ip", "link", "set", "eth0", "up")
+        for role, ip in segment:
+            hosts.plug(br, f"p-{role}", self._add_ns(role), f"{ip}/24")
         client = self.ns("client")
         client.run("ip", "link", "set", "eth0", "mtu", str(CLIENT_MTU))
         client.run("ip", "route", "add", f"{VIP}/32", "via", LB)
-        subprocess.run(self._in_ns("client", _python("tx-csum-off", "eth0")), check=True, timeout=30)
+        hosts.tx_checksum_off(client, self.cpu)
         for i in range(self.backends):
             b = self.ns(f"b{i + 1}")
-            b.run("ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-            for key, value in (
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-                ("net.ipv4.conf.eth0.arp_ignore", "1"),
-                ("net.ipv4.conf.eth0.arp_announce", "2"),
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.eth0.rp_filter", "0"),
-            ):
-                b.sysctl(key, value)
+            hosts.dsr_backend(b, VIP)
             if self.forwarding == "ipip":
-                self._run_py(b, "sluice.dataplane.xdp.decap", "attach", "eth0")
-        # native XDP_TX out of the LB's veth is delivered only if the peer has an XDP program
-        self._run_py(br, "sluice.dataplane.xdp.decap", "attach", "p-lb", "--program", "sluice_pass")
-
-    def _run_py(self, ns: Namespace, module: str, *args: str) -> None:
-        ns.run(sys.executable, "-m", module, *args, timeout=60)
+                hosts.run_python(b, "sluice.dataplane.xdp.decap", "attach", "eth0")
+        hosts.attach_pass_stub(br, "p-lb")
 
     def destroy(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+        hosts.end_processes(self.processes)
         self.processes.clear()
         for ns in self.namespaces.values():
             ns.delete()
@@ -276,9 +239,8 @@ class DsrLab:
         return path
 
     def _in_ns(self, role: str, args: list[str]) -> list[str]:
-        """`args` in the role's network namespace, on the lab's CPU. nsenter switches only the network
-        namespace (``ip netns exec`` would also remount /sys and hide the host's bpffs and its pins)."""
-        return ["nsenter", f"--net=/run/netns/{self.ns(role).name}", "taskset", "-c", str(self.cpu), *args]
+        """`args` in the role's network namespace, on the lab's CPU."""
+        return hosts.in_netns(self.ns(role), self.cpu, args)
 
     def _popen(self, role: str, args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         proc: subprocess.Popen[Any] = subprocess.Popen(self._in_ns(role, args), **kwargs)
@@ -291,16 +253,7 @@ class DsrLab:
             self._popen(name, _python("http-server", name, str(HTTP_PORT)))
             self._popen(name, _python("dns-server", name, VIP, str(DNS_PORT)))
         for i in range(self.backends):
-            self._wait_port(f"b{i + 1}", HTTP_PORT)
-
-    def _wait_port(self, role: str, port: int, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            out = self.ns(role).run("ss", "-Hltn", f"sport = :{port}").stdout
-            if out.strip():
-                return
-            time.sleep(0.05)
-        raise LabError(f"{role}: nothing listens on {port}")
+            hosts.wait_listening(self.ns(f"b{i + 1}"), HTTP_PORT)
 
     def start_lb(self, config_path: Path, *, mode: str = "native") -> LbProcess:
         proc = self._popen(
@@ -316,16 +269,7 @@ class DsrLab:
 
     def client(self, *args: str, timeout_s: float = 30.0) -> str:
         """Run a client role to completion in the client namespace; its stdout."""
-        proc = subprocess.run(
-            self._in_ns("client", _python(*args)),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise LabError(f"client {args}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-        return proc.stdout
+        return hosts.run_client(self._in_ns("client", _python(*args)), f"client {args}", timeout_s)
 
     def http_burst(self, first_sport: int, count: int) -> dict[int, str]:
         out = json.loads(self.client("http-burst", VIP, str(HTTP_PORT), str(first_sport), str(count)))

@@ -19,6 +19,7 @@ from sluice.config import Backend, Endpoint, Timeouts, UdpOptions
 from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.proxy.udp import UdpListener
+from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import (
     LOOPS,
     Address,
@@ -26,7 +27,6 @@ from tests.dataplane.proxy.udp_helpers import (
     EchoBackend,
     echo_backends,
     make_vip,
-    run,
     serving,
     udp_socket,
     upstream_sockets,

@@ -1,4 +1,4 @@
-"""Helpers for the UDP proxy tests: event loops, echo backends that say who they are, clients."""
+"""Helpers for the UDP proxy tests: echo backends that say who they are, clients (loops: `helpers.run`)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,17 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import ip_address
-from typing import Any, TypeVar
-
-import uvloop
+from typing import Any
 
 from sluice.config import Backend, Endpoint, Vip
 from sluice.dataplane.proxy.udp import UdpListener
 
-T = TypeVar("T")
 Address = tuple[Any, ...]
 
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "uvloop": uvloop.new_event_loop,
-    "asyncio": asyncio.new_event_loop,
-}
-LOOPS = tuple(LOOP_FACTORIES)
+LOOPS = ("uvloop", "asyncio")  # the loop kinds of `helpers.run`
 REPLY_TIMEOUT = 5.0  # seconds a test waits for one datagram it expects (generous: CI shares 2 cores)
-
-
-def run(loop: str, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """Run `coro` on a fresh loop of the named kind, bounded by `timeout` seconds."""
-
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop]) as runner:
-        return runner.run(bounded())
 
 
 def make_vip(backends: Sequence[Endpoint], *, listen: str = "127.0.0.1", **fields: Any) -> Vip:

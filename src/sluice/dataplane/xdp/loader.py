@@ -246,6 +246,22 @@ def default_cache_dir() -> Path:
     return Path(base) / "sluice" / "bpf"
 
 
+def clang_flags(defines: Mapping[str, int | str]) -> list[str]:
+    """clang's flags for an XDP object (without the source and output): BPF target, -O2 with BTF (-g),
+    warnings as errors, the multiarch include directory, a -D per macro (sorted by name)."""
+    return [
+        "-target",
+        "bpf",
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Werror",
+        "-Wno-unused-parameter",
+        *_multiarch_include(),
+        *(f"-D{k}={defines[k]}" for k in sorted(defines)),
+    ]
+
+
 def compile_object(source: str, defines: Mapping[str, int], cache_dir: Path | None = None) -> Path:
     """Compile ``bpf/<source>`` with clang unless a cached object of the same sources and macros exists."""
     clang = shutil.which("clang")
@@ -255,17 +271,7 @@ def compile_object(source: str, defines: Mapping[str, int], cache_dir: Path | No
             f"cannot build the XDP program: {missing} not found; "
             f"install the Debian packages: apt-get install {DEBIAN_PACKAGES}"
         )
-    flags = [
-        "-target",
-        "bpf",
-        "-O2",
-        "-g",
-        "-Wall",
-        "-Werror",
-        "-Wno-unused-parameter",
-        *_multiarch_include(),
-        *(f"-D{k}={v}" for k, v in sorted(defines.items())),
-    ]
+    flags = clang_flags(defines)
     digest = hashlib.sha256()
     for path in sorted(BPF_DIR.glob("*.[ch]")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
