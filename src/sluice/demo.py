@@ -208,6 +208,10 @@ async def _demo(connections: int, live: bool, console: Console) -> bool:
                     await asyncio.wait([work], timeout=0.125)
                     view.update(_render(controller, load, connections))
         await work
+        for _ in range(40):  # let the LB see the last clients' FINs (bounded: 2 s)
+            if controller.stats()["demo-tcp"].active == 0:
+                break
+            await asyncio.sleep(0.05)
         console.print(_render(controller, load, connections))
     finally:
         await controller.close()
