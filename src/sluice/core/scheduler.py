@@ -64,6 +64,10 @@ class _Base:
         self.active: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
         """Open flows per backend, as told by on_open / on_close."""
         self._eligible = [b.address for b in self.backends if b.weight > 0]
+        self._setup(table_size, rng)
+
+    def _setup(self, table_size: int, rng: random.Random | None) -> None:
+        """Scheduler-specific state (Maglev's table, round robin's counters, random_two's rng)."""
 
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         raise NotImplementedError
@@ -90,14 +94,7 @@ class _Base:
 class MaglevScheduler(_Base):
     name: SchedulerName = "maglev"
 
-    def __init__(
-        self,
-        backends: Sequence[Backend],
-        *,
-        table_size: int = DEFAULT_TABLE_SIZE,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(backends, table_size=table_size, rng=rng)
+    def _setup(self, table_size: int, rng: random.Random | None) -> None:
         self.table: MaglevTable = build_table([(str(b.address), b.weight) for b in self.backends], table_size)
         by_identity = {str(b.address): b.address for b in self.backends}
         self._endpoints = [by_identity[identity] for identity in self.table.backends]
@@ -124,14 +121,7 @@ class MaglevScheduler(_Base):
 class RoundRobinScheduler(_Base):
     name: SchedulerName = "round_robin"
 
-    def __init__(
-        self,
-        backends: Sequence[Backend],
-        *,
-        table_size: int = DEFAULT_TABLE_SIZE,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(backends, table_size=table_size, rng=rng)
+    def _setup(self, table_size: int, rng: random.Random | None) -> None:
         self._current: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
 
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
@@ -169,14 +159,7 @@ class LeastConnScheduler(_Base):
 class RandomTwoScheduler(_Base):
     name: SchedulerName = "random_two"
 
-    def __init__(
-        self,
-        backends: Sequence[Backend],
-        *,
-        table_size: int = DEFAULT_TABLE_SIZE,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(backends, table_size=table_size, rng=rng)
+    def _setup(self, table_size: int, rng: random.Random | None) -> None:
         self.rng = rng if rng is not None else random.Random()
 
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
