@@ -89,7 +89,7 @@ def test_500_clients_stick_to_the_backend_sluice_flow_names(loop: str) -> None:
                 sent = sum(len(f"c{i}:{seq}") for i in range(500) for seq in range(10))
                 assert sum(s.bytes_to_backend for s in per_backend) == sent
                 assert sum(s.bytes_from_backend for s in per_backend) == sent + 5000 * len("b0|")
-                assert upstream_sockets([b.endpoint for b in backends]) == 500
+                assert upstream_sockets([b.endpoint for b in backends], held=lb.quarantined_fds) == 500
             finally:
                 for client in clients:
                     client.close()
@@ -140,7 +140,7 @@ def test_dns_through_the_vip_ends_each_session_with_its_answer(loop: str) -> Non
                     assert [r.address for r in answer.answer[0]] == ["198.18.0.53"]
                     assert answer.id == query.id
                     assert lb.stats.sessions == 0  # freed right after the answer
-                    assert upstream_sockets([endpoint]) == 0
+                    assert upstream_sockets([endpoint], held=lb.quarantined_fds) == 0
                 assert lb.stats.flows_total == 3
                 assert lb.stats.closed["responses"] == 3
                 assert server.queries == 3
@@ -167,7 +167,7 @@ def test_an_idle_session_expires_on_time() -> None:
                     elapsed = asyncio.get_running_loop().time() - started
                     assert 0.15 <= elapsed < 1.5
                     assert lb.stats.closed["idle_timeout"] == 1
-                    assert upstream_sockets([backends[0].endpoint]) == 0
+                    assert upstream_sockets([backends[0].endpoint], held=lb.quarantined_fds) == 0
                     reply, _ = await client.request(b"again")  # a new session
                     assert reply == b"b0|again"
                     assert lb.stats.flows_total == 2
@@ -188,13 +188,13 @@ def test_a_full_table_evicts_the_least_recently_used_session() -> None:
                         await client.request(b"x")
                     assert lb.stats.sessions == 3
                     assert lb.stats.evictions == lb.stats.closed["evicted"] == 2
-                    assert upstream_sockets(endpoints) == 3
+                    assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 3
                     reply, source = await clients[0].request(b"back")  # evicted: a new session
                     assert reply.endswith(b"|back") and source == lb.address
                     assert (lb.stats.flows_total, lb.stats.evictions, lb.stats.sessions) == (6, 3, 3)
                     lb.update(make_vip(endpoints, udp=UdpOptions(max_sessions=1)))  # applies at once
                     assert (lb.stats.evictions, lb.stats.sessions) == (5, 1)
-                    assert upstream_sockets(endpoints) == 1
+                    assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 1
                 finally:
                     for client in clients:
                         client.close()
@@ -220,7 +220,7 @@ def test_a_flood_of_spoofed_sources_stays_bounded(loop: str) -> None:
                         reply, source = await legit.request(b"legit %d" % start)
                         assert reply.endswith(b"|legit %d" % start) and source == lb.address
                         assert lb.stats.sessions == 200
-                        assert upstream_sockets(endpoints) == 200
+                        assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 200
                     assert lb.stats.flows_total == 3000 + 12  # the legit client was evicted each round
                     assert lb.stats.evictions == lb.stats.flows_total - 200
                     assert not lb.stats.dropped and not lb.stats.refused
@@ -260,8 +260,8 @@ def test_a_backend_that_goes_away_is_replaced_on_the_next_datagram(loop: str) ->
                     assert lb.stats.rebalanced == 1
                     assert lb.stats.sessions == 1
                     assert (dead_stats.active, lb.stats.backends[str(live.endpoint)].active) == (0, 1)
-                    assert upstream_sockets([dead.endpoint]) == 0
-                    assert upstream_sockets([live.endpoint]) == 1
+                    assert upstream_sockets([dead.endpoint], held=lb.quarantined_fds) == 0
+                    assert upstream_sockets([live.endpoint], held=lb.quarantined_fds) == 1
                 finally:
                     client.close()
 
@@ -310,7 +310,7 @@ def test_update_moves_only_the_sessions_of_removed_backends() -> None:
                     for old, new in zip(before, after, strict=True):
                         assert new == old if old != "b0" else new in {"b1", "b2"}
                     assert lb.stats.rebalanced == before.count("b0")
-                    assert upstream_sockets([endpoints[0]]) == 0
+                    assert upstream_sockets([endpoints[0]], held=lb.quarantined_fds) == 0
                     newcomers = [await Client.open(lb.address) for _ in range(10)]
                     try:
                         assert "b0" not in [name_of((await c.request(b"n"))[0]) for c in newcomers]
@@ -528,9 +528,9 @@ def test_close_releases_the_address_and_every_socket() -> None:
             try:
                 for client in clients:
                     await client.request(b"x")
-                assert upstream_sockets(endpoints) == 5
+                assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 5
                 await lb.close()
-                assert upstream_sockets(endpoints) == 0
+                assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 0
                 assert lb.stats.closed["shutdown"] == 5 and lb.stats.sessions == 0
                 udp_socket(lb.address).close()  # the VIP port is free again
             finally:
@@ -538,3 +538,49 @@ def test_close_releases_the_address_and_every_socket() -> None:
                     client.close()
 
     run("uvloop", scenario())
+
+
+# ------------------------------------------------------------------------------- port quarantine
+
+
+def test_a_closed_sessions_port_is_held_so_late_replies_reach_nobody() -> None:
+    """responses: 1 ends the session with its answer; its upstream socket (and so its port) is
+    held for the quarantine: a late second reply from the backend is not delivered to anyone, and
+    no new session can get that port meanwhile. After the quarantine the socket is closed."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        backend.bind(("127.0.0.1", 0))
+        backend.setblocking(False)
+        endpoint = Endpoint(ip_address("127.0.0.1"), backend.getsockname()[1])
+        vip = make_vip([endpoint], udp=UdpOptions(responses=1))
+        listener = UdpListener(vip, port_quarantine_s=0.5)
+        await listener.start()
+        first, second = await Client.open(listener.address), await Client.open(listener.address)
+        try:
+            first.send(b"question")
+            data, upstream = await asyncio.wait_for(loop.sock_recvfrom(backend, 100), 5)
+            assert data == b"question"
+            backend.sendto(b"answer", upstream)
+            assert (await first.receive())[0] == b"answer"
+            await wait_for(lambda: listener.stats.sessions == 0)
+            assert len(listener.quarantined_fds) == 1
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter, pytest.raises(OSError):
+                squatter.bind(upstream)  # the port is still taken
+            backend.sendto(b"late duplicate", upstream)
+            second.send(b"another question")
+            data, upstream2 = await asyncio.wait_for(loop.sock_recvfrom(backend, 100), 5)
+            assert data == b"another question" and upstream2 != upstream
+            backend.sendto(b"second answer", upstream2)
+            assert (await second.receive())[0] == b"second answer"
+            with pytest.raises(TimeoutError):
+                await first.receive(timeout=0.1)  # the late duplicate reached nobody
+            await wait_for(lambda: not listener.quarantined_fds, timeout=3)
+        finally:
+            first.close()
+            second.close()
+            await listener.close()
+            backend.close()
+
+    run("asyncio", scenario())

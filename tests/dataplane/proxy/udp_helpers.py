@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from ipaddress import ip_address
 from typing import Any
 
@@ -152,8 +152,10 @@ class Client(_RawSocket):
         return await self.receive(timeout)
 
 
-def upstream_sockets(backends: Sequence[Endpoint]) -> int:
+def upstream_sockets(backends: Sequence[Endpoint], held: Collection[int] = frozenset()) -> int:
     """UDP sockets of this process connected to one of `backends`: the listener's NAT entries.
+    `held` are descriptors to leave out (a listener's `quarantined_fds`: closed sessions' sockets
+    kept open for the port quarantine).
 
     Read from this process's file descriptors (``/proc/self/fd`` + getpeername on a duplicate),
     not from ``/proc/net/udp``, which other processes in the namespace may be changing mid-read.
@@ -161,6 +163,8 @@ def upstream_sockets(backends: Sequence[Endpoint]) -> int:
     wanted = {(b.host, b.port) for b in backends}
     count = 0
     for name in os.listdir("/proc/self/fd"):
+        if int(name) in held:
+            continue
         try:
             if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
                 continue

@@ -50,6 +50,11 @@ Choices, each the simplest design found correct:
 - Settings that shape a session (hash, per_packet, proxy_protocol) apply to sessions opened after an
   `update`; limits (max_sessions, idle timeout, responses) apply at once.
 
+- **Port quarantine.** A closed session's upstream socket is kept open, unread and with a minimal
+  receive buffer, for `PORT_QUARANTINE_S` (at most `PORT_QUARANTINE_MAX` sockets) before it is
+  closed. Otherwise the kernel could hand its port at once to a new session towards the same
+  backend, and a reply of the old session still in flight would reach the new session's client.
+
 Limits: every session holds one file descriptor, so RLIMIT_NOFILE must exceed ``udp.max_sessions``
 (a failed ``socket()`` refuses the new session and counts ``refused["socket_error"]``). The VIP
 address in the 5-tuple and the PROXY header is the listen address, so listen on a concrete address,
@@ -63,6 +68,7 @@ import errno
 import logging
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, TypeAlias
@@ -85,6 +91,8 @@ READ_BATCH: Final = 64  # datagrams read per readiness event, then other sockets
 LISTEN_RCVBUF: Final = 4 << 20  # bytes asked for the listen socket (capped by net.core.rmem_max)
 SOL_UDP: Final = 17
 UDP_GRO: Final = 104  # linux/udp.h; the control message carries the segment size as an int
+PORT_QUARANTINE_S: Final = 2.0  # seconds a closed session's upstream socket is held before close
+PORT_QUARANTINE_MAX: Final = 1024  # sockets held at most; beyond it the oldest are closed
 _GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
 _INT: Final = struct.Struct("=i")
 
@@ -120,7 +128,7 @@ class _Upstream:
 class UdpListener:
     """One UDP VIP: the listen socket, the session table and one upstream socket per session."""
 
-    def __init__(self, vip: Vip) -> None:
+    def __init__(self, vip: Vip, *, port_quarantine_s: float = PORT_QUARANTINE_S) -> None:
         _check(vip)
         self._vip = vip
         self.stats = VipStats()
@@ -141,6 +149,9 @@ class UdpListener:
         self._vip_port = vip.listen.port
         self._seq = 0
         self._accepting = True
+        self._quarantine_s = port_quarantine_s
+        self._quarantine: deque[tuple[float, socket.socket]] = deque()
+        self._quarantine_timer: asyncio.TimerHandle | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -206,6 +217,16 @@ class UdpListener:
             self._sock.close()
             self._sock = None
         self._release_all(self._table.clear("shutdown"))
+        if self._quarantine_timer is not None:
+            self._quarantine_timer.cancel()
+            self._quarantine_timer = None
+        while self._quarantine:
+            self._quarantine.popleft()[1].close()
+
+    @property
+    def quarantined_fds(self) -> frozenset[int]:
+        """File descriptors of closed sessions' upstream sockets still held (see the docstring)."""
+        return frozenset(sock.fileno() for _, sock in self._quarantine)
 
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         old = self._backends
@@ -370,11 +391,37 @@ class UdpListener:
         up.closed = True
         assert self._loop is not None
         self._loop.remove_reader(up.sock)
-        up.sock.close()
+        self._retire(up.sock)
         if up.backend is not None:
             up.backend.stats.active -= 1
             if self._backends.get(up.backend.endpoint) is up.backend:
                 self._scheduler.on_close(up.backend.endpoint)
+
+    def _retire(self, sock: socket.socket) -> None:
+        """Hold a closed session's socket for the port quarantine, then close it."""
+        assert self._loop is not None
+        if self._quarantine_s <= 0:
+            sock.close()
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # the kernel's minimum
+        except OSError:
+            sock.close()
+            return
+        self._quarantine.append((self._loop.time() + self._quarantine_s, sock))
+        while len(self._quarantine) > PORT_QUARANTINE_MAX:
+            self._quarantine.popleft()[1].close()
+        if self._quarantine_timer is None:
+            self._quarantine_timer = self._loop.call_at(self._quarantine[0][0], self._on_quarantine_timer)
+
+    def _on_quarantine_timer(self) -> None:
+        assert self._loop is not None
+        self._quarantine_timer = None
+        now = self._loop.time()
+        while self._quarantine and self._quarantine[0][0] <= now:
+            self._quarantine.popleft()[1].close()
+        if self._quarantine:
+            self._quarantine_timer = self._loop.call_at(self._quarantine[0][0], self._on_quarantine_timer)
 
     def _on_refused(self, up: _Upstream) -> None:
         assert up.backend is not None
