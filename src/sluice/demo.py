@@ -25,6 +25,7 @@ BACKENDS = 3
 UDP_CLIENTS = 300
 UDP_DATAGRAMS = 5
 CONCURRENCY = 64
+UDP_CONCURRENCY = 32
 PAYLOAD = 2048
 
 
@@ -198,9 +199,10 @@ async def _demo(connections: int, live: bool, console: Console) -> bool:
     try:
         tcp_vip, udp_vip = config.vips[0].listen, config.vips[1].listen
         sem = asyncio.Semaphore(CONCURRENCY)
+        udp_sem = asyncio.Semaphore(UDP_CONCURRENCY)
         work = asyncio.gather(
             *(_tcp_client(tcp_vip, load, sem) for _ in range(connections)),
-            *(_udp_client(udp_vip, load, asyncio.Semaphore(32)) for _ in range(UDP_CLIENTS)),
+            *(_udp_client(udp_vip, load, udp_sem) for _ in range(UDP_CLIENTS)),
         )
         if live:
             with Live(_render(controller, load, connections), console=console, refresh_per_second=8) as view:

@@ -40,10 +40,6 @@ class BirdError(OSError):
     """BIRD did not start, or rejected a configuration (the message holds its answer)."""
 
 
-def _bird_int_list(parts: Iterable[str]) -> str:
-    return ", ".join(parts)
-
-
 def render_bird_config(options: AnnounceOptions, prefixes: Iterable[str]) -> str:
     """The whole bird.conf of a node announcing `prefixes` (pure: the same input, the same text)."""
     nets = sorted({ip_network(p) for p in prefixes}, key=lambda n: (n.version, n))
@@ -69,7 +65,7 @@ def render_bird_config(options: AnnounceOptions, prefixes: Iterable[str]) -> str
     for c in options.communities:
         parts = c.split(":")
         attr = "bgp_community" if len(parts) == 2 else "bgp_large_community"
-        lines.append(f"  {attr}.add(({_bird_int_list(parts)}));")
+        lines.append(f"  {attr}.add(({', '.join(parts)}));")
     lines += ["  accept;", "}", ""]
     for i, peer in enumerate(options.peers):
         version = ip_address(peer.address).version
@@ -126,7 +122,7 @@ class BirdSpeaker:
 
     async def start(self) -> None:
         """Start BIRD with nothing announced; returns once its control socket answers."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self.running:
             return
         self._write(self.options, frozenset())
         self.socket_path.unlink(missing_ok=True)

@@ -26,9 +26,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sluice.config import Config, ConfigError, Endpoint, Mode, Vip, load_config
 from sluice.control.effective import BackendView, effective_config
@@ -122,6 +122,15 @@ class VipSnapshot:
     backends: list[BackendSnapshot] = field(default_factory=list)
     announced: bool | None = None
     """Whether this node announces the VIP over BGP now (None: no ``announce:`` block)."""
+
+
+def _counters(stats: BackendStats) -> dict[str, Any]:
+    """Every counter of `stats` as a `BackendSnapshot` field (Counters as plain dicts)."""
+    out: dict[str, Any] = {}
+    for f in fields(stats):
+        value = getattr(stats, f.name)
+        out[f.name] = dict(value) if isinstance(value, Counter) else value
+    return out
 
 
 class Controller:
@@ -251,15 +260,7 @@ class Controller:
                         admin=str(h.admin),
                         weight=self._weights.get((vip.name, b.address), b.weight),
                         effective_weight=eff.get(b.address, 0),
-                        active=bs.active,
-                        flows_total=bs.flows_total,
-                        connect_attempts=bs.connect_attempts,
-                        connect_ok=bs.connect_ok,
-                        connect_errors=dict(bs.connect_errors),
-                        bytes_to_backend=bs.bytes_to_backend,
-                        bytes_from_backend=bs.bytes_from_backend,
-                        datagrams_to_backend=bs.datagrams_to_backend,
-                        datagrams_from_backend=bs.datagrams_from_backend,
+                        **_counters(bs),
                         suspect=h.suspect,
                         last_check=last.detail if last is not None else None,
                         last_check_latency_s=last.latency_s if last is not None else None,

@@ -172,9 +172,6 @@ class Monitor:
         """Raises KeyError for an unknown VIP or backend."""
         return self._vips[vip].backends[backend]
 
-    def spec(self, vip: str) -> HealthCheck:
-        return self._vips[vip].spec
-
     def set_admin(self, vip: str, backend: Endpoint, admin: Admin) -> BackendTransition | None:
         record = self.record(vip, backend)
         t = record.health.set_admin(admin, self.clock())

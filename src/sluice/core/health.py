@@ -191,11 +191,7 @@ class BackendHealth:
     """One backend of one VIP."""
 
     def __init__(self, rise: int, fall: int, passive: PassivePolicy | None, now: float) -> None:
-        if rise < 1 or fall < 1:
-            raise ValueError(f"rise and fall must be at least 1, got {rise}, {fall}")
-        self.rise = rise
-        self.fall = fall
-        self.passive = passive
+        self.configure(rise, fall, passive)
         self.operational = State.UP
         self.admin = Admin.ACTIVE
         self.passes = 0
