@@ -39,7 +39,6 @@ DST_CACHE_SIZE = 256
 """Destination addresses (VIPs) whose scrambled key words `flow_hash` keeps."""
 
 _MASK = 0xFFFFFFFF
-_WORDS = struct.Struct("<10I")
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -82,29 +81,6 @@ def _ip16(ip: IPAddress) -> bytes:
     return ip.packed
 
 
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _MASK
-
-
-def murmur3_words(words: tuple[int, ...], seed: int, length: int) -> int:
-    """MurmurHash3 x86_32 over whole 32-bit words (no tail), `length` in bytes."""
-    h = seed
-    for k in words:
-        k = (k * 0xCC9E2D51) & _MASK
-        k = _rotl(k, 15)
-        k = (k * 0x1B873593) & _MASK
-        h ^= k
-        h = _rotl(h, 13)
-        h = (h * 5 + 0xE6546B64) & _MASK
-    h ^= length
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _MASK
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _MASK
-    h ^= h >> 16
-    return h
-
-
 def _mix(k: int) -> int:
     """The per-word scramble of MurmurHash3 (k *= c1; k = rotl(k, 15); k *= c2)."""
     k = (k * 0xCC9E2D51) & _MASK
@@ -117,6 +93,20 @@ def _step(h: int, mixed: int) -> int:
     h ^= mixed
     h = ((h << 13) | (h >> 19)) & _MASK
     return (h * 5 + 0xE6546B64) & _MASK
+
+
+def murmur3_words(words: tuple[int, ...], seed: int, length: int) -> int:
+    """MurmurHash3 x86_32 over whole 32-bit words (no tail), `length` in bytes."""
+    h = seed
+    for k in words:
+        h = _step(h, _mix(k))
+    h ^= length
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK
+    h ^= h >> 16
+    return h
 
 
 # An IPv4 address is ::ffff:a.b.c.d: its first three key words are constant (0, 0, 0xffff0000 read

@@ -63,7 +63,7 @@ class _Base:
             raise ValueError("duplicate backend address")
         self.active: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
         """Open flows per backend, as told by on_open / on_close."""
-        self._eligible = [b.address for b in self.backends if b.weight > 0]
+        self._eligible = tuple(b.address for b in self.backends if b.weight > 0)
         self._setup(table_size, rng)
 
     def _setup(self, table_size: int, rng: random.Random | None) -> None:
@@ -72,10 +72,10 @@ class _Base:
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         raise NotImplementedError
 
-    def eligible(self, exclude: Collection[Endpoint] = ()) -> list[Endpoint]:
+    def eligible(self, exclude: Collection[Endpoint] = ()) -> Sequence[Endpoint]:
         """Backends that may take a new flow: weight > 0 and not excluded, in config order."""
         if not exclude:
-            return list(self._eligible)
+            return self._eligible
         return [a for a in self._eligible if a not in exclude]
 
     def on_open(self, backend: Endpoint) -> None:
@@ -108,7 +108,7 @@ class MaglevScheduler(_Base):
             return None
         if not exclude:
             return self._endpoints[index]
-        if not self.eligible(exclude):
+        if all(a in exclude for a in self._eligible):
             return None
         at = slots.item
         for step in range(size):

@@ -95,6 +95,13 @@ class PipePool:
             os.close(w)
 
 
+def reset_close(sock: socket.socket) -> None:
+    """Close `sock` with ``SO_LINGER`` 0, so its peer gets a reset (RST) rather than a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
 def open_pipe(size: int) -> tuple[int, int, int]:
     """A new non-blocking pipe sized `size` bytes if allowed: (read fd, write fd, capacity)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -353,7 +360,7 @@ class Splice:
             d.mover.close()
         for sock in self._socks:
             if reset:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            sock.close()
+                reset_close(sock)
+            else:
+                sock.close()
         self._on_closed(reason)

@@ -18,12 +18,10 @@ backend_reset, backend_error, shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
 import socket
-import struct
 from typing import Final, Literal
 
 from sluice.config import Endpoint, Vip
@@ -31,7 +29,14 @@ from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler
 from sluice.dataplane.proxy.plane import maglev_slots_changed
-from sluice.dataplane.proxy.splice import PIPE_SIZE, SPLICE_AVAILABLE, PipePool, Splice
+from sluice.dataplane.proxy.splice import (
+    PIPE_POOL_SIZE,
+    PIPE_SIZE,
+    SPLICE_AVAILABLE,
+    PipePool,
+    Splice,
+    reset_close,
+)
 from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)
@@ -44,10 +49,6 @@ ACCEPT_BATCH: Final = 64
 """Connections accepted per readable event of the listening socket."""
 ACCEPT_PAUSE_S: Final = 0.1
 """Seconds accepting stops after an error such as EMFILE."""
-PIPE_POOL_SIZE: Final = 16
-"""Drained pipes a listener keeps for its next flows (each counts against the pipe page quota)."""
-
-_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _UNREACHABLE: Final = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
 Address = tuple[str, int]
@@ -84,12 +85,6 @@ class _BackendInfo:
         self.family = socket.AF_INET6 if backend.family_v6 else socket.AF_INET
         self.addr: Address = (backend.host, backend.port)
         self.stats = stats
-
-
-def _reset_close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    sock.close()
 
 
 class _Flow:
@@ -292,7 +287,7 @@ class TcpListener:
                 self._resume = self._loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
                 return
             if len(self._flows) + len(self._connecting) + len(self._handshakes) >= self.vip.max_connections:
-                _reset_close(client)
+                reset_close(client)
                 self.stats.refused["max_connections"] += 1
                 continue
             self._on_accepted(client, peer[:2])
@@ -340,7 +335,7 @@ class TcpListener:
     def refuse(self, client: socket.socket, reason: str) -> None:
         """Turn `client` away (RST), counted in ``refused[reason]``."""
         self.stats.refused[reason] += 1
-        _reset_close(client)
+        reset_close(client)
 
     def _refuse_lost(self, client: socket.socket, exc: OSError) -> None:
         log.debug("vip %s: client lost during the handshake: %r", self.vip.name, exc)
@@ -363,7 +358,7 @@ class TcpListener:
             self.refuse(client, "internal_error")
             return
         except BaseException:
-            _reset_close(client)
+            reset_close(client)
             raise
         flow = FiveTuple.of(source or peer, local, IPPROTO_TCP)  # client -> VIP, as the header says
         self._connect_flow(client, flow, source, destination, early)
@@ -406,8 +401,8 @@ class TcpListener:
         except OSError as exc:  # no pipe: EMFILE and friends
             log.warning("vip %s: cannot start a flow: %s", self.vip.name, exc)
             counted_by.on_close(backend)
-            _reset_close(client)
-            _reset_close(backend_sock)
+            reset_close(client)
+            reset_close(backend_sock)
             self.stats.refused["no_resources"] += 1
             return
         self._rehome(flow)
@@ -475,7 +470,7 @@ class _Connector:
         """Abandon the attempt (the listener is closing): close both sockets, count nothing."""
         self._drop_backend()
         self._listener._connecting.discard(self)
-        _reset_close(self._client)
+        reset_close(self._client)
 
     def _next(self) -> None:
         """Connect to the next backend the scheduler offers, or refuse the client."""
