@@ -64,7 +64,6 @@ with ``ip link``; sluice's program by the lab's LB runner (``python -m sluice.la
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gzip
 import json
 import os
@@ -633,32 +632,17 @@ class Bench:
 
         links = json.loads(self.lab.ns("lb").run("ip", "-j", "link", "show", "eth0").stdout)
         prog_id = int(links[0]["xdp"]["prog"]["id"])
-        lib = loader.libbpf()
-        lib.bpf_prog_get_fd_by_id.restype = ctypes.c_int
-        lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-        fd = lib.bpf_prog_get_fd_by_id(prog_id)
-        if fd < 0:
-            raise OSError(-fd, f"bpf_prog_get_fd_by_id {prog_id}")
+        fd = loader.prog_fd_by_id(prog_id)
         try:
             data = rawgen.frame(
                 self.macs["lb"], self.macs["client"], dsr.CLIENT, dsr.VIP, FIRST_SPORT, port, PAYLOAD
             )
-            buf_in = ctypes.create_string_buffer(data, len(data))
-            buf_out = ctypes.create_string_buffer(len(data) + 256)
-            opts = loader._TestRunOpts(
-                sz=ctypes.sizeof(loader._TestRunOpts),
-                data_in=ctypes.addressof(buf_in),
-                data_out=ctypes.addressof(buf_out),
-                data_size_in=len(data),
-                data_size_out=len(buf_out),
-                repeat=TEST_RUN_REPEAT,
-            )
-            rc = lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
-            if rc < 0:
-                raise OSError(-rc, "bpf_prog_test_run_opts")
-            if opts.retval != loader.XDP_TX:
-                raise RuntimeError(f"test run of program {prog_id}: verdict {opts.retval}, expected XDP_TX")
-            return float(opts.duration)
+            result = loader.test_run(fd, data, repeat=TEST_RUN_REPEAT)
+            if result.verdict != loader.XDP_TX:
+                raise RuntimeError(
+                    f"test run of program {prog_id}: verdict {result.verdict}, expected XDP_TX"
+                )
+            return float(result.duration_ns)
         finally:
             os.close(fd)
 

@@ -182,11 +182,8 @@ class AnycastLab:
         return self.namespaces[role]
 
     def _add_ns(self, role: str) -> Namespace:
-        name = f"{self.prefix}{role}"
-        sh(["ip", "netns", "add", name])
-        ns = Namespace(name)
+        ns = Namespace.create(role, prefix=self.prefix)
         self.namespaces[role] = ns
-        ns.run("ip", "link", "set", "lo", "up")
         return ns
 
     def _remove_namespaces(self) -> None:
@@ -347,18 +344,8 @@ class AnycastLab:
         dsr = {"interface": "eth0", "forwarding": "l2"}
 
         def vip(name: str, proto: str, port: int, extra: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "name": name,
-                "protocol": proto,
-                "listen": f"{VIP}:{port}",
-                "mode": "dsr",
-                "maglev_table_size": MAGLEV_SIZE,
-                "dsr": dsr,
-                "backends": [
-                    {"address": f"{backend_ip(i)}:{port}", "weight": 2 if i == 0 else 1} for i in chosen
-                ],
-                **extra,
-            }
+            backends = [{"address": f"{backend_ip(i)}:{port}", "weight": 2 if i == 0 else 1} for i in chosen]
+            return hosts.dsr_vip(name, proto, f"{VIP}:{port}", MAGLEV_SIZE, dsr, backends, extra)
 
         return {
             "vips": [
@@ -751,6 +738,7 @@ def _probe(
         s.connect((host, port))
         s.setblocking(False)
         socks.append(s)
+    index = {s: i for i, s in enumerate(socks)}
     pending: dict[tuple[int, int], float] = {}  # (sock index, seq) -> sent at
     results: list[list[Any]] = []
     end = time.monotonic() + duration_s
@@ -767,13 +755,14 @@ def _probe(
             break
         ready, _, _ = select.select(socks, [], [], interval_s)
         for s in ready:
+            i = index[s]
             with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                 while True:
                     data = s.recv(256)
                     n = int(data.split(b" ", 1)[0])
-                    sent = pending.pop((socks.index(s), n), None)
+                    sent = pending.pop((i, n), None)
                     if sent is not None:
-                        results.append([round(sent, 4), first + socks.index(s), 1])
+                        results.append([round(sent, 4), first + i, 1])
         now = time.monotonic()
         for key, sent in list(pending.items()):
             if now - sent > wait_s:

@@ -215,16 +215,8 @@ class DsrLab:
             dsr |= {"next_hop_mac": self.router_mac, "outer_source": OUTER_SOURCE}
 
         def vip(name: str, proto: str, port: int, extra: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "name": name,
-                "protocol": proto,
-                "listen": f"{VIP}:{port}",
-                "mode": "dsr",
-                "maglev_table_size": 251,
-                "dsr": dsr,
-                "backends": [{"address": f"{backend_ip(i)}:{port}"} for i in chosen],
-                **extra,
-            }
+            backends = [{"address": f"{backend_ip(i)}:{port}"} for i in chosen]
+            return hosts.dsr_vip(name, proto, f"{VIP}:{port}", 251, dsr, backends, extra)
 
         return {
             "vips": [

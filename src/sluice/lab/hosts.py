@@ -55,6 +55,28 @@ def dsr_backend(ns: Namespace, vip: str) -> None:
         ns.sysctl(key, value)
 
 
+def dsr_vip(
+    name: str,
+    protocol: str,
+    listen: str,
+    maglev_table_size: int,
+    dsr: dict[str, Any],
+    backends: list[dict[str, Any]],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Config data of one ``mode: dsr`` VIP (`extra`: further keys, e.g. timeouts or health)."""
+    return {
+        "name": name,
+        "protocol": protocol,
+        "listen": listen,
+        "mode": "dsr",
+        "maglev_table_size": maglev_table_size,
+        "dsr": dsr,
+        "backends": backends,
+        **extra,
+    }
+
+
 def python(module: str, *args: str) -> list[str]:
     """The command line of ``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]

@@ -58,8 +58,9 @@ class Namespace:
     _deleted: bool = field(default=False, repr=False)
 
     @classmethod
-    def create(cls, role: str) -> Namespace:
-        name = f"{run_id()}-{role}"
+    def create(cls, role: str, *, prefix: str | None = None) -> Namespace:
+        """``<prefix><role>``, the prefix by default this process's ``<run id>-``; lo up."""
+        name = f"{run_id()}-{role}" if prefix is None else f"{prefix}{role}"
         sh(["ip", "netns", "add", name])
         ns = cls(name)
         ns.run("ip", "link", "set", "lo", "up")

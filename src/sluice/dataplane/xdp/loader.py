@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -144,6 +144,7 @@ def libbpf() -> ctypes.CDLL:
     _sig(lib, "bpf_map_get_next_key", ci, ci, vp, vp)
     _sig(lib, "bpf_map_update_batch", ci, ci, vp, vp, ctypes.POINTER(cu), ctypes.POINTER(_BatchOpts))
     _sig(lib, "bpf_obj_get", ci, cs)
+    _sig(lib, "bpf_prog_get_fd_by_id", ci, cu)
     _sig(lib, "bpf_prog_test_run_opts", ci, ci, ctypes.POINTER(_TestRunOpts))
     _sig(lib, "libbpf_num_possible_cpus", ci)
     _sig(lib, "libbpf_set_print", vp, _PRINT_FN)
@@ -227,6 +228,11 @@ def map_update_batch(fd: int, keys_addr: int, values_addr: int, count: int, flag
 def obj_get(path: Path) -> int:
     """A file descriptor for a pinned map or program."""
     return _check(libbpf().bpf_obj_get(str(path).encode()), f"bpf_obj_get {path}")
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A file descriptor for the loaded program with id `prog_id` (the caller closes it)."""
+    return _check(libbpf().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id {prog_id}")
 
 
 # ---------------------------------------------------------------- compile (cached)
@@ -473,10 +479,12 @@ def xdp_attached_id(ifindex: int, mode: AttachMode) -> int:
 class TestRunResult:
     verdict: int
     data: bytes
+    duration_ns: int = field(default=0, compare=False)  # the kernel's mean per run
 
 
-def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256) -> TestRunResult:
-    """Run an XDP program once on `frame` via BPF_PROG_TEST_RUN; returns verdict and output frame."""
+def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1) -> TestRunResult:
+    """Run an XDP program `repeat` times on `frame` via BPF_PROG_TEST_RUN; returns verdict, output
+    frame and mean ns per run."""
     lib = libbpf()
     data_in = ctypes.create_string_buffer(frame, len(frame))
     out = ctypes.create_string_buffer(len(frame) + headroom)
@@ -486,10 +494,10 @@ def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256) -> TestRunResul
         data_out=ctypes.addressof(out),
         data_size_in=len(frame),
         data_size_out=len(out),
-        repeat=1,
+        repeat=repeat,
     )
     _check(lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run_opts")
-    return TestRunResult(opts.retval, out.raw[: opts.data_size_out])
+    return TestRunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
 
 
 test_run.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
