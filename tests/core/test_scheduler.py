@@ -10,8 +10,8 @@ import pytest
 
 from sluice.config import Backend, Endpoint, SchedulerName
 from sluice.core.flow import IPPROTO_TCP, FiveTuple, flow_hash
-from sluice.core.maglev import build_table
-from sluice.core.scheduler import REGISTRY, Scheduler, build_scheduler
+from sluice.core.maglev import build_table, diff_tables
+from sluice.core.scheduler import REGISTRY, MaglevScheduler, Scheduler, build_scheduler, maglev_slots_changed
 
 A, B, C, D = (Endpoint.parse(f"127.0.0.1:{9001 + i}") for i in range(4))
 V6 = Endpoint.parse("[::1]:9005")
@@ -254,3 +254,12 @@ def test_scheduler_protocol_is_satisfied() -> None:
 
     for name in get_args(SchedulerName):
         assert use(build_scheduler(name, backends(1, 1), rng=random.Random(0))) in {A, B}
+
+
+def test_maglev_slots_changed_counts_what_diff_tables_counts() -> None:
+    old = build_scheduler("maglev", backends(1, 1, 1), table_size=251)
+    new = build_scheduler("maglev", backends(1, 1), table_size=251)
+    assert isinstance(old, MaglevScheduler) and isinstance(new, MaglevScheduler)
+    expected = diff_tables(old.table, new.table).slots_changed
+    assert 0 < maglev_slots_changed(old, new) == expected
+    assert maglev_slots_changed(old, build_scheduler("round_robin", backends(1))) == 0

@@ -122,6 +122,20 @@ class TableDiff:
         return len(self.changed) / self.size if self.size else 0.0
 
 
+def count_slots_changed(old: MaglevTable, new: MaglevTable) -> int:
+    """Slots whose backend identity differs between two tables: what ``diff_tables(old, new)
+    .slots_changed`` counts, without building the per-slot diff (~20x faster at M = 65537).
+    Every slot when the table size changed."""
+    if old.size != new.size:
+        return new.size
+    if old.backends == new.backends:
+        return int(np.count_nonzero(old.slots != new.slots))
+    # old index -> new index of the same identity (-2: gone); the extra last entry maps empty (-1) to -1
+    index = {name: i for i, name in enumerate(new.backends)}
+    lut = np.array([index.get(name, -2) for name in old.backends] + [-1], dtype=np.int32)
+    return int(np.count_nonzero(lut[old.slots] != new.slots))
+
+
 def build_table(backends: Sequence[tuple[str, int]], size: int = DEFAULT_TABLE_SIZE) -> MaglevTable:
     """Populate a Maglev table for (identity, weight) pairs; see the module docstring.
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from sluice.config import DEFAULT_TABLE_SIZE, Backend, Endpoint, SchedulerName
 from sluice.core.flow import FiveTuple, flow_hash
-from sluice.core.maglev import MaglevTable, build_table
+from sluice.core.maglev import MaglevTable, build_table, count_slots_changed
 
 
 class Scheduler(Protocol):
@@ -195,3 +195,12 @@ def build_scheduler(
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r} (have: {', '.join(REGISTRY)})") from None
     return cls(backends, table_size=table_size, rng=rng)
+
+
+def maglev_slots_changed(old: Scheduler, new: Scheduler) -> int:
+    """Maglev slots whose backend differs between the tables of two schedulers (a listener's
+    `update`): `count_slots_changed` of their tables. Every slot when the table size changed; 0 unless
+    both schedulers are Maglev."""
+    if not (isinstance(old, MaglevScheduler) and isinstance(new, MaglevScheduler)):
+        return 0
+    return count_slots_changed(old.table, new.table)

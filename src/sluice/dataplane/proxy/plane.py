@@ -3,65 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Protocol
-
-import numpy as np
 
 from sluice.config import Config, Endpoint, Vip
-from sluice.core.scheduler import MaglevScheduler, Scheduler
+from sluice.core.scheduler import maglev_slots_changed
+from sluice.dataplane.listener import Listener, ListenerFactory
+from sluice.dataplane.proxy.tcp import TcpListener
+from sluice.dataplane.proxy.udp import UdpListener
 from sluice.dataplane.stats import VipStats
+
+__all__ = ["Listener", "ListenerFactory", "ProxyPlane", "maglev_slots_changed"]
+"""`Listener`, `ListenerFactory` and `maglev_slots_changed` are re-exported for older imports: their
+homes are `sluice.dataplane.listener` and `sluice.core.scheduler`."""
 
 log = logging.getLogger(__name__)
 
 
-class Listener(Protocol):
-    """One VIP's listening socket and its flows."""
-
-    stats: VipStats
-
-    async def start(self) -> None:
-        """Bind and start serving; raises OSError when the address cannot be bound."""
-
-    def update(self, vip: Vip) -> None:
-        """Take a new config for the same listen address (backends, weights, limits);
-        established flows keep their backend."""
-
-    async def stop_accepting(self) -> None:
-        """Take no new flows; established ones continue (graceful shutdown)."""
-
-    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
-        """Close the established flows on `backend`; returns how many."""
-
-    async def close(self) -> None:
-        """Stop accepting and close every flow."""
-
-
-ListenerFactory = Callable[[Vip], Listener]
-
-
-def maglev_slots_changed(old: Scheduler, new: Scheduler) -> int:
-    """Maglev slots whose backend differs between the tables of two schedulers (a listener's
-    `update`): what ``core.maglev.diff_tables(old, new).slots_changed`` counts, without building the
-    per-slot diff (~20x faster at M = 65537). Every slot when the table size changed; 0 unless both
-    schedulers are Maglev."""
-    if not (isinstance(old, MaglevScheduler) and isinstance(new, MaglevScheduler)):
-        return 0
-    a, b = old.table, new.table
-    if a.size != b.size:
-        return b.size
-    if a.backends == b.backends:
-        return int(np.count_nonzero(a.slots != b.slots))
-    # old index -> new index of the same identity (-2: gone); the extra last entry maps empty (-1) to -1
-    index = {name: i for i, name in enumerate(b.backends)}
-    lut = np.array([index.get(name, -2) for name in a.backends] + [-1], dtype=np.int32)
-    return int(np.count_nonzero(lut[a.slots] != b.slots))
-
-
 def _default_factories() -> dict[str, ListenerFactory]:
-    from sluice.dataplane.proxy.tcp import TcpListener
-    from sluice.dataplane.proxy.udp import UdpListener
-
     return {"tcp": TcpListener, "udp": UdpListener}
 
 

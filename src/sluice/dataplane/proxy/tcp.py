@@ -27,8 +27,7 @@ from typing import Final, Literal
 from sluice.config import Endpoint, Vip
 from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
-from sluice.core.scheduler import Scheduler, build_scheduler
-from sluice.dataplane.proxy.plane import maglev_slots_changed
+from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
 from sluice.dataplane.proxy.splice import (
     PIPE_POOL_SIZE,
     PIPE_SIZE,

@@ -76,9 +76,8 @@ from typing import Any, Final, TypeAlias
 from sluice.config import Endpoint, Vip
 from sluice.core.flow import IPPROTO_UDP, FiveTuple, parse_address
 from sluice.core.proxy_protocol import build_proxy_header
-from sluice.core.scheduler import Scheduler, build_scheduler
+from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
 from sluice.core.sessions import EVICTED, Session, SessionClosed, SessionTable
-from sluice.dataplane.proxy.plane import maglev_slots_changed
 from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)

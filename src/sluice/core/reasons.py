@@ -1,0 +1,54 @@
+"""The one table of reason strings every data plane counts under (python engine, native engine, XDP).
+
+`VipStats.refused`, `.dropped`, `.closed` and `BackendStats.connect_errors` are keyed by these
+strings; metrics use them as Prometheus labels. The native engine's C enums carry the same names in
+the same order (`dataplane/engine/reasons.h`), checked by a test. Add a reason here first.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REFUSED: Final = (
+    "max_connections",  # the VIP's max_connections was reached (TCP)
+    "bad_proxy_header",  # the client's PROXY header was malformed or the client closed before it ended
+    "proxy_header_timeout",  # no complete PROXY header within the connect timeout
+    "no_backend",  # the scheduler offered no backend (all weight 0, down or excluded)
+    "connect_failed",  # every backend tried failed to connect (TCP)
+    "client_gone",  # the client went away before a backend was chosen
+    "no_resources",  # no socket or pipe could be made (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    "proxy_header",  # the PROXY header for the backend could not be built (UDP)
+    "shutting_down",  # the VIP stopped accepting new flows (UDP)
+    "internal_error",  # a bug: logged with its traceback
+)
+"""Why a new flow was turned away before it reached a backend."""
+
+CLOSED: Final = (
+    "done",  # both sides ended their stream (FIN both ways)
+    "idle_timeout",  # no byte or datagram either way for the idle timeout
+    "client_reset",
+    "client_error",
+    "backend_reset",
+    "backend_error",
+    "shutdown",  # the listener closed (reload removed the VIP, or sluice stopped)
+    "backend_down",  # on_backend_down: close
+    "drain_timeout",  # a drained backend's flows outlived drain_timeout
+    "responses",  # UDP: every expected reply was seen
+    "evicted",  # UDP: the session table was full and this was the least recently used session
+    "no_backend",  # UDP: the session's backend went away and no other could take it
+    "no_resources",  # UDP: a rebalanced session's new socket could not be made
+)
+"""Why an established flow (TCP connection or UDP session) ended."""
+
+CONNECT_ERRORS: Final = ("refused", "timeout", "unreachable", "reset", "other")
+"""Why a backend connect failed (TCP connect, or ICMP unreachable for a UDP session)."""
+
+DROPPED: Final = (
+    "truncated",  # a datagram larger than the receive buffer (MSG_TRUNC)
+    "too_large",  # EMSGSIZE on send
+    "send_buffer_full",  # EAGAIN/ENOBUFS on send: dropped, never queued without bound
+    "backend_refused",  # ICMP port unreachable from the backend
+    "no_backend",
+    "unknown_source",  # a reply from an address that is not the session's backend
+)
+"""Why a datagram was dropped after it was received (other errno names may appear, in lower case)."""
