@@ -23,7 +23,7 @@ from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
 from sluice.lab.anycast import CLI_PREFIX, CLIENT, HOLD_TIME_S, HTTP_PORT, VIP, AnycastLab, backend_name
 from sluice.lab.netns import list_namespaces
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(150)]
 

@@ -15,7 +15,7 @@ from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
 from sluice.lab import dsr
 from sluice.lab.dsr import CLIENT, VIP, DsrLab
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -49,6 +49,7 @@ from typing import IO, Any
 
 import yaml
 
+from sluice.core.maglev import DEFAULT_TABLE_SIZE
 from sluice.lab import hosts
 from sluice.lab.dsr import LbProcess
 from sluice.lab.netns import PREFIX, LabError, Namespace, list_namespaces, sh, sweep_stale
@@ -67,7 +68,7 @@ ROUTER_ASN = 65000
 NODE_ASN = 65001
 HOLD_TIME_S = 3
 KEEPALIVE_S = 1
-MAGLEV_SIZE = 65537
+MAGLEV_SIZE = DEFAULT_TABLE_SIZE
 CLI_PREFIX = f"{PREFIX}any-"
 """Namespace prefix of the lab `sluice lab up` builds (one per machine; `up` replaces it)."""
 STATE_FILE = "lab.json"

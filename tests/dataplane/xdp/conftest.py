@@ -9,7 +9,7 @@ import pytest
 
 from sluice.dataplane.xdp import loader
 from tests.dataplane.xdp.harness import DEFINES, World, pinned_cpu
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from sluice.dataplane.xdp.maps import (
     FWD_IPIP,
     FWD_L2,
     NO_BACKEND,
-    Backend,
+    BackendEntry,
     VipMeta,
     XdpMaps,
     addr16,
@@ -150,7 +150,7 @@ class World:
         self.write_slots(v, v.slots)
 
     def set_backend(self, v: TVip, b: TBackend, *, active: bool = True) -> None:
-        entry = Backend(
+        entry = BackendEntry(
             family=FAMILY_V4 if isinstance(ip_address(b.addr), IPv4Address) else FAMILY_V6,
             flags=BACKEND_F_ACTIVE if active else 0,
             vip_index=v.index,

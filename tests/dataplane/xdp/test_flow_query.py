@@ -23,7 +23,7 @@ from sluice.dataplane.xdp.plane import XdpPlane
 from tests.dataplane.xdp import packets as P
 from tests.dataplane.xdp.harness import pinned_cpu
 from tests.dataplane.xdp.test_plane import LB_MAC, WEB3, config, make_plane
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 DNS3 = ("198.18.1.21:53", "198.18.1.22:53", "198.18.1.23:53")
 VIP_ADDR = "198.18.100.1"

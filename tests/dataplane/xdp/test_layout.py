@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.dataplane.xdp.maps import STRUCTS
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 
 def _btf_structs(obj: Path) -> dict[str, list[tuple[str, int, int]]]:

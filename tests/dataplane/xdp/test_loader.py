@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from sluice.dataplane.xdp import loader
-from sluice.dataplane.xdp.maps import Backend, XdpMaps
+from sluice.dataplane.xdp.maps import BackendEntry, XdpMaps
 from tests.dataplane.xdp.harness import DEFINES
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 
 def test_missing_clang_names_the_debian_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_pinned_maps_outlive_the_object_and_are_reused(xdp_object_path: Path) ->
     pins = loader.pin_dir(f"test-loader-{os.getpid()}")
     try:
         first = loader.load_object(xdp_object_path, ("sluice_xdp",), pins=pins)
-        XdpMaps.from_fds(first.maps).backends.update(ctypes.c_uint32(3), Backend(vip_index=7, flags=1))
+        XdpMaps.from_fds(first.maps).backends.update(ctypes.c_uint32(3), BackendEntry(vip_index=7, flags=1))
         first.close()
         second = loader.load_object(xdp_object_path, ("sluice_xdp",), pins=pins)
         entry = XdpMaps.from_fds(second.maps).backends.lookup(ctypes.c_uint32(3))
@@ -59,7 +59,7 @@ def test_pins_of_another_size_are_replaced(xdp_object_path: Path, tmp_path: Path
     pins = loader.pin_dir(f"test-loader-resize-{os.getpid()}")
     try:
         small = loader.load_object(xdp_object_path, ("sluice_xdp",), pins=pins)
-        XdpMaps.from_fds(small.maps).backends.update(ctypes.c_uint32(3), Backend(vip_index=7, flags=1))
+        XdpMaps.from_fds(small.maps).backends.update(ctypes.c_uint32(3), BackendEntry(vip_index=7, flags=1))
         small.close()
         bigger = loader.compile_object("sluice_xdp.bpf.c", {**DEFINES, "MAX_BACKENDS": 1024}, tmp_path)
         obj = loader.load_object(bigger, ("sluice_xdp",), pins=pins)

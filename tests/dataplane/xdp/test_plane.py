@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from sluice.dataplane.xdp.neighbours import InterfaceInfo, NeighbourError
 from sluice.dataplane.xdp.plane import XdpConfigError, XdpLimits, XdpPlane
 from tests.dataplane.xdp import packets as P
 from tests.dataplane.xdp.harness import pinned_cpu
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 M = 251
 LB_MAC = "02:00:00:00:00:01"
@@ -292,5 +293,65 @@ async def test_backend_without_mac_stays_out_until_resolved(instance: str, tmp_p
         await plane.apply(config(WEB3))  # what the refresh task does while some are unresolved
         assert plane.unresolved == set()
         assert (row(plane, vip_index(plane, "web")) == expected_row(plane, "web", WEB3)).all()
+    finally:
+        await plane.close()
+
+
+class HeldNeighbours(FakeNeighbours):
+    """Resolving an address in `held` waits until `release` is set (and sets `entered` first)."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held = held
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def resolve(self, ip: str, interface: str) -> str:
+        if ip in self.held:
+            self.entered.set()
+            await self.release.wait()
+        return await super().resolve(ip, interface)
+
+
+async def test_refresh_and_reload_never_interleave(instance: str, tmp_path: Path) -> None:
+    """A MAC refresh round stuck resolving a backend while a reload removes that backend: the
+    reload waits for the round, then the removed backend gets no new flow."""
+    removed = WEB3[2]
+    neighbours = HeldNeighbours(held=set())
+    plane = XdpPlane(
+        instance,
+        neighbours=neighbours,
+        attacher=RecordingAttacher(),
+        limits=XdpLimits(max_vips=4, max_backends=64, conntrack_entries=1024),
+        cache_dir=tmp_path / "cache",
+        refresh_interval_s=0,
+    )
+    neighbours.unreachable.add(removed.split(":")[0])
+    await plane.apply(config(WEB3))
+    try:
+        assert plane.unresolved == {("web", removed)}
+        neighbours.unreachable.clear()
+        neighbours.held.add(removed.split(":")[0])
+        refresh = asyncio.create_task(plane.refresh_macs())  # retries the unresolved backend...
+        await neighbours.entered.wait()  # ...and is now stuck resolving it
+        reload = asyncio.create_task(plane.apply(config(WEB3[:2])))  # the reload removes it
+        for _ in range(100):  # let the reload run as far as it can (without the lock: to its end)
+            if reload.done():
+                break
+            await asyncio.sleep(0)
+        neighbours.release.set()
+        await asyncio.gather(refresh, reload)
+
+        assert set(slot_of(plane, "web")) == set(WEB3[:2])
+        assert (row(plane, vip_index(plane, "web")) == expected_row(plane, "web", WEB3[:2])).all()
+        removed_mac = f"02:be:00:00:00:{int(removed.split(':')[0].rsplit('.', 1)[1]):02x}"
+        assert plane._obj is not None
+        for _ in pinned_cpu():
+            for sport in range(51000, 51064):
+                syn = P.ipv4("198.18.0.10", "198.18.100.1", 6, P.tcp(sport, 80))
+                frame = P.eth(LB_MAC, "02:00:00:00:00:aa", P.ETH_IPV4, syn)
+                r = loader.test_run(plane._obj.programs["sluice_xdp"], frame)
+                assert r.verdict == XDP_TX
+                assert mac_str(r.data[:6]) != removed_mac, sport
     finally:
         await plane.close()

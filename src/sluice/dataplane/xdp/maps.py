@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from sluice.dataplane.xdp import loader
 
+# Copies of bpf/xdp_consts.h #defines (tests/dataplane/xdp/test_consts.py checks them against the header).
 NO_BACKEND: Final = 0xFFFFFFFF
 FWD_L2: Final = 0
 FWD_IPIP: Final = 1
@@ -72,8 +73,8 @@ class VipMeta(ctypes.Structure):
     )
 
 
-class Backend(ctypes.Structure):
-    """struct backend."""
+class BackendEntry(ctypes.Structure):
+    """struct backend: one backend slot of the `backends` map (the config's backend is config.Backend)."""
 
     _fields_ = (
         ("addr", _u8 * 16),  # network order, IPv4-mapped
@@ -146,7 +147,7 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "ct_entry": CtEntry,
     "vip_key": VipKey,
     "vip_meta": VipMeta,
-    "backend": Backend,
+    "backend": BackendEntry,
     "global_stats": GlobalStats,
     "vip_stats": VipStatsC,
     "backend_stats": BackendStatsC,
@@ -311,7 +312,7 @@ class XdpMaps:
 
     vips: Map[VipKey, VipMeta]
     maglev: Map[ctypes.c_uint32, ctypes.c_uint32]
-    backends: Map[ctypes.c_uint32, Backend]
+    backends: Map[ctypes.c_uint32, BackendEntry]
     conntrack: Map[FlowKey, CtEntry]
     global_stats: Map[ctypes.c_uint32, GlobalStats]
     vip_stats: Map[ctypes.c_uint32, VipStatsC]
@@ -323,7 +324,7 @@ class XdpMaps:
         return cls(
             vips=Map(fds["vips"], VipKey, VipMeta, owned=owned),
             maglev=Map(fds["maglev"], u32, u32, owned=owned),
-            backends=Map(fds["backends"], u32, Backend, owned=owned),
+            backends=Map(fds["backends"], u32, BackendEntry, owned=owned),
             conntrack=Map(fds["conntrack"], FlowKey, CtEntry, percpu=True, owned=owned),
             global_stats=Map(fds["global_stats"], u32, GlobalStats, percpu=True, owned=owned),
             vip_stats=Map(fds["vip_stats"], u32, VipStatsC, percpu=True, owned=owned),

@@ -5,6 +5,8 @@ VIP slots and backend slots are stable (a kept backend keeps its slot, so connec
 valid), Maglev rows are rewritten only where a slot's backend changed (batch update), a removed
 backend's slot is marked inactive only after no Maglev slot points to it. Order of writes keeps the
 program consistent at every moment: backends, then Maglev rows, then the VIP entry; removal in reverse.
+Every write goes through one asyncio.Lock: apply() and the periodic MAC refresh (which re-applies
+the latest config while some backend has no MAC) never interleave over the maps or the slots.
 
 The maps are pinned (see loader.py): a restarted process finds its VIP and backend slots in the pinned
 maps, so the connection table keeps pointing at the right backends.
@@ -28,7 +30,7 @@ import numpy.typing as npt
 
 from sluice.config import Config, Vip
 from sluice.core.flow import FiveTuple, flow_hash
-from sluice.core.maglev import build_table
+from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
 from sluice.dataplane.stats import BackendStats, VipStats
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.maps import (
@@ -38,7 +40,7 @@ from sluice.dataplane.xdp.maps import (
     FWD_IPIP,
     FWD_L2,
     NO_BACKEND,
-    Backend,
+    BackendEntry,
     VipKey,
     VipMeta,
     XdpMaps,
@@ -85,12 +87,13 @@ class _VipState:
     index: int
     key: tuple[bytes, int, int]
     backend_slots: dict[str, int] = field(default_factory=dict)  # identity -> backend index
-    row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now
-    slots_changed: int = 0  # Maglev slots rewritten by the updates after the first write
+    row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now (backend slot ids)
+    table: MaglevTable | None = None  # the Maglev table `row` was written from
+    slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
     protocol: str = "tcp"
 
 
-def _identity_of(entry: Backend) -> str:
+def _identity_of(entry: BackendEntry) -> str:
     raw = bytes(entry.addr)
     ip: IPv4Address | IPv6Address = (
         IPv4Address(raw[12:]) if raw[:12] == b"\0" * 10 + b"\xff\xff" else IPv6Address(raw)
@@ -152,6 +155,9 @@ class XdpPlane:
         self._attached: dict[str, tuple[int, loader.AttachMode]] = {}
         self._config: Config | None = None
         self._refresh: asyncio.Task[None] | None = None
+        # Serialises every write to the maps and the slot allocation: apply() (the controller's
+        # reloads and health changes) and the MAC refresh rounds.
+        self._apply_lock = asyncio.Lock()
         self._next_backend = 0
         self._unresolved: set[tuple[str, str]] = set()  # (vip name, backend) without a MAC yet
 
@@ -171,7 +177,7 @@ class XdpPlane:
         return {
             "MAX_VIPS": max(self.limits.max_vips, len(vips)),
             "MAX_BACKENDS": max(self.limits.max_backends, 2 * sum(len(v.backends) for v in vips)),
-            "MAGLEV_SIZE": max((v.maglev_table_size for v in vips), default=65537),
+            "MAGLEV_SIZE": max((v.maglev_table_size for v in vips), default=DEFAULT_TABLE_SIZE),
             "CT_SIZE": self.limits.conntrack_entries,
         }
 
@@ -207,7 +213,7 @@ class XdpPlane:
                 continue
             owner = by_index.get(entry.vip_index)
             if owner is None:
-                maps.backends.update(ctypes.c_uint32(i), Backend())  # orphan: free it
+                maps.backends.update(ctypes.c_uint32(i), BackendEntry())  # orphan: free it
                 continue
             owner.backend_slots[_identity_of(entry)] = i
         if self._vips:
@@ -216,6 +222,14 @@ class XdpPlane:
     # ------------------------------------------------------------ apply
 
     async def apply(self, config: Config) -> None:
+        """Make the maps serve `config`'s dsr VIPs (waits for a MAC refresh round in progress)."""
+        async with self._apply_lock:
+            await self._apply_locked(config)
+        if self._refresh is None and self.refresh_interval_s > 0:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _apply_locked(self, config: Config) -> None:
+        assert self._apply_lock.locked()
         vips = [v for v in config.vips if v.mode == "dsr"]
         for v in vips:
             _check_vip(v)
@@ -227,8 +241,6 @@ class XdpPlane:
             await self._apply_vip(kt, vip)
         self._attach_interfaces({v.dsr.interface for v in vips if v.dsr is not None})
         self._config = config
-        if self._refresh is None and self.refresh_interval_s > 0:
-            self._refresh = asyncio.get_running_loop().create_task(self._refresh_macs())
 
     def _free_vip_index(self) -> int:
         used = {s.index for s in self._vips.values()}
@@ -284,7 +296,7 @@ class XdpPlane:
             if slot is None:
                 slot = state.backend_slots[identity] = self._allocate_backend()
                 maps.reset_counters(slot, vip=False)
-            entry = Backend(
+            entry = BackendEntry(
                 family=FAMILY_V4 if b.address.ip.version == 4 else FAMILY_V6,
                 flags=BACKEND_F_ACTIVE,
                 vip_index=state.index,
@@ -304,9 +316,9 @@ class XdpPlane:
         else:
             changed = np.arange(len(row), dtype=np.uint32)
         maps.write_maglev(state.index, self._defines["MAGLEV_SIZE"], changed, row[changed])
-        if state.row is not None:
-            state.slots_changed += len(changed)
-        state.row = row
+        if state.table is not None:
+            state.slots_changed += count_slots_changed(state.table, table)
+        state.row, state.table = row, table
         log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
         # 3. the VIP entry
         maps.vips.update(
@@ -315,7 +327,7 @@ class XdpPlane:
         )
         # 4. backends no longer wanted: inactive once no slot points at them
         for identity in [i for i in state.backend_slots if i not in wanted]:
-            maps.backends.update(ctypes.c_uint32(state.backend_slots.pop(identity)), Backend())
+            maps.backends.update(ctypes.c_uint32(state.backend_slots.pop(identity)), BackendEntry())
 
     def _vip_meta(self, vip: Vip, index: int) -> VipMeta:
         assert vip.dsr is not None
@@ -344,7 +356,7 @@ class XdpPlane:
             state.index, size, np.arange(size, dtype=np.uint32), np.full(size, NO_BACKEND, dtype=np.uint32)
         )
         for slot in state.backend_slots.values():
-            maps.backends.update(ctypes.c_uint32(slot), Backend())
+            maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
         log.info("vip %s removed", state.name)
 
     def _attach_interfaces(self, names: set[str]) -> None:
@@ -358,36 +370,48 @@ class XdpPlane:
             ifindex, mode = self._attached.pop(name)
             self.attacher.detach(ifindex, mode)
 
-    async def _refresh_macs(self) -> None:
-        """Re-resolve l2 backends' MACs periodically; a changed MAC is written to its slot."""
+    async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_interval_s)
+            await self.refresh_macs()
+
+    async def refresh_macs(self) -> None:
+        """One refresh round (the periodic task runs one every `refresh_interval_s`): retry the
+        backends without a MAC, re-resolve l2 backends' MACs and write a changed MAC to its slot.
+        Holds the apply lock and works on the latest applied config, so a reload never interleaves
+        with it and a backend the reload removed cannot come back."""
+        async with self._apply_lock:
             config = self._config
             if config is None or self._maps is None:
-                continue
+                return
             if self._unresolved:
                 try:
-                    await self.apply(config)  # retries the backends without a MAC
+                    await self._apply_locked(config)  # retries the backends without a MAC
                 except Exception as exc:
                     log.warning("re-applying for unresolved backends failed: %s", exc)
-            for vip in config.vips:
-                if vip.mode != "dsr" or vip.dsr is None or vip.dsr.forwarding != "l2":
+            if self._maps is not None:
+                await self._refresh_known_macs(config, self._maps)
+
+    async def _refresh_known_macs(self, config: Config, maps: XdpMaps) -> None:
+        assert self._apply_lock.locked()
+        for vip in config.vips:
+            if vip.mode != "dsr" or vip.dsr is None or vip.dsr.forwarding != "l2":
+                continue
+            state = self._vips.get(_key_tuple(vip))
+            for b in vip.backends:
+                slot = state.backend_slots.get(str(b.address)) if state else None
+                if slot is None:
                     continue
-                state = self._vips.get(_key_tuple(vip))
-                for b in vip.backends:
-                    slot = state.backend_slots.get(str(b.address)) if state else None
-                    if slot is None:
-                        continue
-                    try:
-                        mac = await self._backend_mac(vip, b.address.host)
-                    except Exception as exc:  # keep the old MAC; report and retry next round
-                        log.warning("vip %s: backend %s: %s", vip.name, b.address, exc)
-                        continue
-                    entry = self._maps.backends.lookup(ctypes.c_uint32(slot))
-                    if entry is not None and bytes(entry.mac) != mac:
-                        entry.mac[:] = mac
-                        self._maps.backends.update(ctypes.c_uint32(slot), entry)
-                        log.info("vip %s: backend %s MAC is now %s", vip.name, b.address, mac.hex(":"))
+                try:
+                    mac = await self._backend_mac(vip, b.address.host)
+                except Exception as exc:  # keep the old MAC; report and retry next round
+                    log.warning("vip %s: backend %s: %s", vip.name, b.address, exc)
+                    continue
+                entry = maps.backends.lookup(ctypes.c_uint32(slot))
+                if entry is not None and bytes(entry.mac) != mac:
+                    entry.mac[:] = mac
+                    maps.backends.update(ctypes.c_uint32(slot), entry)
+                    log.info("vip %s: backend %s MAC is now %s", vip.name, b.address, mac.hex(":"))
 
     # ------------------------------------------------------------ read
 
@@ -461,8 +485,9 @@ class XdpPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
             self._refresh = None
-        if detach:
-            for ifindex, mode in self._attached.values():
-                self.attacher.detach(ifindex, mode)
-        self._attached.clear()
-        self._close_object()
+        async with self._apply_lock:
+            if detach:
+                for ifindex, mode in self._attached.values():
+                    self.attacher.detach(ifindex, mode)
+            self._attached.clear()
+            self._close_object()
