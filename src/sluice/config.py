@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -26,17 +25,18 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.core.endpoint import Endpoint as Endpoint  # re-exported: the config's address type
+from sluice.core.maglev import DEFAULT_TABLE_SIZE as DEFAULT_TABLE_SIZE
 from sluice.core.maglev import is_prime
+from sluice.core.scheduler import SchedulerName as SchedulerName
 
 Protocol = Literal["tcp", "udp"]
 Mode = Literal["proxy", "dsr"]
-SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
 ProxyProtocolVersion = Literal["off", "v1", "v2"]
 UdpHash = Literal["five_tuple", "source_ip"]
 CheckType = Literal["tcp", "tcp_expect", "http", "dns", "udp", "none"]
 OnBackendDown = Literal["keep", "close"]
 
-DEFAULT_TABLE_SIZE = 65537
 DEFAULT_TCP_IDLE_S = 350.0
 DEFAULT_UDP_IDLE_S = 120.0
 
@@ -50,40 +50,6 @@ class ConfigError(Exception):
 
 
 # ---------------------------------------------------------------- value types
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Endpoint:
-    """An IP address and a port: ``127.0.0.1:9001`` or ``[::1]:9001``."""
-
-    ip: IPv4Address | IPv6Address
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Endpoint:
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text.strip())
-        if not m:
-            raise ValueError(f"expected IPv4:port or [IPv6]:port, got {text!r}")
-        host, port_s = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-        try:
-            ip = ip_address(host)
-        except ValueError:
-            raise ValueError(f"not an IP address: {host!r}") from None
-        port = int(port_s)
-        if not 0 < port < 65536:
-            raise ValueError(f"port must be 1..65535, got {port}")
-        return cls(ip, port)
-
-    @property
-    def host(self) -> str:
-        return str(self.ip)
-
-    @property
-    def family_v6(self) -> bool:
-        return isinstance(self.ip, IPv6Address)
-
-    def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if self.family_v6 else f"{self.ip}:{self.port}"
 
 
 def _to_endpoint(value: Any) -> Endpoint:
@@ -467,6 +433,11 @@ class Vip(_Frozen):
         if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
             raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
         return self
+
+    @property
+    def weighted_backends(self) -> tuple[tuple[Endpoint, int], ...]:
+        """(address, weight) of every backend in config order: what a scheduler is built from."""
+        return tuple((b.address, b.weight) for b in self.backends)
 
     @property
     def idle_timeout_s(self) -> float:

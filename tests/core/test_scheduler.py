@@ -8,18 +8,25 @@ from typing import get_args
 
 import pytest
 
-from sluice.config import Backend, Endpoint, SchedulerName
+from sluice.core.endpoint import Endpoint
 from sluice.core.flow import IPPROTO_TCP, FiveTuple, flow_hash
 from sluice.core.maglev import build_table, diff_tables
-from sluice.core.scheduler import REGISTRY, MaglevScheduler, Scheduler, build_scheduler, maglev_slots_changed
+from sluice.core.scheduler import (
+    REGISTRY,
+    MaglevScheduler,
+    Scheduler,
+    SchedulerName,
+    build_scheduler,
+    maglev_slots_changed,
+)
 
 A, B, C, D = (Endpoint.parse(f"127.0.0.1:{9001 + i}") for i in range(4))
 V6 = Endpoint.parse("[::1]:9005")
 
 
-def backends(*weights: int) -> list[Backend]:
+def backends(*weights: int) -> list[tuple[Endpoint, int]]:
     addrs = [A, B, C, D, V6]
-    return [Backend(address=addrs[i], weight=w) for i, w in enumerate(weights)]
+    return [(addrs[i], w) for i, w in enumerate(weights)]
 
 
 def flow(i: int) -> FiveTuple:
@@ -82,7 +89,7 @@ def test_exclude_is_respected(name: SchedulerName) -> None:
 def test_maglev_is_the_table_lookup() -> None:
     bs = backends(1, 2, 3, 1, 1)
     s = build_scheduler("maglev", bs, table_size=4093)
-    table = build_table([(str(b.address), b.weight) for b in bs], 4093)
+    table = build_table([(str(a), w) for a, w in bs], 4093)
     for f in FLOWS[:2000]:
         assert str(s.pick(f)) == table.lookup(flow_hash(f))
 
@@ -98,7 +105,7 @@ def test_maglev_is_consistent_and_weighted() -> None:
 
 def test_maglev_exclude_walks_to_the_next_slots() -> None:
     s = build_scheduler("maglev", backends(1, 1, 1), table_size=31)
-    table = build_table([(str(b.address), b.weight) for b in backends(1, 1, 1)], 31)
+    table = build_table([(str(a), w) for a, w in backends(1, 1, 1)], 31)
     for f in FLOWS[:200]:
         first = s.pick(f)
         assert first is not None

@@ -37,7 +37,7 @@ def explain_flow(config: Config, vip_name: str, source: Endpoint) -> str:
         )
     if vip.protocol == "udp" and vip.udp.hash == "source_ip":
         flow = FiveTuple(flow.src_ip, flow.dst_ip, 0, 0, flow.proto)
-    backend = build_scheduler("maglev", vip.backends, vip.maglev_table_size).pick(flow)
+    backend = build_scheduler("maglev", vip.weighted_backends, vip.maglev_table_size).pick(flow)
     if backend is None:
         raise FlowQueryError(f"VIP {vip_name!r} has no backend with weight > 0")
     h = flow_hash(flow)

@@ -22,11 +22,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
-from sluice.config import DEFAULT_TABLE_SIZE, Backend, Endpoint, SchedulerName
+from sluice.core.endpoint import Endpoint
 from sluice.core.flow import FiveTuple, flow_hash
-from sluice.core.maglev import MaglevTable, build_table, count_slots_changed
+from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
+
+SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
+"""The names `REGISTRY` knows (the config's ``scheduler:`` values)."""
+
+WeightedBackends = Sequence[tuple[Endpoint, int]]
+"""(endpoint, weight) per backend, in config order."""
+
+
+class HasAddressAndWeight(Protocol):
+    """A backend as the config describes it (`sluice.config.Backend`), accepted by `build_scheduler`."""
+
+    @property
+    def address(self) -> Endpoint: ...
+
+    @property
+    def weight(self) -> int: ...
 
 
 class Scheduler(Protocol):
@@ -52,18 +68,19 @@ class _Base:
 
     def __init__(
         self,
-        backends: Sequence[Backend],
+        backends: WeightedBackends,
         *,
         table_size: int = DEFAULT_TABLE_SIZE,
         rng: random.Random | None = None,
     ) -> None:
-        self.backends: tuple[Backend, ...] = tuple(backends)
-        self.weights: dict[Endpoint, int] = {b.address: b.weight for b in self.backends}
+        self.backends: tuple[tuple[Endpoint, int], ...] = tuple(backends)
+        """(endpoint, weight) in config order."""
+        self.weights: dict[Endpoint, int] = dict(self.backends)
         if len(self.weights) != len(self.backends):
             raise ValueError("duplicate backend address")
         self.active: dict[Endpoint, int] = dict.fromkeys(self.weights, 0)
         """Open flows per backend, as told by on_open / on_close."""
-        self._eligible = tuple(b.address for b in self.backends if b.weight > 0)
+        self._eligible = tuple(a for a, weight in self.backends if weight > 0)
         self._setup(table_size, rng)
 
     def _setup(self, table_size: int, rng: random.Random | None) -> None:
@@ -95,8 +112,8 @@ class MaglevScheduler(_Base):
     name: SchedulerName = "maglev"
 
     def _setup(self, table_size: int, rng: random.Random | None) -> None:
-        self.table: MaglevTable = build_table([(str(b.address), b.weight) for b in self.backends], table_size)
-        by_identity = {str(b.address): b.address for b in self.backends}
+        self.table: MaglevTable = build_table([(str(a), weight) for a, weight in self.backends], table_size)
+        by_identity = {str(a): a for a, _ in self.backends}
         self._endpoints = [by_identity[identity] for identity in self.table.backends]
 
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
@@ -184,17 +201,23 @@ REGISTRY: dict[SchedulerName, type[_Base]] = {
 
 def build_scheduler(
     name: SchedulerName,
-    backends: Sequence[Backend],
+    backends: WeightedBackends | Sequence[HasAddressAndWeight],
     table_size: int = DEFAULT_TABLE_SIZE,
     rng: random.Random | None = None,
 ) -> Scheduler:
-    """The scheduler called `name` over `backends` (config order). `table_size` is Maglev's M;
+    """The scheduler called `name` over `backends`: (endpoint, weight) pairs in config order (or
+    objects with `.address` and `.weight`, as the config's backends). `table_size` is Maglev's M;
     `rng` feeds random_two (tests inject a seeded one)."""
     try:
         cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r} (have: {', '.join(REGISTRY)})") from None
-    return cls(backends, table_size=table_size, rng=rng)
+    return cls(weighted(backends), table_size=table_size, rng=rng)
+
+
+def weighted(backends: WeightedBackends | Sequence[HasAddressAndWeight]) -> WeightedBackends:
+    """(endpoint, weight) pairs of `backends`, which may already be pairs."""
+    return [b if isinstance(b, tuple) else (b.address, b.weight) for b in backends]
 
 
 def maglev_slots_changed(old: Scheduler, new: Scheduler) -> int:

@@ -15,7 +15,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from sluice.config import Backend, Endpoint, Timeouts, UdpOptions
+from sluice.config import Endpoint, Timeouts, UdpOptions
 from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.proxy.udp import UdpListener
@@ -55,7 +55,7 @@ def test_500_clients_stick_to_the_backend_sluice_flow_names(loop: str) -> None:
     async def scenario() -> None:
         async with echo_backends(3) as backends, serving(make_vip([b.endpoint for b in backends])) as lb:
             vip_host, vip_port = lb.address
-            scheduler = build_scheduler("maglev", [Backend(address=b.endpoint) for b in backends])
+            scheduler = build_scheduler("maglev", [(b.endpoint, 1) for b in backends])
             names = {b.endpoint: b.name for b in backends}
             clients = [await Client.open(lb.address) for _ in range(500)]
             try:
@@ -358,7 +358,7 @@ def test_source_ip_hash_keeps_the_ports_of_one_ip_together() -> None:
     async def scenario() -> None:
         async with echo_backends(3) as backends:
             vip = make_vip([b.endpoint for b in backends], udp=UdpOptions(hash="source_ip"))
-            scheduler = build_scheduler("maglev", vip.backends)
+            scheduler = build_scheduler("maglev", vip.weighted_backends)
             names = {b.endpoint: b.name for b in backends}
             async with serving(vip) as lb:
                 vip_ip = ip_address(lb.address[0])

@@ -262,7 +262,7 @@ class TcpListener:
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         for backend in vip.backends:
             self.backend_info(backend.address)
-        return build_scheduler(vip.scheduler, vip.backends, table_size=vip.maglev_table_size)
+        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
 
     def backend_info(self, backend: Endpoint) -> _BackendInfo:
         """`backend`'s socket address and counters (made once per backend ever seen)."""
