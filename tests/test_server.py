@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ import yaml
 from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.control.fakes import free_port
-from tests.control.lab import Backend, Backends, Held, probe
+from sluice.config import Config
+from sluice.server import Server
+from tests.support.loopback import Backend, Backends, Held, free_port, probe
 
 TOKEN = "server-test-token-0123456789"
 
@@ -72,12 +73,6 @@ def write_config(path: Path, vip_port: int, admin_port: int, backends: list[Back
     }
     data.update(top)
     path.write_text(yaml.safe_dump(data))
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Backends]:
-    async with Backends() as pool:
-        yield pool
 
 
 @contextlib.asynccontextmanager
@@ -195,3 +190,86 @@ async def test_graceful_stop_lets_flows_finish_and_second_signal_exits(
         assert await asyncio.wait_for(s.proc.wait(), 3) == 0
         assert not await held.ping()
         held.close()
+
+
+class Notifications:
+    """The sd_notify datagrams an in-process Server sends (NOTIFY_SOCKET points here)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+
+    async def next(self, timeout_s: float = 10.0) -> str:
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 4096), timeout_s)
+        return data.decode().split("\n")[0]
+
+
+@pytest.fixture
+def notifications(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Notifications]:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    n = Notifications(tmp_path / "notify")
+    try:
+        yield n
+    finally:
+        n.sock.close()
+
+
+def plain_config(path: Path, backends: list[Backend]) -> Path:
+    """One TCP VIP on a kernel-chosen port, no admin API."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "vips": [
+                    {
+                        "name": "web",
+                        "listen": f"127.0.0.1:{free_port()}",
+                        "backends": [{"address": b.address} for b in backends],
+                    }
+                ]
+            }
+        )
+    )
+    return path
+
+
+async def test_a_failing_reload_does_not_end_the_reload_task(
+    tmp_path: Path, backends: Backends, notifications: Notifications, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b0, b1 = await backends.add(), await backends.add()
+    path = plain_config(tmp_path / "sluice.yaml", [b0])
+    server = Server(path)
+    serving = asyncio.create_task(server.serve())
+    try:
+        assert await notifications.next() == "READY=1"
+        assert server.controller is not None
+        controller = server.controller
+        real_reload = controller.reload
+        failures = ["an error no handler names"]
+
+        async def reload_failing_once(config_path: str | Path) -> Config:
+            if failures:
+                raise RuntimeError(failures.pop())
+            return await real_reload(config_path)
+
+        monkeypatch.setattr(controller, "reload", reload_failing_once)
+        signal.raise_signal(signal.SIGHUP)
+        assert await notifications.next() == "RELOADING=1"
+        assert await notifications.next() == "READY=1"
+        assert not failures
+
+        plain_config(path, [b0, b1])
+        signal.raise_signal(signal.SIGHUP)  # the reload task still listens
+        assert await notifications.next() == "RELOADING=1"
+        assert await notifications.next() == "READY=1"
+        assert controller.reloads["ok"] == 1
+        assert [str(b.address) for b in controller.config.vip("web").backends] == [b0.address, b1.address]
+
+        signal.raise_signal(signal.SIGTERM)
+        assert await notifications.next() == "STOPPING=1"
+        await asyncio.wait_for(serving, 10)
+    finally:
+        if not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving

@@ -84,83 +84,85 @@ def metrics_sources(controller: Controller) -> Sources:
     return sources
 
 
-async def serve(config_path: Path) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP (or ``POST /api/v1/reload``) reloads `config_path` (a bad
-    file keeps the running config).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
 
-    Shutdown is graceful: stop taking new flows, let established ones finish for up to
-    ``shutdown_timeout``, then close them; a second SIGTERM/SIGINT closes everything at once.
-    systemd is told READY=1 / RELOADING=1 / STOPPING=1 when NOTIFY_SOCKET is set.
+
+class Server:
+    """One sluice process, in the steps of uvicorn's ``Server``: `startup`, `main_loop`, `shutdown`.
+
+    SIGHUP (or ``POST /api/v1/reload``) reloads `config_path`; a bad file keeps the running config and
+    no reload failure ends the reload task. SIGTERM/SIGINT stop gracefully: take no new flows, let
+    established ones finish for up to ``shutdown_timeout``, then close them; a second stop signal
+    closes everything at once. systemd is told READY=1 / RELOADING=1 / STOPPING=1 when NOTIFY_SOCKET
+    is set.
     """
-    config = load_config(config_path)
-    token = _token(config)
-    controller = Controller(config, announcer=_announcer(config))
-    await controller.start()
-    loop = asyncio.get_running_loop()
-    reload_lock = asyncio.Lock()
 
-    async def reload() -> Config:
-        async with reload_lock:
-            systemd.notify(systemd.reloading_message())
-            try:
-                new = await controller.reload(config_path)
-            finally:
-                systemd.notify("READY=1")
-            if new.admin != config.admin:
-                log.warning("the admin block changed; it takes effect at the next restart")
-            if new.announce is not None and config.announce is None:
-                log.warning("the announce block was added; it takes effect at the next restart")
-            return new
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config: Config | None = None
+        """The config read at startup (its ``admin`` and ``announce`` blocks hold until a restart)."""
+        self.controller: Controller | None = None
+        self.admin: AdminServer | None = None
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self._reload_requests: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+        self._reload_lock = asyncio.Lock()
+        self._reloader: asyncio.Task[None] | None = None
+        self._signals: list[signal.Signals] = []
 
-    admin: AdminServer | None = None
-    if config.admin is not None:
-        registry = build_registry(metrics_sources(controller))
-        admin = AdminServer(
-            config.admin,
-            lambda unix: build_app(controller, token=token, over_unix=unix, reload=reload, registry=registry),
-        )
+    async def serve(self) -> None:
+        """Start, run until a stop signal, stop gracefully; resources are released on every path."""
+        await self.startup()
         try:
-            await admin.start()
-        except BaseException:
-            await controller.close()
-            raise
-    log.info(
-        "sluice running: %s", ", ".join(f"{v.name}={v.protocol}/{v.listen}" for v in controller.config.vips)
-    )
-    stop = asyncio.Event()
-    force = asyncio.Event()
-    reloads: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+            await self.main_loop()
+            await self.shutdown()
+        finally:
+            await self.close()
 
-    def _on_stop_signal() -> None:
-        if stop.is_set():
-            log.warning("second stop signal: closing every flow now")
-            force.set()
-        stop.set()
+    # ------------------------------------------------------------ steps
 
-    def _on_reload_signal() -> None:
-        if reloads.empty():
-            reloads.put_nowait(None)
-
-    loop.add_signal_handler(signal.SIGTERM, _on_stop_signal)
-    loop.add_signal_handler(signal.SIGINT, _on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, _on_reload_signal)
-
-    async def _reloader() -> None:
-        while True:
-            await reloads.get()
+    async def startup(self) -> None:
+        """Load the config, start the data planes and the admin API, install the signal handlers,
+        then tell systemd READY=1. If the admin API cannot start, the data planes close again."""
+        config = load_config(self.config_path)
+        token = _token(config)
+        self.config = config
+        controller = Controller(config, announcer=_announcer(config))
+        self.controller = controller
+        await controller.start()
+        if config.admin is not None:
+            registry = build_registry(metrics_sources(controller))
+            self.admin = AdminServer(
+                config.admin,
+                lambda unix: build_app(
+                    controller, token=token, over_unix=unix, reload=self.reload, registry=registry
+                ),
+            )
             try:
-                await reload()
-            except ConfigError as exc:
-                log.error("reload rejected, keeping the running config:\n%s", exc)
-            except OSError as exc:
-                log.error("reload failed while applying: %s", exc)
+                await self.admin.start()
+            except BaseException:
+                self.admin = None
+                await controller.close()
+                raise
+        log.info(
+            "sluice running: %s",
+            ", ".join(f"{v.name}={v.protocol}/{v.listen}" for v in controller.config.vips),
+        )
+        self._install_signal_handlers()
+        self._reloader = asyncio.create_task(self._run_reloads(), name="sluice-reloader")
+        systemd.notify("READY=1")
 
-    reloader = asyncio.create_task(_reloader())
-    systemd.notify("READY=1")
-    try:
-        await stop.wait()
+    async def main_loop(self) -> None:
+        """Serve until a stop signal; reloads run meanwhile in their own task."""
+        await self.should_exit.wait()
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no more reloads, no new flows, established flows drain for up to
+        ``shutdown_timeout``, or until a second stop signal."""
+        _, controller = self._running()
         systemd.notify("STOPPING=1")
-        reloader.cancel()
+        self._stop_reloads()
         timeout = controller.config.shutdown_timeout
         log.info(
             "shutting down: no new flows; waiting up to %.0fs for %d flows",
@@ -168,21 +170,95 @@ async def serve(config_path: Path) -> None:
             controller.active_flows(),
         )
         graceful = asyncio.create_task(controller.shutdown(timeout))
-        forced = asyncio.create_task(force.wait())
+        forced = asyncio.create_task(self.force_exit.wait())
         await asyncio.wait({graceful, forced}, return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
         if not graceful.done():
             graceful.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await graceful
-    finally:
-        reloader.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await controller.close()
-        if admin is not None:
-            await admin.close()
+
+    async def close(self) -> None:
+        """Release everything `startup` took: signal handlers, reloads, data planes, the admin API."""
+        self._stop_reloads()
+        self._remove_signal_handlers()
+        if self.controller is not None:
+            await self.controller.close()
+        if self.admin is not None:
+            await self.admin.close()
         log.info("stopped")
+
+    # ------------------------------------------------------------ reloads
+
+    async def reload(self) -> Config:
+        """Re-read the config file and apply it (one reload at a time); raises ConfigError for a bad
+        file, which leaves the running config untouched. Also the admin API's reload."""
+        started, controller = self._running()
+        async with self._reload_lock:
+            systemd.notify(systemd.reloading_message())
+            try:
+                new = await controller.reload(self.config_path)
+            finally:
+                systemd.notify("READY=1")
+            if new.admin != started.admin:
+                log.warning("the admin block changed; it takes effect at the next restart")
+            if new.announce is not None and started.announce is None:
+                log.warning("the announce block was added; it takes effect at the next restart")
+            return new
+
+    def request_reload(self) -> None:
+        """Queue one reload (what SIGHUP does); requests made while one is queued fold into it."""
+        if self._reload_requests.empty():
+            self._reload_requests.put_nowait(None)
+
+    async def _run_reloads(self) -> None:
+        while True:
+            await self._reload_requests.get()
+            try:
+                await self.reload()
+            except ConfigError as exc:
+                log.error("reload rejected, keeping the running config:\n%s", exc)
+            except OSError as exc:
+                log.error("reload failed while applying: %s", exc)
+            except Exception:
+                log.exception("reload failed")
+
+    def _stop_reloads(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+
+    # ------------------------------------------------------------ signals
+
+    def handle_stop_signal(self) -> None:
+        """The first stop signal starts the graceful stop; a second one closes every flow now."""
+        if self.should_exit.is_set():
+            log.warning("second stop signal: closing every flow now")
+            self.force_exit.set()
+        self.should_exit.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_stop_signal)
+            self._signals.append(sig)
+        loop.add_signal_handler(RELOAD_SIGNAL, self.request_reload)
+        self._signals.append(RELOAD_SIGNAL)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._signals:
+            loop.remove_signal_handler(self._signals.pop())
+
+    def _running(self) -> tuple[Config, Controller]:
+        """The startup config and the controller; only after `startup`."""
+        if self.config is None or self.controller is None:
+            raise RuntimeError("the server has not started")
+        return self.config, self.controller
+
+
+async def serve(config_path: Path) -> None:
+    """Run `config_path` until SIGTERM/SIGINT (see `Server`)."""
+    await Server(config_path).serve()
 
 
 def run(config_path: Path) -> None:

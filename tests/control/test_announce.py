@@ -25,8 +25,8 @@ from sluice.control.bird import render_bird_config
 from sluice.control.controller import Controller
 from sluice.control.monitor import Monitor
 from sluice.core.maglev import build_table
-from tests.control.fakes import FakeClock, FakePlane, ScriptedChecks
-from tests.privileged import needs
+from tests.support.fakes import FakeClock, FakePlane, ScriptedChecks
+from tests.support.privileged import needs
 
 ANNOUNCE: dict[str, Any] = {
     "asn": 65001,

@@ -12,7 +12,7 @@ from sluice.config import Config, ConfigError
 from sluice.control.controller import Controller, UnknownBackend
 from sluice.control.monitor import Monitor
 from sluice.core.health import Admin, State
-from tests.control.fakes import FakeClock, FakePlane, ScriptedChecks, ep, make_config
+from tests.support.fakes import FakeClock, FakePlane, ScriptedChecks, ep, make_config
 
 
 def build(config: Config) -> tuple[Controller, FakePlane, FakeClock, ScriptedChecks]:

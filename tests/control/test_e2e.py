@@ -5,26 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from sluice.config import Config, Endpoint
 from sluice.control.controller import Controller
 from sluice.core.health import Admin, State
-from tests.control.fakes import free_port
-from tests.control.lab import Backend, Backends, Held, Load, probe, vip_config, wait_for
+from tests.support.loopback import Backend, Backends, Held, Load, free_port, probe, vip_config, wait_for
 
 INTERVAL, TIMEOUT, RISE, FALL = 0.2, 0.2, 2, 2
 HEALTH = {"type": "tcp", "interval": INTERVAL, "timeout": TIMEOUT, "rise": RISE, "fall": FALL, "jitter": 0.1}
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Backends]:
-    async with Backends() as pool:
-        yield pool
 
 
 async def running(config: Config) -> Controller:

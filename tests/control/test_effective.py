@@ -6,7 +6,7 @@ from typing import Any
 
 from sluice.config import Config, Endpoint
 from sluice.control.effective import SLOW_START_SCALE, BackendView, effective_config, ramping
-from tests.control.fakes import ep, make_config
+from tests.support.fakes import ep, make_config
 
 UP = BackendView(usable=True, admin_active=True, usable_since=0.0)
 DOWN = BackendView(usable=False, admin_active=True)

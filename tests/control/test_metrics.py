@@ -10,10 +10,10 @@ from sluice.control.monitor import BackendRecord
 from sluice.core.health import BackendHealth, State
 from sluice.dataplane.stats import VipStats
 from sluice.server import metrics_sources
-from tests.control.fakes import ep
 from tests.control.test_announce import config as announce_config
 from tests.control.test_announce import controller as announcing_controller
 from tests.control.test_announce import dsr_vip
+from tests.support.fakes import ep
 
 
 def scrape(sources: Sources) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

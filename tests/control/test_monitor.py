@@ -6,7 +6,7 @@ from sluice.config import parse_config
 from sluice.control.monitor import Monitor
 from sluice.core.health import State
 from sluice.dataplane.stats import VipStats
-from tests.control.fakes import FakeClock, ScriptedChecks, ep, make_config
+from tests.support.fakes import FakeClock, ScriptedChecks, ep, make_config
 
 
 def monitor(stats: dict[str, VipStats] | None = None) -> tuple[Monitor, FakeClock, ScriptedChecks]:

@@ -11,8 +11,8 @@ import pytest
 from sluice.cli import main
 from sluice.config import AdminOptions
 from sluice.control.api import AdminServer, build_app
-from tests.control.fakes import free_port
-from tests.control.test_api import TOKEN, FakeController, Reloader
+from tests.support.admin import TOKEN, FakeController, Reloader
+from tests.support.loopback import free_port
 
 
 @pytest.fixture(autouse=True)
