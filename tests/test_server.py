@@ -1,4 +1,5 @@
-"""`sluice run` as a process: sd_notify, admin API and metrics, SIGHUP / API reload, graceful stop."""
+"""`sluice run` as a process (sd_notify, admin API and metrics, SIGHUP / API reload, graceful stop), and
+the `Server` lifecycle in-process where a failure has to be injected."""
 
 from __future__ import annotations
 
