@@ -24,6 +24,12 @@ def decap_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return loader.compile_object("sluice_decap.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-decap"))
 
 
+@pytest.fixture(scope="session")
+def pass_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs(root=True, commands=("clang",))
+    return loader.compile_object("sluice_pass.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-pass"))
+
+
 @pytest.fixture
 def world(xdp_object_path: Path) -> Iterator[World]:
     obj = loader.load_object(xdp_object_path, ("sluice_xdp",))
@@ -40,7 +46,16 @@ def _pinned(w: World) -> Iterator[World]:
 
 @pytest.fixture
 def decap(decap_object_path: Path) -> Iterator[loader.LoadedObject]:
-    obj = loader.load_object(decap_object_path, ("sluice_decap", "sluice_pass"))
+    obj = loader.load_object(decap_object_path, ("sluice_decap",))
+    try:
+        yield obj
+    finally:
+        obj.close()
+
+
+@pytest.fixture
+def pass_stub(pass_object_path: Path) -> Iterator[loader.LoadedObject]:
+    obj = loader.load_object(pass_object_path, ("sluice_pass",))
     try:
         yield obj
     finally:

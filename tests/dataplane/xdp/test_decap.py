@@ -68,8 +68,10 @@ def test_decap_strips_outer_header(
         _inner("ipip4", None),
         P.arp_request(CLIENT_MAC, CLIENT4, "198.18.0.1"),
         P.eth(LB_MAC, CLIENT_MAC, P.ETH_IPV4, P.ipv4(CLIENT4, "198.18.0.2", 4, b"\0" * 20, frag=0x2000)),
+        P.eth(LB_MAC, CLIENT_MAC, P.ETH_IPV4, P.ipv4(CLIENT4, "198.18.0.2", 4, b"\0" * 20, tot_len=200)),
+        P.eth(LB_MAC, CLIENT_MAC, P.ETH_IPV4, P.ipv4(CLIENT4, "198.18.0.2", 4, b"\0" * 20, version=6)),
     ],
-    ids=["plain-tcp", "arp", "ipip-fragment"],
+    ids=["plain-tcp", "arp", "ipip-fragment", "ipip-length-beyond-frame", "ipip-bad-version"],
 )
 def test_decap_passes_other_frames_unchanged(decap: loader.LoadedObject, frame: bytes) -> None:
     r = loader.test_run(decap.programs["sluice_decap"], frame)
@@ -77,6 +79,6 @@ def test_decap_passes_other_frames_unchanged(decap: loader.LoadedObject, frame: 
     assert _counters(decap) == {"decapsulated": 0, "passed": 1, "dropped": 0}
 
 
-def test_pass_stub(decap: loader.LoadedObject) -> None:
+def test_pass_stub(pass_stub: loader.LoadedObject) -> None:
     frame = _inner("ipip4", None)
-    assert loader.test_run(decap.programs["sluice_pass"], frame) == loader.TestRunResult(XDP_PASS, frame)
+    assert loader.test_run(pass_stub.programs["sluice_pass"], frame) == loader.TestRunResult(XDP_PASS, frame)

@@ -4,7 +4,8 @@ Files: ``bpf/`` the C (one role per header; the entry ``sluice_xdp.bpf.c`` reads
 forward -> count), ``loader.py`` (the only libbpf user: compile with cache, load, pin, attach,
 BPF_PROG_TEST_RUN), ``maps.py`` (ctypes mirrors of ``bpf/xdp_structs.h`` and typed map access),
 ``plane.py`` (XdpPlane, the DataPlane for ``mode: dsr`` VIPs), ``neighbours.py`` (interface MACs and
-backend MACs from the neighbour table), ``decap.py`` (the backend-side decap program for ipip).
+backend MACs from the neighbour table), ``decap.py`` (attaches the backend-side decap program for ipip,
+``bpf/sluice_decap.bpf.c``, or the XDP_PASS stub ``bpf/sluice_pass.bpf.c`` for a veth peer).
 
 Maps (all pinned under /sys/fs/bpf/sluice/<instance>/, bounds set by -D from the config):
   vips          HASH           (addr16, port, proto) -> vip_meta {index, M, udp idle, fwd, src MAC, outer prefix}

@@ -1,7 +1,7 @@
 """Backend side of ``forwarding: ipip``: attach the decap XDP program (bpf/sluice_decap.bpf.c).
 
 This kernel build has no ipip/ip6_tunnel module, so backends strip the outer header in XDP and pass
-the inner packet up. The same object carries ``sluice_pass``, an XDP_PASS stub for the peer of a
+the inner packet up. ``sluice_pass`` (bpf/sluice_pass.bpf.c) is an XDP_PASS stub for the peer of a
 veth that an XDP_TX must be delivered through (native veth XDP needs a program on the peer).
 
 An XDP attachment outlives the process that made it, so a one-shot command is enough::
@@ -21,7 +21,8 @@ from typing import Final
 
 from sluice.dataplane.xdp import loader
 
-PROGRAMS: Final = ("sluice_decap", "sluice_pass")
+SOURCES: Final = {"sluice_decap": "sluice_decap.bpf.c", "sluice_pass": "sluice_pass.bpf.c"}
+PROGRAMS: Final = tuple(SOURCES)
 
 
 def attach(
@@ -35,7 +36,7 @@ def attach(
     """Attach `program` to `ifname` (in this process's network namespace); returns the mode used."""
     if program not in PROGRAMS:
         raise ValueError(f"unknown program {program!r}, expected one of {PROGRAMS}")
-    path = loader.compile_object("sluice_decap.bpf.c", {}, cache_dir)
+    path = loader.compile_object(SOURCES[program], {}, cache_dir)
     obj = loader.load_object(path, (program,), pins=pins)
     try:
         return loader.attach_xdp(socket.if_nametoindex(ifname), obj.programs[program], mode)

@@ -1,5 +1,5 @@
-/* flow_hash.h - sluice's flow hash: MurmurHash3 x86_32 over the 40-byte struct flow_key.
- * Exactly core/flow.py's flow_hash (see its docstring); tests/dataplane/xdp checks both agree. */
+/* flow_hash.h - sluice's flow hash: MurmurHash3 x86_32 over the 40-byte struct flow_key. */
+/* Exactly core/flow.py's flow_hash (see its docstring); tests/dataplane/xdp checks both agree. */
 #ifndef SLUICE_FLOW_HASH_H
 #define SLUICE_FLOW_HASH_H
 

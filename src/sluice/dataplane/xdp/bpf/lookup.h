@@ -7,6 +7,7 @@
 #include "xdp_maps.h"
 #include "flow_hash.h"
 #include "parse.h"
+#include "counters.h"
 
 /* A backend slot usable by `vip`, or NULL. */
 static __always_inline struct backend *usable_backend(__u32 index, const struct vip_meta *vip)
@@ -55,8 +56,7 @@ static __always_inline struct backend *pick_backend(const struct vip_meta *vip, 
 			entry = 0; /* written on another CPU: zeroed here */
 		if (entry && pkt->flow.proto == PROTO_UDP && !pkt->is_icmp &&
 		    now - entry->last_seen_ns > vip->udp_idle_ns) {
-			if (vs)
-				vs->udp_expired++;
+			count_udp_expired(vs);
 			entry = 0;
 		}
 		if (entry) {
@@ -65,13 +65,12 @@ static __always_inline struct backend *pick_backend(const struct vip_meta *vip, 
 				*index = entry->backend;
 				if (!pkt->is_icmp)
 					entry->last_seen_ns = now;
-				if (vs)
-					vs->ct_hits++;
+				count_ct_hit(vs);
 				return be;
 			}
 		}
-		if (vs && pkt->flow.proto == PROTO_TCP && !pkt->is_icmp)
-			vs->ct_misses++;
+		if (pkt->flow.proto == PROTO_TCP && !pkt->is_icmp)
+			count_ct_miss(vs);
 	}
 
 	*index = maglev_pick(vip, hash);

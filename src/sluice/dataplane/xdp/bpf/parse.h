@@ -20,9 +20,21 @@ struct icmp_header {
 	__be32 rest; /* MTU for "fragmentation needed" / "packet too big" */
 };
 
-/* A counter in struct global_stats, by field index. */
-#define GSTAT(field) (__builtin_offsetof(struct global_stats, field) / sizeof(__u64))
-#define GSTAT_COUNT (sizeof(struct global_stats) / sizeof(__u64))
+/* Why parsing stopped short of a flow (*reason of the parse functions). Parsing only says why;
+ * counters.h counts each reason under the struct global_stats field of the same name. */
+enum parse_reason {
+	REASON_PASS_NOT_IP = 1,
+	REASON_PASS_OTHER_PROTO,
+	REASON_PASS_IPV4_FRAGMENT,
+	REASON_PASS_IPV4_OPTIONS,
+	REASON_PASS_IPV6_EXT,
+	REASON_PASS_ICMP_OTHER,
+	REASON_DROP_TRUNCATED_L2,
+	REASON_DROP_TRUNCATED_L3,
+	REASON_DROP_BAD_L3,
+	REASON_DROP_TRUNCATED_L4,
+	REASON_DROP_BAD_L4,
+};
 
 /* What parsing found (internal to the program, never shared with Python). */
 struct packet {
@@ -39,7 +51,7 @@ struct packet {
 #define TCP_FLAG_SYN_ 0x02
 #define TCP_FLAG_ACK_ 0x10
 
-/* Outcome of parse_packet: PARSE_OK, or an XDP verdict with *reason set to a GSTAT index. */
+/* Outcome of the parse functions: PARSE_OK, or an XDP verdict with *reason set (enum parse_reason). */
 #define PARSE_OK (-1)
 
 static __always_inline void ipv4_mapped(__u8 *dst16, __be32 addr)
@@ -73,11 +85,11 @@ static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pack
 	if (proto == PROTO_TCP) {
 		struct tcphdr *tcp = l4;
 		if ((void *)(tcp + 1) > end) {
-			*reason = GSTAT(drop_truncated_l4);
+			*reason = REASON_DROP_TRUNCATED_L4;
 			return XDP_DROP;
 		}
 		if (tcp->doff < 5) {
-			*reason = GSTAT(drop_bad_l4);
+			*reason = REASON_DROP_BAD_L4;
 			return XDP_DROP;
 		}
 		pkt->flow.sport = tcp->source;
@@ -86,11 +98,11 @@ static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pack
 	} else {
 		struct udphdr *udp = l4;
 		if ((void *)(udp + 1) > end) {
-			*reason = GSTAT(drop_truncated_l4);
+			*reason = REASON_DROP_TRUNCATED_L4;
 			return XDP_DROP;
 		}
 		if (bpf_ntohs(udp->len) < sizeof(*udp)) {
-			*reason = GSTAT(drop_bad_l4);
+			*reason = REASON_DROP_BAD_L4;
 			return XDP_DROP;
 		}
 		pkt->flow.sport = udp->source;
@@ -107,11 +119,11 @@ static __always_inline int parse_quoted_ports(void *l4, void *end, __u8 proto, s
 {
 	__be16 *ports = l4;
 	if (proto != PROTO_TCP && proto != PROTO_UDP) {
-		*reason = GSTAT(pass_icmp_other);
+		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
 	if ((void *)(ports + 2) > end) {
-		*reason = GSTAT(drop_truncated_l4);
+		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
 	pkt->flow.sport = ports[1];
@@ -127,20 +139,20 @@ static __always_inline int parse_icmp4(void *l4, void *end, struct packet *pkt, 
 	struct iphdr *inner;
 
 	if ((void *)(icmp + 1) > end) {
-		*reason = GSTAT(drop_truncated_l4);
+		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
 	if (icmp->type != ICMP_DEST_UNREACH || icmp->code != ICMP_FRAG_NEEDED) {
-		*reason = GSTAT(pass_icmp_other);
+		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
 	inner = (void *)(icmp + 1);
 	if ((void *)(inner + 1) > end) {
-		*reason = GSTAT(drop_truncated_l4);
+		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
 	if (inner->version != 4 || inner->ihl != 5) {
-		*reason = GSTAT(pass_icmp_other);
+		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
 	ipv4_mapped(pkt->flow.src, inner->daddr);
@@ -154,16 +166,16 @@ static __always_inline int parse_icmp6(void *l4, void *end, struct packet *pkt, 
 	struct ipv6hdr *inner;
 
 	if ((void *)(icmp + 1) > end) {
-		*reason = GSTAT(drop_truncated_l4);
+		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
 	if (icmp->type != ICMPV6_PKT_TOOBIG) {
-		*reason = GSTAT(pass_icmp_other);
+		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
 	inner = (void *)(icmp + 1);
 	if ((void *)(inner + 1) > end) {
-		*reason = GSTAT(drop_truncated_l4);
+		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
 	__builtin_memcpy(pkt->flow.src, &inner->daddr, 16);
@@ -171,34 +183,69 @@ static __always_inline int parse_icmp6(void *l4, void *end, struct packet *pkt, 
 	return parse_quoted_ports(inner + 1, end, inner->nexthdr, pkt, reason);
 }
 
-static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt, __u32 *reason)
+/* The IPv4 header at `l3`, if sluice handles it: PARSE_OK with *out set. Truncated or malformed ->
+ * XDP_DROP; fragments and options -> XDP_PASS (both with *reason). Shared with sluice_decap.bpf.c. */
+static __always_inline int parse_ipv4_header(void *l3, void *end, struct iphdr **out, __u32 *reason)
 {
 	struct iphdr *ip = l3;
 	__u32 tot_len;
 
 	if ((void *)(ip + 1) > end) {
-		*reason = GSTAT(drop_truncated_l3);
+		*reason = REASON_DROP_TRUNCATED_L3;
 		return XDP_DROP;
 	}
 	tot_len = bpf_ntohs(ip->tot_len);
 	if (ip->version != 4 || ip->ihl < 5 || tot_len < (__u32)ip->ihl * 4) {
-		*reason = GSTAT(drop_bad_l3);
+		*reason = REASON_DROP_BAD_L3;
 		return XDP_DROP;
 	}
 	if (l3 + tot_len > end) {
-		*reason = GSTAT(drop_truncated_l3);
+		*reason = REASON_DROP_TRUNCATED_L3;
 		return XDP_DROP;
 	}
 	if (ip->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET)) {
-		*reason = GSTAT(pass_ipv4_fragment);
+		*reason = REASON_PASS_IPV4_FRAGMENT;
 		return XDP_PASS;
 	}
 	if (ip->ihl != 5) {
-		*reason = GSTAT(pass_ipv4_options);
+		*reason = REASON_PASS_IPV4_OPTIONS;
 		return XDP_PASS;
 	}
+	*out = ip;
+	return PARSE_OK;
+}
+
+/* The IPv6 header at `l3`: PARSE_OK with *out set, or XDP_DROP with *reason (truncated, malformed).
+ * Shared with sluice_decap.bpf.c. */
+static __always_inline int parse_ipv6_header(void *l3, void *end, struct ipv6hdr **out, __u32 *reason)
+{
+	struct ipv6hdr *ip6 = l3;
+
+	if ((void *)(ip6 + 1) > end) {
+		*reason = REASON_DROP_TRUNCATED_L3;
+		return XDP_DROP;
+	}
+	if (ip6->version != 6) {
+		*reason = REASON_DROP_BAD_L3;
+		return XDP_DROP;
+	}
+	if (l3 + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > end) {
+		*reason = REASON_DROP_TRUNCATED_L3;
+		return XDP_DROP;
+	}
+	*out = ip6;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt, __u32 *reason)
+{
+	struct iphdr *ip = 0;
+	int verdict = parse_ipv4_header(l3, end, &ip, reason);
+
+	if (verdict != PARSE_OK)
+		return verdict;
 	pkt->family = FAMILY_V4;
-	pkt->ip_len = tot_len;
+	pkt->ip_len = bpf_ntohs(ip->tot_len);
 	ipv4_mapped(pkt->flow.src, ip->saddr);
 	ipv4_mapped(pkt->flow.dst, ip->daddr);
 	switch (ip->protocol) {
@@ -208,30 +255,19 @@ static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt, _
 	case PROTO_ICMP:
 		return parse_icmp4(ip + 1, end, pkt, reason);
 	}
-	*reason = GSTAT(pass_other_proto);
+	*reason = REASON_PASS_OTHER_PROTO;
 	return XDP_PASS;
 }
 
 static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt, __u32 *reason)
 {
-	struct ipv6hdr *ip6 = l3;
-	__u32 len;
+	struct ipv6hdr *ip6 = 0;
+	int verdict = parse_ipv6_header(l3, end, &ip6, reason);
 
-	if ((void *)(ip6 + 1) > end) {
-		*reason = GSTAT(drop_truncated_l3);
-		return XDP_DROP;
-	}
-	if (ip6->version != 6) {
-		*reason = GSTAT(drop_bad_l3);
-		return XDP_DROP;
-	}
-	len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-	if (l3 + len > end) {
-		*reason = GSTAT(drop_truncated_l3);
-		return XDP_DROP;
-	}
+	if (verdict != PARSE_OK)
+		return verdict;
 	pkt->family = FAMILY_V6;
-	pkt->ip_len = len;
+	pkt->ip_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 	__builtin_memcpy(pkt->flow.src, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->flow.dst, &ip6->daddr, 16);
 	switch (ip6->nexthdr) {
@@ -241,8 +277,42 @@ static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt, _
 	case PROTO_ICMPV6:
 		return parse_icmp6(ip6 + 1, end, pkt, reason);
 	}
-	*reason = ipv6_ext_header(ip6->nexthdr) ? GSTAT(pass_ipv6_ext) : GSTAT(pass_other_proto);
+	*reason = ipv6_ext_header(ip6->nexthdr) ? REASON_PASS_IPV6_EXT : REASON_PASS_OTHER_PROTO;
 	return XDP_PASS;
+}
+
+/* The Ethernet header and at most one 802.1Q tag. */
+struct l2_header {
+	void *l3;        /* where the L3 header starts */
+	__be16 proto;    /* its ethertype, network order (a second tag, QinQ, is not parsed) */
+	__be16 vlan_tci; /* network order, valid when len == 18 */
+	__u32 len;       /* 14, or 18 with an 802.1Q tag */
+};
+
+/* PARSE_OK with *l2 filled, or XDP_DROP with *reason (header cut short). Shared with sluice_decap.bpf.c. */
+static __always_inline int parse_eth(void *data, void *end, struct l2_header *l2, __u32 *reason)
+{
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end) {
+		*reason = REASON_DROP_TRUNCATED_L2;
+		return XDP_DROP;
+	}
+	l2->proto = eth->h_proto;
+	l2->l3 = (void *)(eth + 1);
+	l2->len = sizeof(*eth);
+	if (l2->proto == bpf_htons(ETHTYPE_VLAN)) {
+		__be16 *tag = (void *)(eth + 1); /* TCI, then the encapsulated type */
+		if ((void *)(tag + 2) > end) {
+			*reason = REASON_DROP_TRUNCATED_L2;
+			return XDP_DROP;
+		}
+		l2->vlan_tci = tag[0];
+		l2->proto = tag[1];
+		l2->len += 4;
+		l2->l3 = tag + 2;
+	}
+	return PARSE_OK;
 }
 
 /* Parse one frame. Malformed or truncated headers -> XDP_DROP (the kernel would discard them too);
@@ -251,33 +321,20 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt, 
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	void *l3 = (void *)(eth + 1);
-	__be16 proto;
+	struct l2_header l2 = {};
+	int verdict;
 
 	pkt->frame_len = end - data;
-	if ((void *)(eth + 1) > end) {
-		*reason = GSTAT(drop_truncated_l2);
-		return XDP_DROP;
-	}
-	proto = eth->h_proto;
-	pkt->l2_len = sizeof(*eth);
-	if (proto == bpf_htons(ETHTYPE_VLAN)) {
-		__be16 *tag = (void *)(eth + 1); /* TCI, then the encapsulated type */
-		if ((void *)(tag + 2) > end) {
-			*reason = GSTAT(drop_truncated_l2);
-			return XDP_DROP;
-		}
-		pkt->vlan_tci = tag[0];
-		proto = tag[1];
-		pkt->l2_len += 4;
-		l3 = tag + 2;
-	}
-	if (proto == bpf_htons(ETHTYPE_IPV4))
-		return parse_ipv4(l3, end, pkt, reason);
-	if (proto == bpf_htons(ETHTYPE_IPV6))
-		return parse_ipv6(l3, end, pkt, reason);
-	*reason = GSTAT(pass_not_ip);
+	verdict = parse_eth(data, end, &l2, reason);
+	if (verdict != PARSE_OK)
+		return verdict;
+	pkt->l2_len = l2.len;
+	pkt->vlan_tci = l2.vlan_tci;
+	if (l2.proto == bpf_htons(ETHTYPE_IPV4))
+		return parse_ipv4(l2.l3, end, pkt, reason);
+	if (l2.proto == bpf_htons(ETHTYPE_IPV6))
+		return parse_ipv6(l2.l3, end, pkt, reason);
+	*reason = REASON_PASS_NOT_IP;
 	return XDP_PASS;
 }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* sluice_decap.bpf.c - for DSR backends in ipip mode: strip the outer IPv4/IPv6 header of IP-in-IP
- * packets and pass the inner packet up the stack (this kernel has no ipip/ip6_tunnel module).
- * Also holds sluice_pass, an XDP_PASS stub for the peer of a veth that XDP_TX must deliver to. */
+/* sluice_decap.bpf.c - DSR backends in ipip mode: strip the outer IPv4/IPv6 header, pass the inner packet. */
+/* For backends whose kernel has no ipip/ip6_tunnel module. The outer headers are parsed by parse.h, as
+ * the LB program parses them; anything that is not well-formed IP-in-IP is passed unchanged. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -10,6 +10,7 @@
 #include <bpf/bpf_endian.h>
 #include "xdp_consts.h"
 #include "xdp_structs.h"
+#include "parse.h"
 
 /* decap_stats: key __u32 0, value struct decap_stats; 1 entry, per CPU. */
 struct {
@@ -71,48 +72,29 @@ int sluice_decap(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	void *l3;
-	__be16 proto;
-	__u32 l2_len = ETH_HLEN;
+	struct l2_header l2 = {};
+	struct iphdr *ip = 0;
+	struct ipv6hdr *ip6 = 0;
+	__u32 reason = 0;
 
-	if ((void *)(eth + 1) > end)
+	if (parse_eth(data, end, &l2, &reason) != PARSE_OK)
 		return count(DECAP_PASSED, XDP_PASS);
-	proto = eth->h_proto;
-	l3 = eth + 1;
-	if (proto == bpf_htons(ETHTYPE_VLAN)) {
-		__be16 *tag = l3;
-		if ((void *)(tag + 2) > end)
-			return count(DECAP_PASSED, XDP_PASS);
-		proto = tag[1];
-		l3 = tag + 2;
-		l2_len += 4;
-	}
-	if (proto == bpf_htons(ETHTYPE_IPV4)) {
-		struct iphdr *ip = l3;
-		if ((void *)(ip + 1) > end)
+	if (l2.proto == bpf_htons(ETHTYPE_IPV4)) {
+		/* options, fragments or a malformed header: leave to the stack */
+		if (parse_ipv4_header(l2.l3, end, &ip, &reason) != PARSE_OK)
 			return count(DECAP_PASSED, XDP_PASS);
 		if (ip->protocol != PROTO_IPIP && ip->protocol != PROTO_IPV6)
 			return count(DECAP_PASSED, XDP_PASS);
-		if (ip->ihl != 5 || (ip->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET)))
-			return count(DECAP_PASSED, XDP_PASS); /* options or fragments: leave to the stack */
-		return strip(ctx, l2_len, sizeof(*ip), ip->protocol);
+		return strip(ctx, l2.len, sizeof(*ip), ip->protocol);
 	}
-	if (proto == bpf_htons(ETHTYPE_IPV6)) {
-		struct ipv6hdr *ip6 = l3;
-		if ((void *)(ip6 + 1) > end)
+	if (l2.proto == bpf_htons(ETHTYPE_IPV6)) {
+		if (parse_ipv6_header(l2.l3, end, &ip6, &reason) != PARSE_OK)
 			return count(DECAP_PASSED, XDP_PASS);
 		if (ip6->nexthdr != PROTO_IPIP && ip6->nexthdr != PROTO_IPV6)
 			return count(DECAP_PASSED, XDP_PASS);
-		return strip(ctx, l2_len, sizeof(*ip6), ip6->nexthdr);
+		return strip(ctx, l2.len, sizeof(*ip6), ip6->nexthdr);
 	}
 	return count(DECAP_PASSED, XDP_PASS);
-}
-
-SEC("xdp")
-int sluice_pass(struct xdp_md *ctx)
-{
-	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

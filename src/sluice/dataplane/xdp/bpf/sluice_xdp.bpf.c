@@ -7,9 +7,9 @@
 #include "xdp_maps.h"
 #include "parse.h"
 #include "flow_hash.h"
+#include "counters.h"
 #include "lookup.h"
 #include "encap.h"
-#include "counters.h"
 
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
@@ -19,13 +19,13 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct vip_meta *vip;
 	struct vip_stats *vs;
 	struct backend *be;
-	__u32 reason = 0, index = NO_BACKEND, vip_index, hash;
+	__u32 reason = 0, index = NO_BACKEND, hash;
 	int verdict, new_flow = 0;
 
 	count_global(GSTAT(rx_packets), 0);
 	verdict = parse_packet(ctx, &pkt, &reason);
 	if (verdict != PARSE_OK)
-		return count_global(reason, verdict);
+		return count_parse_stop(reason, verdict);
 
 	__builtin_memcpy(vkey.addr, pkt.flow.dst, sizeof(vkey.addr));
 	vkey.port = pkt.flow.dport;
@@ -33,30 +33,15 @@ int sluice_xdp(struct xdp_md *ctx)
 	vip = bpf_map_lookup_elem(&vips, &vkey);
 	if (!vip)
 		return count_global(GSTAT(pass_not_vip), XDP_PASS);
-	vip_index = vip->index;
-	vs = bpf_map_lookup_elem(&vip_stats, &vip_index);
+	vs = vip_counters(vip->index);
 
 	hash = flow_hash(&pkt.flow);
 	be = pick_backend(vip, &pkt, vs, hash, &index, &new_flow);
-	if (!be) {
-		if (vs)
-			vs->drop_no_backend++;
-		return XDP_DROP;
-	}
-	verdict = forward(ctx, &pkt, vip, be, hash);
-	if (verdict != XDP_TX) {
-		if (vs)
-			vs->drop_encap++;
-		return XDP_DROP;
-	}
-	if (vs) {
-		vs->packets++;
-		vs->bytes += pkt.frame_len;
-		vs->new_flows += new_flow;
-		vs->icmp_forwarded += pkt.is_icmp;
-	}
-	count_backend(index, pkt.frame_len, new_flow);
-	return XDP_TX;
+	if (!be)
+		return count_drop_no_backend(vs);
+	if (forward(ctx, &pkt, vip, be, hash) != XDP_TX)
+		return count_drop_encap(vs);
+	return count_forwarded(vs, index, &pkt, new_flow);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,6 +1,5 @@
-/* xdp_structs.h - every struct shared between the XDP program and Python (sluice/dataplane/xdp/maps.py).
- *
- * One source of truth: maps.py mirrors these with ctypes, and tests/dataplane/xdp/test_layout.py
+/* xdp_structs.h - every struct shared between the XDP programs and Python (sluice/dataplane/xdp/maps.py). */
+/* One source of truth: maps.py mirrors these with ctypes, and tests/dataplane/xdp/test_layout.py
  * compares sizes and offsets against the BTF of the compiled object. Addresses are always 16 bytes;
  * IPv4 is stored IPv4-mapped (::ffff:a.b.c.d), the same form core/flow.py hashes.
  */
