@@ -1,0 +1,43 @@
+/* pick.h: the flow hash of core/flow.py and the scheduler picks of core/scheduler.py, in C. */
+#ifndef SLUICE_ENGINE_PICK_H
+#define SLUICE_ENGINE_PICK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The 40-byte flow key of core/flow.py: source IP (16 bytes, IPv4 mapped to ::ffff:a.b.c.d),
+ * destination IP (16), source port (2, network order), destination port (2, network order),
+ * protocol (1), 3 zero bytes. */
+#define FLOW_KEY_LEN 40
+
+/* Build the key. IPs are 16 bytes (IPv4 already mapped); ports in host byte order. */
+void flow_key_build(uint8_t key[FLOW_KEY_LEN], const uint8_t src_ip[16], const uint8_t dst_ip[16],
+                    uint16_t src_port, uint16_t dst_port, uint8_t proto);
+
+/* core.flow.flow_hash of the flow whose key is `key` (same value for every input). */
+uint32_t flow_hash(const uint8_t key[FLOW_KEY_LEN]);
+
+/* Scheduler kinds, named as core/scheduler.py's REGISTRY. */
+enum sched_kind { SCHED_MAGLEV = 0, SCHED_ROUND_ROBIN = 1, SCHED_LEAST_CONN = 2, SCHED_RANDOM_TWO = 3 };
+
+/* What a pick reads and never writes: immutable once built, shared by every worker.
+ * Backends are indexed 0..n-1 in config order. */
+struct sched_table {
+    enum sched_kind kind;
+    uint32_t n;              /* backends, config order */
+    const uint32_t *weights; /* n weights; 0 = takes no new flow */
+    uint32_t m;              /* Maglev table size (0 for the other kinds) */
+    const int32_t *slots;    /* m entries: backend index (config order) or -1 for an empty table */
+};
+
+/* One pick. Returns the backend index, or -1 when no backend is eligible (weight 0 or excluded).
+ * - hash: flow_hash() of the flow (maglev).
+ * - exclude / n_exclude: backend indexes already tried (connect retries).
+ * - rr_current: n counters of smooth weighted round robin (state of one worker; updated).
+ * - active: n open-flow counts (least_conn, random_two); may be NULL for the other kinds.
+ * - r1, r2: two uniform draws in [0, 1) (random_two: the `random()` values that
+ *   random.Random.choices would draw for the first and the second choice). */
+int32_t sched_pick(const struct sched_table *t, uint32_t hash, const uint32_t *exclude, size_t n_exclude,
+                   int64_t *rr_current, const int64_t *active, double r1, double r2);
+
+#endif

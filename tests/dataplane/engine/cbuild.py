@@ -1,0 +1,98 @@
+"""Build the native engine's pure C files (pick.c, proxy_header.c) into a shared library and load it
+with ctypes, so differential tests can call them beside their Python twins in core/.
+
+The library is built once per content (sources, headers and flags hashed into its name) in a cache
+directory under the system temp dir; a compile error fails the test with the compiler's output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from tests.support.privileged import needs
+
+ENGINE_DIR = Path(__file__).resolve().parents[3] / "src" / "sluice" / "dataplane" / "engine"
+PURE_SOURCES = ("pick.c",)
+"""The engine files that know nothing of sockets or Python."""
+CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared")
+
+
+def build_shared(sources: tuple[str, ...] = PURE_SOURCES, *, compiler: str = "gcc") -> Path:
+    """Compile `sources` (names in ENGINE_DIR) into a shared library; return its path (cached)."""
+    needs(commands=(compiler,))
+    digest = hashlib.sha256(" ".join((compiler, *CFLAGS, *sources)).encode())
+    for path in sorted(ENGINE_DIR.glob("*.h")) + [ENGINE_DIR / s for s in sources]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    out_dir = Path(tempfile.gettempdir()) / f"sluice-cbuild-{os.getuid()}"
+    out_dir.mkdir(mode=0o700, exist_ok=True)
+    lib = out_dir / f"engine-{digest.hexdigest()[:20]}.so"
+    if lib.exists():
+        return lib
+    partial = out_dir / f"{lib.name}.{os.getpid()}.tmp"
+    cmd = [compiler, *CFLAGS, "-o", str(partial), *(str(ENGINE_DIR / s) for s in sources)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    os.replace(partial, lib)  # atomic: a concurrent run sees the whole library or none
+    return lib
+
+
+class ProxyAddrs(ctypes.Structure):
+    """struct proxy_addrs of proxy_header.h."""
+
+    _fields_ = [
+        ("family", ctypes.c_int),
+        ("src", ctypes.c_uint8 * 16),
+        ("dst", ctypes.c_uint8 * 16),
+        ("src_port", ctypes.c_uint16),
+        ("dst_port", ctypes.c_uint16),
+    ]
+
+
+class SchedTable(ctypes.Structure):
+    """struct sched_table of pick.h."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("n", ctypes.c_uint32),
+        ("weights", ctypes.POINTER(ctypes.c_uint32)),
+        ("m", ctypes.c_uint32),
+        ("slots", ctypes.POINTER(ctypes.c_int32)),
+    ]
+
+
+SCHED_KINDS = {"maglev": 0, "round_robin": 1, "least_conn": 2, "random_two": 3}
+"""enum sched_kind of pick.h, by core/scheduler.py's REGISTRY names."""
+FLOW_KEY_LEN = 40
+PROXY_PARSE_INCOMPLETE = 0
+PROXY_PARSE_INVALID = -1
+
+
+@cache
+def engine_c() -> ctypes.CDLL:
+    """The pure C files of the engine, built with gcc, with every prototype declared."""
+    lib = ctypes.CDLL(str(build_shared()))
+    u8p = ctypes.POINTER(ctypes.c_uint8)
+    lib.flow_key_build.argtypes = [u8p, u8p, u8p, ctypes.c_uint16, ctypes.c_uint16, ctypes.c_uint8]
+    lib.flow_key_build.restype = None
+    lib.flow_hash.argtypes = [u8p]
+    lib.flow_hash.restype = ctypes.c_uint32
+    lib.sched_pick.argtypes = [
+        ctypes.POINTER(SchedTable),
+        ctypes.c_uint32,
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_double,
+        ctypes.c_double,
+    ]
+    lib.sched_pick.restype = ctypes.c_int32
+    return lib
