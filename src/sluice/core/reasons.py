@@ -17,7 +17,7 @@ REFUSED: Final = (
     "connect_failed",  # every backend tried failed to connect (TCP)
     "client_gone",  # the client went away before a backend was chosen
     "no_resources",  # no socket or pipe could be made (EMFILE, ENFILE, ENOBUFS, ENOMEM)
-    "proxy_header",  # the PROXY header for the backend could not be built (UDP)
+    "proxy_header",  # the PROXY header for the backend could not be built (e.g. a scoped IPv6 client)
     "shutting_down",  # the VIP stopped accepting new flows (UDP)
     "internal_error",  # a bug: logged with its traceback
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import socket
 import struct
 from ipaddress import ip_address
-from typing import cast
+from typing import Any, cast
 
 import dns.asyncquery
 import dns.message
@@ -18,6 +19,7 @@ import pytest
 from sluice.config import Endpoint, Timeouts, UdpOptions
 from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
+from sluice.dataplane.proxy import udp as udp_module
 from sluice.dataplane.proxy.udp import UdpListener
 from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import (
@@ -294,6 +296,44 @@ def test_a_send_refused_by_a_gone_backend_is_retried_on_another(loop: str) -> No
                     client.close()
 
     run(loop, scenario())
+
+
+def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE when a session needs its upstream socket: a new session is refused and a session that
+    must move is closed, both counted under ``no_resources`` (TCP's name for the same failure)."""
+    real = udp_module._upstream_socket
+    failing = False
+
+    def upstream_socket(*args: Any) -> socket.socket:
+        if failing:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(*args)
+
+    monkeypatch.setattr(udp_module, "_upstream_socket", upstream_socket)
+
+    async def scenario() -> None:
+        nonlocal failing
+        async with echo_backends(1) as backends, serving(make_vip([backends[0].endpoint])) as lb:
+            old, new = await Client.open(lb.address), await Client.open(lb.address)
+            try:
+                await old.request(b"one")
+                failing = True
+                new.send(b"refused")
+                await wait_for(lambda: lb.stats.refused["no_resources"] == 1)
+                backends[0].close()
+                old.send(b"lost")  # reaches the closed port; ICMP comes back
+                await wait_for(
+                    lambda: lb.stats.backends[str(backends[0].endpoint)].connect_errors["refused"] == 1
+                )
+                old.send(b"moved")  # the session must move, and no socket can be made
+                await wait_for(lambda: lb.stats.closed["no_resources"] == 1)
+                assert lb.stats.sessions == 0
+                assert dict(lb.stats.refused) == {"no_resources": 1}
+            finally:
+                old.close()
+                new.close()
+
+    run("uvloop", scenario())
 
 
 def test_update_moves_only_the_sessions_of_removed_backends() -> None:

@@ -11,7 +11,8 @@ Counting (see `VipStats`): ``flows_total``/``active`` count flows that reached a
 ``flows_total == active + sum(closed.values())``; connections turned away before that are counted in
 ``refused`` by reason: max_connections, bad_proxy_header, proxy_header_timeout, no_backend (the
 scheduler offered none), connect_failed (every backend tried failed), client_gone, no_resources
-(no pipe: EMFILE), internal_error. Closed reasons: done, idle_timeout, client_reset, client_error,
+(no socket or pipe: EMFILE), proxy_header (no PROXY header can carry the client address),
+internal_error. Every reason is one of `sluice.core.reasons`. Closed reasons: done, idle_timeout, client_reset, client_error,
 backend_reset, backend_error, shutdown.
 """
 
@@ -323,8 +324,12 @@ class TcpListener:
             if vip.proxy_protocol != "off":
                 version: Literal[1, 2] = 1 if vip.proxy_protocol == "v1" else 2
                 header = build_proxy_header(version, source, destination)
+        except ValueError as exc:  # e.g. a link-local client with a scope id
+            log.debug("vip %s: cannot build the PROXY header for the backend: %s", vip.name, exc)
+            self.refuse(client, "proxy_header")
+            return
         except Exception:
-            log.exception("vip %s: handshake failed", vip.name)
+            log.exception("vip %s: building the PROXY header for the backend failed", vip.name)
             self.refuse(client, "internal_error")
             return
         connector = _Connector(self, client, flow, header + early, len(early))
@@ -337,7 +342,7 @@ class TcpListener:
         reset_close(client)
 
     def _refuse_lost(self, client: socket.socket, exc: OSError) -> None:
-        log.debug("vip %s: client lost during the handshake: %r", self.vip.name, exc)
+        log.debug("vip %s: client lost before a backend was chosen: %r", self.vip.name, exc)
         self.refuse(client, "client_gone")
 
     def _resume_accepting(self) -> None:
@@ -353,7 +358,7 @@ class TcpListener:
             self.refuse(client, exc.reason)
             return
         except Exception:
-            log.exception("vip %s: handshake failed", self.vip.name)
+            log.exception("vip %s: reading the client's PROXY header failed", self.vip.name)
             self.refuse(client, "internal_error")
             return
         except BaseException:
@@ -462,7 +467,7 @@ class _Connector:
         try:
             self._next()
         except Exception:
-            log.exception("vip %s: handshake failed", self._listener.vip.name)
+            log.exception("vip %s: connecting to a backend failed", self._listener.vip.name)
             self._give_up("internal_error")
 
     def cancel(self) -> None:
@@ -539,7 +544,7 @@ class _Connector:
         try:
             self._next()
         except Exception:
-            log.exception("vip %s: handshake failed", self._listener.vip.name)
+            log.exception("vip %s: connecting to a backend failed", self._listener.vip.name)
             self._give_up("internal_error")
 
     def _failed(self, exc: OSError) -> None:

@@ -56,7 +56,7 @@ Choices, each the simplest design found correct:
   backend, and a reply of the old session still in flight would reach the new session's client.
 
 Limits: every session holds one file descriptor, so RLIMIT_NOFILE must exceed ``udp.max_sessions``
-(a failed ``socket()`` refuses the new session and counts ``refused["socket_error"]``). The VIP
+(a failed ``socket()`` refuses the new session and counts ``refused["no_resources"]``, as TCP does). The VIP
 address in the 5-tuple and the PROXY header is the listen address, so listen on a concrete address,
 not a wildcard.
 """
@@ -353,7 +353,7 @@ class UdpListener:
             sock = _upstream_socket(ref, self._vip.backends[0].address.family_v6)
         except OSError as exc:
             log.debug("vip %s: cannot open an upstream socket: %s", self._vip.name, exc)
-            self.stats.refused["socket_error"] += 1
+            self.stats.refused["no_resources"] += 1
             return None
         up = _Upstream(addr, flow, sock, header, ref)
         session, evicted = self._table.open(addr, up, now)
@@ -440,7 +440,7 @@ class UdpListener:
         try:
             sock = _upstream_socket(ref, self._vip.backends[0].address.family_v6)
         except OSError:
-            self._end(session.key, "socket_error")
+            self._end(session.key, "no_resources")
             return None
         new = _Upstream(old.client, old.flow, sock, old.header, ref, old.excluded)
         self._detach(old)
