@@ -385,11 +385,11 @@ class Bench:
         self._start_proxy()
 
     def _compile_reflector(self) -> None:
-        from sluice.dataplane.xdp import loader
+        from sluice.dataplane.xdp import build
 
         m = self.macs
         macs = {"LB_MAC": _mac_bytes(m["lb"])} | {f"B{i}_MAC": _mac_bytes(m[f"b{i + 1}"]) for i in range(3)}
-        cmd = ["clang", *loader.clang_flags(macs), "-c", str(REFLECTOR_C), "-o", str(self.reflector)]
+        cmd = ["clang", *build.clang_flags(macs), "-c", str(REFLECTOR_C), "-o", str(self.reflector)]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"clang failed on {REFLECTOR_C.name}: {r.stderr.strip()[-1500:]}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.dataplane.xdp import loader
+from sluice.dataplane.xdp import build, loader
 from tests.dataplane.xdp.harness import DEFINES, World, pinned_cpu
 from tests.support.privileged import needs
 
@@ -15,19 +15,19 @@ from tests.support.privileged import needs
 @pytest.fixture(scope="session")
 def xdp_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     needs(root=True, commands=("clang",))
-    return loader.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path_factory.mktemp("bpf-cache"))
+    return build.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path_factory.mktemp("bpf-cache"))
 
 
 @pytest.fixture(scope="session")
 def decap_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     needs(root=True, commands=("clang",))
-    return loader.compile_object("sluice_decap.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-decap"))
+    return build.compile_object("sluice_decap.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-decap"))
 
 
 @pytest.fixture(scope="session")
 def pass_object_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     needs(root=True, commands=("clang",))
-    return loader.compile_object("sluice_pass.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-pass"))
+    return build.compile_object("sluice_pass.bpf.c", {}, tmp_path_factory.mktemp("bpf-cache-pass"))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.dataplane.xdp import loader
+from sluice.dataplane.xdp import build, loader
 from sluice.dataplane.xdp.maps import BackendEntry, XdpMaps
 from tests.dataplane.xdp.harness import DEFINES
 from tests.support.privileged import needs
@@ -18,24 +18,24 @@ from tests.support.privileged import needs
 
 def test_missing_clang_names_the_debian_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no clang anywhere
-    with pytest.raises(loader.ToolchainError, match="apt-get install clang llvm libbpf-dev"):
-        loader.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path)
+    with pytest.raises(build.ToolchainError, match="apt-get install clang llvm libbpf-dev"):
+        build.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path)
 
 
 def test_objects_are_cached_by_sources_and_macros(tmp_path: Path) -> None:
     needs(commands=("clang",))
-    first = loader.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path)
+    first = build.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path)
     mtime = first.stat().st_mtime_ns
-    assert loader.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path) == first
+    assert build.compile_object("sluice_xdp.bpf.c", DEFINES, tmp_path) == first
     assert first.stat().st_mtime_ns == mtime  # not rebuilt
-    other = loader.compile_object("sluice_xdp.bpf.c", {**DEFINES, "CT_SIZE": 2048}, tmp_path)
+    other = build.compile_object("sluice_xdp.bpf.c", {**DEFINES, "CT_SIZE": 2048}, tmp_path)
     assert other != first and other.exists()
 
 
 def test_compile_error_is_reported(tmp_path: Path) -> None:
     needs(commands=("clang",))
-    with pytest.raises(loader.ToolchainError, match="clang failed"):
-        loader.compile_object("sluice_xdp.bpf.c", {"FLOW_KEY_WORDS": 9}, tmp_path)
+    with pytest.raises(build.ToolchainError, match="clang failed"):
+        build.compile_object("sluice_xdp.bpf.c", {"FLOW_KEY_WORDS": 9}, tmp_path)
 
 
 def test_pinned_maps_outlive_the_object_and_are_reused(xdp_object_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_pins_of_another_size_are_replaced(xdp_object_path: Path, tmp_path: Path
         small = loader.load_object(xdp_object_path, ("sluice_xdp",), pins=pins)
         XdpMaps.from_fds(small.maps).backends.update(ctypes.c_uint32(3), BackendEntry(vip_index=7, flags=1))
         small.close()
-        bigger = loader.compile_object("sluice_xdp.bpf.c", {**DEFINES, "MAX_BACKENDS": 1024}, tmp_path)
+        bigger = build.compile_object("sluice_xdp.bpf.c", {**DEFINES, "MAX_BACKENDS": 1024}, tmp_path)
         obj = loader.load_object(bigger, ("sluice_xdp",), pins=pins)
         entry = XdpMaps.from_fds(obj.maps).backends.lookup(ctypes.c_uint32(3))
         obj.close()

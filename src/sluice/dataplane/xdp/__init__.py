@@ -1,8 +1,8 @@
 """The XDP data plane: Direct Server Return in one eBPF/XDP program (Katran / Maglev style).
 
 Files: ``bpf/`` the C (one role per header; the entry ``sluice_xdp.bpf.c`` reads parse -> look up ->
-forward -> count), ``loader.py`` (the only libbpf user: compile with cache, load, pin, attach,
-BPF_PROG_TEST_RUN), ``maps.py`` (ctypes mirrors of ``bpf/xdp_structs.h`` and typed map access),
+forward -> count), ``build.py`` (clang, cached by sources and macros), ``loader.py`` (the only
+libbpf user: load, pin, attach, BPF_PROG_TEST_RUN for tests and bench), ``maps.py`` (ctypes mirrors of ``bpf/xdp_structs.h`` and typed map access),
 ``plane.py`` (XdpPlane, the DataPlane for ``mode: dsr`` VIPs), ``neighbours.py`` (interface MACs and
 backend MACs from the neighbour table), ``decap.py`` (attaches the backend-side decap program for ipip,
 ``bpf/sluice_decap.bpf.c``, or the XDP_PASS stub ``bpf/sluice_pass.bpf.c`` for a veth peer).

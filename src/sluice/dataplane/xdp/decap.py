@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from sluice.dataplane.xdp import loader
+from sluice.dataplane.xdp import build, loader
 
 SOURCES: Final = {"sluice_decap": "sluice_decap.bpf.c", "sluice_pass": "sluice_pass.bpf.c"}
 PROGRAMS: Final = tuple(SOURCES)
@@ -36,7 +36,7 @@ def attach(
     """Attach `program` to `ifname` (in this process's network namespace); returns the mode used."""
     if program not in PROGRAMS:
         raise ValueError(f"unknown program {program!r}, expected one of {PROGRAMS}")
-    path = loader.compile_object(SOURCES[program], {}, cache_dir)
+    path = build.compile_object(SOURCES[program], {}, cache_dir)
     obj = loader.load_object(path, (program,), pins=pins)
     try:
         return loader.attach_xdp(socket.if_nametoindex(ifname), obj.programs[program], mode)
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.program} attached to {args.ifname} ({used})")
         else:
             detach(args.ifname)
-    except (OSError, loader.ToolchainError, ValueError) as exc:
+    except (OSError, build.ToolchainError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

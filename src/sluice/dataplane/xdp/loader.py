@@ -1,9 +1,7 @@
-"""The only module that touches libbpf: compile, open, load, pin, attach, test-run.
+"""The only module that touches libbpf: open, load, pin, attach, test-run (build.py compiles).
 
-libbpf is the system library (Debian ``libbpf1``, ``libbpf.so.1``) used through ctypes. The BPF
-objects are compiled from the C shipped in ``bpf/`` by clang when missing or stale, cached by a hash
-of the sources and the ``-D`` size macros. Maps are pinned under ``/sys/fs/bpf/sluice/<instance>/``
-so a restarted process reuses them (the connection table survives); a clean stop detaches the
+libbpf is the system library (Debian ``libbpf1``, ``libbpf.so.1``) used through ctypes. Maps are
+pinned under ``/sys/fs/bpf/sluice/<instance>/`` so a restarted process reuses them (the connection table survives); a clean stop detaches the
 program but leaves the pins, `remove_pins` deletes them.
 """
 
@@ -11,24 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from sluice.dataplane.xdp.build import ToolchainError
+
 log = logging.getLogger(__name__)
 
-BPF_DIR: Final = Path(__file__).parent / "bpf"
 BPFFS: Final = Path("/sys/fs/bpf")
 PIN_ROOT: Final = BPFFS / "sluice"
-DEBIAN_PACKAGES: Final = "clang llvm libbpf-dev"
 
 XDP_FLAGS_UPDATE_IF_NOEXIST: Final = 1 << 0
 XDP_FLAGS_SKB_MODE: Final = 1 << 1
@@ -52,15 +46,11 @@ class BpfError(OSError):
     """A libbpf or bpf(2) call failed; errno is set, the message names the call."""
 
 
-class ToolchainError(RuntimeError):
-    """clang or the libbpf headers are missing; the message names the Debian packages."""
-
-
 # ---------------------------------------------------------------- libbpf through ctypes
 
 
 class _TestRunOpts(ctypes.Structure):
-    """struct bpf_test_run_opts (libbpf 1.1 bpf.h)."""
+    """struct bpf_test_run_opts (libbpf 1.1 bpf.h), for `test_run` (test and bench only)."""
 
     _fields_ = (
         ("sz", ctypes.c_size_t),
@@ -235,74 +225,6 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _check(libbpf().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id {prog_id}")
 
 
-# ---------------------------------------------------------------- compile (cached)
-
-
-def _multiarch_include() -> list[str]:
-    machine = platform.machine()
-    path = Path(f"/usr/include/{machine}-linux-gnu")
-    return [f"-I{path}"] if path.is_dir() else []
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("SLUICE_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sluice" / "bpf"
-
-
-def clang_flags(defines: Mapping[str, int | str]) -> list[str]:
-    """clang's flags for an XDP object (without the source and output): BPF target, -O2 with BTF (-g),
-    warnings as errors, the multiarch include directory, a -D per macro (sorted by name)."""
-    return [
-        "-target",
-        "bpf",
-        "-O2",
-        "-g",
-        "-Wall",
-        "-Werror",
-        "-Wno-unused-parameter",
-        *_multiarch_include(),
-        *(f"-D{k}={defines[k]}" for k in sorted(defines)),
-    ]
-
-
-def compile_object(source: str, defines: Mapping[str, int], cache_dir: Path | None = None) -> Path:
-    """Compile ``bpf/<source>`` with clang unless a cached object of the same sources and macros exists."""
-    clang = shutil.which("clang")
-    if clang is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
-        missing = "clang" if clang is None else "the libbpf headers (bpf/bpf_helpers.h)"
-        raise ToolchainError(
-            f"cannot build the XDP program: {missing} not found; "
-            f"install the Debian packages: apt-get install {DEBIAN_PACKAGES}"
-        )
-    flags = clang_flags(defines)
-    digest = hashlib.sha256()
-    for path in sorted(BPF_DIR.glob("*.[ch]")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update("\0".join(flags).encode())
-    cache = cache_dir or default_cache_dir()
-    out = cache / f"{source.removesuffix('.bpf.c')}-{digest.hexdigest()[:16]}.o"
-    if out.exists():
-        return out
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    proc = subprocess.run(
-        [clang, *flags, "-c", str(BPF_DIR / source), "-o", str(tmp)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise ToolchainError(f"clang failed on {source}:\n{proc.stderr.strip()}")
-    tmp.replace(out)
-    log.info("compiled %s -> %s", source, out)
-    return out
-
-
 # ---------------------------------------------------------------- bpffs and pins
 
 
@@ -475,8 +397,13 @@ def xdp_attached_id(ifindex: int, mode: AttachMode) -> int:
     return prog_id.value
 
 
+# ---------------------------------------------------------------- BPF_PROG_TEST_RUN (test and bench only)
+
+
 @dataclass(frozen=True)
 class TestRunResult:
+    """What `test_run` returns. Test and bench only."""
+
     verdict: int
     data: bytes
     duration_ns: int = field(default=0, compare=False)  # the kernel's mean per run
@@ -484,7 +411,10 @@ class TestRunResult:
 
 def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1) -> TestRunResult:
     """Run an XDP program `repeat` times on `frame` via BPF_PROG_TEST_RUN; returns verdict, output
-    frame and mean ns per run."""
+    frame and mean ns per run.
+
+    Test and bench only (the fixtures and bench/xdp.py); the data plane never calls it. It stays here
+    because this module is the only libbpf user."""
     lib = libbpf()
     data_in = ctypes.create_string_buffer(frame, len(frame))
     out = ctypes.create_string_buffer(len(frame) + headroom)

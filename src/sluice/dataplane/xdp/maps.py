@@ -8,12 +8,10 @@ Fields marked "network order" hold bytes as they appear on the wire; use `be16` 
 from __future__ import annotations
 
 import ctypes
-import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
@@ -217,15 +215,12 @@ V = TypeVar("V", bound="ctypes.Structure | ctypes.c_uint32")
 class Map(Generic[K, V]):
     """One BPF map with typed keys and values. Per-CPU maps read and write one value per CPU."""
 
-    def __init__(
-        self, fd: int, key_type: type[K], value_type: type[V], *, percpu: bool = False, owned: bool = False
-    ) -> None:
+    def __init__(self, fd: int, key_type: type[K], value_type: type[V], *, percpu: bool = False) -> None:
         self.fd = fd
         self.key_type = key_type
         self.value_type = value_type
         self.percpu = percpu
         self.ncpus = loader.num_possible_cpus() if percpu else 1
-        self._owned = owned
         if percpu and ctypes.sizeof(value_type) % 8:
             raise TypeError(f"per-CPU value {value_type.__name__} must be a multiple of 8 bytes")
 
@@ -281,11 +276,6 @@ class Map(Generic[K, V]):
             if value is not None:
                 yield key, value
 
-    def close(self) -> None:
-        if self._owned and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 def update_u32_batch(
     m: Map[ctypes.c_uint32, ctypes.c_uint32], keys: npt.NDArray[np.uint32], values: npt.NDArray[np.uint32]
@@ -303,9 +293,6 @@ def update_u32_batch(
 # ---------------------------------------------------------------- the program's maps
 
 
-MAP_NAMES: Final = ("vips", "maglev", "backends", "conntrack", "global_stats", "vip_stats", "backend_stats")
-
-
 @dataclass
 class XdpMaps:
     """The sluice_xdp maps, typed."""
@@ -319,42 +306,18 @@ class XdpMaps:
     backend_stats: Map[ctypes.c_uint32, BackendStatsC]
 
     @classmethod
-    def from_fds(cls, fds: dict[str, int], *, owned: bool = False) -> XdpMaps:
+    def from_fds(cls, fds: dict[str, int]) -> XdpMaps:
+        """Typed views of a loaded object's map fds (the object owns and closes them)."""
         u32 = ctypes.c_uint32
         return cls(
-            vips=Map(fds["vips"], VipKey, VipMeta, owned=owned),
-            maglev=Map(fds["maglev"], u32, u32, owned=owned),
-            backends=Map(fds["backends"], u32, BackendEntry, owned=owned),
-            conntrack=Map(fds["conntrack"], FlowKey, CtEntry, percpu=True, owned=owned),
-            global_stats=Map(fds["global_stats"], u32, GlobalStats, percpu=True, owned=owned),
-            vip_stats=Map(fds["vip_stats"], u32, VipStatsC, percpu=True, owned=owned),
-            backend_stats=Map(fds["backend_stats"], u32, BackendStatsC, percpu=True, owned=owned),
+            vips=Map(fds["vips"], VipKey, VipMeta),
+            maglev=Map(fds["maglev"], u32, u32),
+            backends=Map(fds["backends"], u32, BackendEntry),
+            conntrack=Map(fds["conntrack"], FlowKey, CtEntry, percpu=True),
+            global_stats=Map(fds["global_stats"], u32, GlobalStats, percpu=True),
+            vip_stats=Map(fds["vip_stats"], u32, VipStatsC, percpu=True),
+            backend_stats=Map(fds["backend_stats"], u32, BackendStatsC, percpu=True),
         )
-
-    @classmethod
-    def open_pinned(cls, directory: Path) -> XdpMaps:
-        """Open the maps pinned by a running (or stopped) instance, e.g. to read counters."""
-        fds: dict[str, int] = {}
-        try:
-            for name in MAP_NAMES:
-                fds[name] = loader.obj_get(directory / name)
-        except BaseException:
-            for fd in fds.values():
-                os.close(fd)
-            raise
-        return cls.from_fds(fds, owned=True)
-
-    def close(self) -> None:
-        for m in (
-            self.vips,
-            self.maglev,
-            self.backends,
-            self.conntrack,
-            self.global_stats,
-            self.vip_stats,
-            self.backend_stats,
-        ):
-            m.close()
 
     def global_counters(self) -> dict[str, int]:
         values = self.global_stats.lookup_percpu(ctypes.c_uint32(0))

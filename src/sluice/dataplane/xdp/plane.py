@@ -32,7 +32,7 @@ from sluice.config import Config, Vip
 from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
 from sluice.dataplane.stats import BackendStats, VipStats
-from sluice.dataplane.xdp import loader
+from sluice.dataplane.xdp import build, loader
 from sluice.dataplane.xdp.maps import (
     BACKEND_F_ACTIVE,
     FAMILY_V4,
@@ -188,7 +188,7 @@ class XdpPlane:
             log.warning("XDP map sizes change %s -> %s: reloading the program", self._defines, defines)
             self._close_object()
             self._vips.clear()
-        path = loader.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
+        path = build.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
         self._obj = loader.load_object(path, (PROGRAM,), pins=self.pin_dir)
         self._maps = XdpMaps.from_fds(self._obj.maps)
         self._defines = dict(defines)
