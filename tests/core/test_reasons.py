@@ -15,7 +15,12 @@ import pytest
 from sluice.core import reasons
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sluice"
-PLANE_MODULES = [*sorted((SRC / "dataplane" / "proxy").glob("*.py")), SRC / "control" / "controller.py"]
+PLANE_MODULES = [
+    *sorted((SRC / "dataplane" / "proxy").glob("*.py")),
+    SRC / "core" / "connect.py",
+    SRC / "control" / "controller.py",
+]
+"""The python planes, the policy modules of the core that name reasons, and the controller."""
 COUNTERS = {
     "refused": set(reasons.REFUSED),
     "closed": set(reasons.CLOSED),
@@ -25,6 +30,8 @@ COUNTERS = {
 ALL = set().union(*COUNTERS.values())
 REASON_CALLS = {
     "refuse": set(reasons.REFUSED),
+    "_refuse": set(reasons.REFUSED),
+    "GiveUp": set(reasons.REFUSED),
     "_give_up": set(reasons.REFUSED),
     "_Refused": set(reasons.REFUSED),
     "close": set(reasons.CLOSED),
@@ -87,7 +94,11 @@ def test_every_reason_a_plane_counts_is_in_the_table(path: Path) -> None:
 
 def test_the_planes_count_reasons_at_all() -> None:
     """The scan finds the reasons we know are there (else it would pass on anything)."""
-    tcp = {r for _, _, r in reason_literals((SRC / "dataplane" / "proxy" / "tcp.py").read_text())}
+    tcp = {
+        r
+        for path in ("dataplane/proxy/tcp.py", "dataplane/proxy/connector.py", "core/connect.py")
+        for _, _, r in reason_literals((SRC / path).read_text())
+    }
     udp = {r for _, _, r in reason_literals((SRC / "dataplane" / "proxy" / "udp.py").read_text())}
     assert {"max_connections", "connect_failed", "no_resources", "idle_timeout"} <= tcp
     assert {"no_backend", "no_resources", "truncated", "unknown_source"} <= udp

@@ -1,34 +1,34 @@
 """The TCP full proxy: one `TcpListener` per VIP.
 
-Each accepted client connection goes through a short handshake -- read the client's PROXY header
-when the VIP expects one (a task: the only await), build the `FiveTuple` (client -> VIP, proto 6),
-then a `_Connector` picks a backend, connects without blocking (``connect_ex`` + ``add_writer``,
-callbacks, no task) with a timeout and retries on another backend -- and then becomes a `_Flow`: a
-`Splice` moving bytes both ways, plus one lazily re-armed idle timer. Drained pipes of closed flows
-are reused (`PipePool`).
+Each accepted client connection is one `_Connection` whose `phase` (`sluice.core.connect.Phase`)
+says where it is: read the client's PROXY header when the VIP expects one (a task: the only await),
+build the `FiveTuple` (client -> VIP, proto 6), then a `Connector` (``connector.py``) connects to
+the backends that `sluice.core.connect.ConnectPlan` offers, without blocking, with a timeout and
+bounded retries -- and then the connection is established: a `Splice` moving bytes both ways, plus
+one lazily re-armed idle timer. Drained pipes of closed connections are reused (`PipePool`).
 
-Counting (see `VipStats`): ``flows_total``/``active`` count flows that reached a backend, so
+Counting (see `VipStats`): ``flows_total``/``active`` count connections that reached a backend, so
 ``flows_total == active + sum(closed.values())``; connections turned away before that are counted in
 ``refused`` by reason: max_connections, bad_proxy_header, proxy_header_timeout, no_backend (the
 scheduler offered none), connect_failed (every backend tried failed), client_gone, no_resources
 (no socket or pipe: EMFILE), proxy_header (no PROXY header can carry the client address),
-internal_error. Every reason is one of `sluice.core.reasons`. Closed reasons: done, idle_timeout, client_reset, client_error,
-backend_reset, backend_error, shutdown.
+internal_error. Closed reasons: done, idle_timeout, client_reset, client_error, backend_reset,
+backend_error, shutdown. Every reason is one of `sluice.core.reasons`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import socket
 from typing import Final, Literal
 
 from sluice.config import Endpoint, Vip
+from sluice.core.connect import MAX_CONNECT_TRIES, NEXT_PHASES, ConnectPlan, Phase
 from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.proxy.connector import BackendInfo, Connector
 from sluice.dataplane.proxy.splice import (
     PIPE_POOL_SIZE,
     PIPE_SIZE,
@@ -39,17 +39,16 @@ from sluice.dataplane.proxy.splice import (
 )
 from sluice.dataplane.stats import BackendStats, VipStats
 
+__all__ = ["ACCEPT_BATCH", "ACCEPT_PAUSE_S", "MAX_CONNECT_TRIES", "PROXY_HEADER_MAX", "TcpListener"]
+
 log = logging.getLogger(__name__)
 
-MAX_CONNECT_TRIES: Final = 3
-"""Backends tried per client connection (fewer when the VIP has fewer backends)."""
 PROXY_HEADER_MAX: Final = 536
 """Most bytes read from a client while looking for its PROXY header."""
 ACCEPT_BATCH: Final = 64
 """Connections accepted per readable event of the listening socket."""
 ACCEPT_PAUSE_S: Final = 0.1
 """Seconds accepting stops after an error such as EMFILE."""
-_UNREACHABLE: Final = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
 Address = tuple[str, int]
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
@@ -63,51 +62,39 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def connect_error_reason(exc: BaseException) -> str:
-    """`connect_errors` key for a failed backend connect."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
-    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
-        return "unreachable"
-    return "other"
+class _Connection:
+    """One accepted client connection, from accept to close. `phase` says where it is; what a phase
+    needs is set when it is entered: the PROXY header `task`, the `connector`, then the backend and
+    the `splice` (plus the idle timer) once established."""
 
-
-class _BackendInfo:
-    """What a connect to one backend needs, computed once: family, socket address, counters."""
-
-    __slots__ = ("addr", "family", "stats")
-
-    def __init__(self, backend: Endpoint, stats: BackendStats) -> None:
-        self.family = socket.AF_INET6 if backend.family_v6 else socket.AF_INET
-        self.addr: Address = (backend.host, backend.port)
-        self.stats = stats
-
-
-class _Flow:
-    """One established client <-> backend connection pair."""
-
-    def __init__(
-        self,
-        listener: TcpListener,
-        client: socket.socket,
-        backend_sock: socket.socket,
-        backend: Endpoint,
-        counted_by: Scheduler | None,
-    ) -> None:
+    def __init__(self, listener: TcpListener, client: socket.socket) -> None:
         self._listener = listener
-        self.backend = backend
-        self.counted_by = counted_by
-        """The scheduler whose on_open saw this flow (on_close goes there too)."""
-        self.bstats: BackendStats = listener.backend_info(backend).stats
+        self.client = client
+        self.phase = Phase.ACCEPTED
+        self.task: asyncio.Task[None] | None = None
+        self.connector: Connector | None = None
+        self.backend: Endpoint | None = None
+        self.counted_by: Scheduler | None = None
+        """The scheduler whose on_open saw this connection (on_close goes there too)."""
+        self.splice: Splice | None = None
+        self._bstats: BackendStats | None = None
         self._loop = asyncio.get_running_loop()
-        self._last_active = self._loop.time()
+        self._last_active = 0.0
         self._idle: asyncio.TimerHandle | None = None
+
+    def enter(self, phase: Phase) -> None:
+        if phase not in NEXT_PHASES[self.phase]:
+            raise RuntimeError(f"a connection cannot go from {self.phase} to {phase}")
+        self.phase = phase
+
+    def establish(
+        self, backend_sock: socket.socket, backend: Endpoint, counted_by: Scheduler
+    ) -> BackendStats:
+        """Join the client and its backend; raises OSError when no pipe can be made (EMFILE)."""
+        listener = self._listener
+        bstats = listener.backend_info(backend).stats
         self.splice = Splice(
-            client,
+            self.client,
             backend_sock,
             on_closed=self._on_closed,
             on_a_to_b=self._on_to_backend,
@@ -117,20 +104,30 @@ class _Flow:
             buffer_size=listener.buffer_size,
             pipes=listener.pipes,
         )
+        self.enter(Phase.ESTABLISHED)
+        self.connector = None
+        self.backend, self.counted_by, self._bstats = backend, counted_by, bstats
+        self._last_active = self._loop.time()
+        return bstats
 
     def start(self) -> None:
+        assert self.splice is not None
         self._arm_idle()
         self.splice.start()
 
     def close(self, reason: str) -> None:
+        """Close an established connection (counted in ``closed[reason]``)."""
+        assert self.splice is not None
         self.splice.close(reason)
 
     def _on_to_backend(self, n: int) -> None:
-        self.bstats.bytes_to_backend += n
+        assert self._bstats is not None
+        self._bstats.bytes_to_backend += n
         self._last_active = self._loop.time()
 
     def _on_from_backend(self, n: int) -> None:
-        self.bstats.bytes_from_backend += n
+        assert self._bstats is not None
+        self._bstats.bytes_from_backend += n
         self._last_active = self._loop.time()
 
     def _arm_idle(self) -> None:
@@ -140,19 +137,20 @@ class _Flow:
     def _on_idle_timer(self) -> None:
         # Activity only moves a timestamp; the timer notices it here and re-arms once.
         if self._loop.time() >= self._last_active + self._listener.vip.idle_timeout_s - 0.001:
-            self.splice.close("idle_timeout")
+            self.close("idle_timeout")
         else:
             self._arm_idle()
 
     def _on_closed(self, reason: str) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        self._listener.flow_closed(self, reason)
-        self.bstats.active -= 1
+        self._listener.connection_closed(self, reason)
+        assert self._bstats is not None
+        self._bstats.active -= 1
 
 
 class TcpListener:
-    """One TCP VIP: the listening socket, the handshakes in progress and the established flows.
+    """One TCP VIP: the listening socket and its client connections, each in its phase.
 
     `use_splice` picks the byte mover (default: splice where the platform has it);
     `buffer_size` bounds the bytes held per direction (pipe or buffer size, default per mover).
@@ -164,17 +162,15 @@ class TcpListener:
         self.use_splice = SPLICE_AVAILABLE if use_splice is None else use_splice
         self.buffer_size = buffer_size
         self.pipes = PipePool(PIPE_POOL_SIZE, buffer_size or PIPE_SIZE)
-        """Drained pipes of closed flows, for the next ones (splice mover only)."""
-        self._backend_info: dict[Endpoint, _BackendInfo] = {}
+        """Drained pipes of closed connections, for the next ones (splice mover only)."""
+        self._backend_info: dict[Endpoint, BackendInfo] = {}
         self._scheduler = self._build_scheduler(vip)
         self._sock: socket.socket | None = None
         self._local: Address | None = None
         """The listen address when it is concrete (then no getsockname per connection)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
-        """Clients whose PROXY header is being read."""
-        self._connecting: set[_Connector] = set()
-        self._flows: set[_Flow] = set()
+        self._connections: set[_Connection] = set()
+        """Every client connection from accept to close, whatever its phase."""
         self._resume: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ Listener interface
@@ -209,11 +205,11 @@ class TcpListener:
             return
         old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
         self.stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
-        for flow in self._flows:
-            self._rehome(flow)
+        for conn in self._established():
+            self._rehome(conn)
 
     async def stop_accepting(self) -> None:
-        """Close the listening socket; established flows continue."""
+        """Close the listening socket; established connections continue."""
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -223,20 +219,25 @@ class TcpListener:
 
     async def close(self) -> None:
         await self.stop_accepting()
-        for task in list(self._handshakes):
+        tasks = [c.task for c in self._connections if c.phase is Phase.PROXY_HEADER and c.task is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._handshakes, return_exceptions=True)
-        for connector in list(self._connecting):
-            connector.cancel()
-        for flow in list(self._flows):
-            flow.close("shutdown")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self._connections):
+            if conn.phase is Phase.CONNECTING and conn.connector is not None:
+                conn.connector.cancel()
+                self._drop(conn)
+            elif conn.phase is not Phase.ESTABLISHED:  # a header task cancelled before it ran
+                self._drop(conn)
+        for conn in list(self._established()):
+            conn.close("shutdown")
         self.pipes.close()
 
     def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
-        """Close the established flows on `backend` (drain timeout, on_backend_down: close)."""
-        doomed = [flow for flow in self._flows if flow.backend == backend]
-        for flow in doomed:
-            flow.close(reason)
+        """Close the established connections on `backend` (drain timeout, on_backend_down: close)."""
+        doomed = [conn for conn in self._established() if conn.backend == backend]
+        for conn in doomed:
+            conn.close(reason)
         return len(doomed)
 
     # ------------------------------------------------------------------ observation
@@ -250,13 +251,25 @@ class TcpListener:
 
     @property
     def buffered(self) -> int:
-        """Bytes held inside the LB now, all flows and directions."""
-        return sum(flow.splice.buffered for flow in self._flows)
+        """Bytes held inside the LB now, all connections and directions."""
+        return sum(conn.splice.buffered for conn in self._established() if conn.splice is not None)
 
     @property
     def peak_buffered(self) -> int:
-        """Highest bytes one direction of a live flow has held."""
-        return max((flow.splice.peak_buffered for flow in self._flows), default=0)
+        """Highest bytes one direction of a live connection has held."""
+        return max(
+            (conn.splice.peak_buffered for conn in self._established() if conn.splice is not None), default=0
+        )
+
+    def backend_info(self, backend: Endpoint) -> BackendInfo:
+        """`backend`'s socket address and counters (made once per backend ever seen)."""
+        info = self._backend_info.get(backend)
+        if info is None:
+            info = self._backend_info[backend] = BackendInfo(backend, self.stats.backend(str(backend)))
+        return info
+
+    def _established(self) -> list[_Connection]:
+        return [conn for conn in self._connections if conn.phase is Phase.ESTABLISHED]
 
     # ------------------------------------------------------------------ accepting
 
@@ -264,13 +277,6 @@ class TcpListener:
         for backend in vip.backends:
             self.backend_info(backend.address)
         return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
-
-    def backend_info(self, backend: Endpoint) -> _BackendInfo:
-        """`backend`'s socket address and counters (made once per backend ever seen)."""
-        info = self._backend_info.get(backend)
-        if info is None:
-            info = self._backend_info[backend] = _BackendInfo(backend, self.stats.backend(str(backend)))
-        return info
 
     def _on_acceptable(self) -> None:
         assert self._sock is not None and self._loop is not None
@@ -286,37 +292,40 @@ class TcpListener:
                 self._loop.remove_reader(self._sock.fileno())
                 self._resume = self._loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
                 return
-            if len(self._flows) + len(self._connecting) + len(self._handshakes) >= self.vip.max_connections:
+            if len(self._connections) >= self.vip.max_connections:
                 reset_close(client)
                 self.stats.refused["max_connections"] += 1
                 continue
-            self._on_accepted(client, peer[:2])
+            conn = _Connection(self, client)
+            self._connections.add(conn)
+            self._on_accepted(conn, peer[:2])
 
-    def _on_accepted(self, client: socket.socket, peer: Address) -> None:
+    def _on_accepted(self, conn: _Connection, peer: Address) -> None:
+        client = conn.client
         try:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local: Address = self._local or client.getsockname()[:2]
         except OSError as exc:  # the client went away already
-            self._refuse_lost(client, exc)
+            log.debug("vip %s: client lost before a backend was chosen: %r", self.vip.name, exc)
+            self._refuse(conn, "client_gone")
             return
         if self.vip.accept_proxy_protocol:
             assert self._loop is not None
-            task = self._loop.create_task(self._handshake(client, peer, local))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            conn.enter(Phase.PROXY_HEADER)
+            conn.task = self._loop.create_task(self._read_header_then_connect(conn, peer, local))
             return
-        self._connect_flow(client, FiveTuple.of(peer, local, IPPROTO_TCP), peer, local, b"")
+        self._connect(conn, FiveTuple.of(peer, local, IPPROTO_TCP), peer, local, b"")
 
-    def _connect_flow(
+    def _connect(
         self,
-        client: socket.socket,
+        conn: _Connection,
         flow: FiveTuple,
         source: Address | None,
         destination: Address | None,
         early: bytes,
     ) -> None:
-        """Start connecting `client` to a backend: `flow` picks it; `source` and `destination` go in
+        """Start connecting `conn` to a backend: `flow` picks it; `source` and `destination` go in
         the PROXY header sent first, then `early` (client bytes read past its own PROXY header)."""
         vip = self.vip
         try:
@@ -326,46 +335,60 @@ class TcpListener:
                 header = build_proxy_header(version, source, destination)
         except ValueError as exc:  # e.g. a link-local client with a scope id
             log.debug("vip %s: cannot build the PROXY header for the backend: %s", vip.name, exc)
-            self.refuse(client, "proxy_header")
+            self._refuse(conn, "proxy_header")
             return
         except Exception:
             log.exception("vip %s: building the PROXY header for the backend failed", vip.name)
-            self.refuse(client, "internal_error")
+            self._refuse(conn, "internal_error")
             return
-        connector = _Connector(self, client, flow, header + early, len(early))
-        self._connecting.add(connector)
-        connector.start()
+        assert self._loop is not None
+        plan = ConnectPlan(self._scheduler, flow, len(vip.backends))
+        conn.enter(Phase.CONNECTING)
+        conn.connector = Connector(
+            loop=self._loop,
+            plan=plan,
+            first_bytes=header + early,
+            timeout_s=vip.timeouts.connect,
+            backend_info=self.backend_info,
+            on_connected=lambda sock, backend: self._on_connected(
+                conn, sock, backend, plan.scheduler, len(early)
+            ),
+            on_gave_up=lambda reason: self._refuse(conn, reason),
+            vip_name=vip.name,
+        )
+        conn.connector.start()
 
-    def refuse(self, client: socket.socket, reason: str) -> None:
-        """Turn `client` away (RST), counted in ``refused[reason]``."""
+    def _refuse(self, conn: _Connection, reason: str) -> None:
+        """Turn `conn` away (RST), counted in ``refused[reason]``."""
         self.stats.refused[reason] += 1
-        reset_close(client)
+        self._drop(conn)
 
-    def _refuse_lost(self, client: socket.socket, exc: OSError) -> None:
-        log.debug("vip %s: client lost before a backend was chosen: %r", self.vip.name, exc)
-        self.refuse(client, "client_gone")
+    def _drop(self, conn: _Connection) -> None:
+        """Forget a connection that never reached a backend and reset its client."""
+        self._connections.discard(conn)
+        reset_close(conn.client)
 
     def _resume_accepting(self) -> None:
         self._resume = None
         if self._sock is not None and self._loop is not None:
             self._loop.add_reader(self._sock.fileno(), self._on_acceptable)
 
-    async def _handshake(self, client: socket.socket, peer: Address, local: Address) -> None:
-        """Read the client's PROXY header, then hand the client to a `_Connector`."""
+    async def _read_header_then_connect(self, conn: _Connection, peer: Address, local: Address) -> None:
+        """Read the client's PROXY header, then connect `conn` to a backend."""
         try:
-            source, destination, early = await self._read_proxy_header(client)
+            source, destination, early = await self._read_proxy_header(conn.client)
         except _Refused as exc:
-            self.refuse(client, exc.reason)
+            self._refuse(conn, exc.reason)
             return
         except Exception:
             log.exception("vip %s: reading the client's PROXY header failed", self.vip.name)
-            self.refuse(client, "internal_error")
+            self._refuse(conn, "internal_error")
             return
         except BaseException:
-            reset_close(client)
+            self._drop(conn)
             raise
         flow = FiveTuple.of(source or peer, local, IPPROTO_TCP)  # client -> VIP, as the header says
-        self._connect_flow(client, flow, source, destination, early)
+        self._connect(conn, flow, source, destination, early)
 
     async def _read_proxy_header(self, client: socket.socket) -> tuple[Address | None, Address | None, bytes]:
         """The client's PROXY header: (source, destination, payload read past it)."""
@@ -388,196 +411,49 @@ class TcpListener:
         header, used = parsed
         return header.source, header.destination, data[used:]
 
-    # ------------------------------------------------------------------ flows
+    # ------------------------------------------------------------------ established connections
 
-    def start_flow(
+    def _on_connected(
         self,
-        connector: _Connector,
-        client: socket.socket,
+        conn: _Connection,
         backend_sock: socket.socket,
         backend: Endpoint,
         counted_by: Scheduler,
         early: int,
     ) -> None:
-        self._connecting.discard(connector)
         try:
-            flow = _Flow(self, client, backend_sock, backend, counted_by)
+            bstats = conn.establish(backend_sock, backend, counted_by)
         except OSError as exc:  # no pipe: EMFILE and friends
-            log.warning("vip %s: cannot start a flow: %s", self.vip.name, exc)
+            log.warning("vip %s: cannot join a client to its backend: %s", self.vip.name, exc)
             counted_by.on_close(backend)
-            reset_close(client)
             reset_close(backend_sock)
-            self.stats.refused["no_resources"] += 1
+            self._refuse(conn, "no_resources")
             return
-        self._rehome(flow)
-        bstats = flow.bstats
+        self._rehome(conn)
         bstats.active += 1
         bstats.flows_total += 1
         bstats.bytes_to_backend += early
         self.stats.active += 1
         self.stats.flows_total += 1
-        self._flows.add(flow)
-        flow.start()
+        conn.start()
 
-    def _rehome(self, flow: _Flow) -> None:
-        """Count `flow` in the current scheduler (after a reload rebuilt it)."""
-        if flow.counted_by is self._scheduler:
+    def _rehome(self, conn: _Connection) -> None:
+        """Count `conn` in the current scheduler (after a reload rebuilt it)."""
+        if conn.counted_by is self._scheduler:
             return
-        if flow.counted_by is not None:
-            flow.counted_by.on_close(flow.backend)
-        flow.counted_by = None
-        if any(b.address == flow.backend for b in self.vip.backends):
-            self._scheduler.on_open(flow.backend)
-            flow.counted_by = self._scheduler
+        assert conn.backend is not None
+        if conn.counted_by is not None:
+            conn.counted_by.on_close(conn.backend)
+        conn.counted_by = None
+        if any(b.address == conn.backend for b in self.vip.backends):
+            self._scheduler.on_open(conn.backend)
+            conn.counted_by = self._scheduler
 
-    def flow_closed(self, flow: _Flow, reason: str) -> None:
-        """Called by a flow once its sockets are closed."""
-        self._flows.discard(flow)
-        if flow.counted_by is not None:
-            flow.counted_by.on_close(flow.backend)
+    def connection_closed(self, conn: _Connection, reason: str) -> None:
+        """Called by an established connection once its sockets are closed."""
+        self._connections.discard(conn)
+        if conn.counted_by is not None:
+            assert conn.backend is not None
+            conn.counted_by.on_close(conn.backend)
         self.stats.active -= 1
         self.stats.closed[reason] += 1
-
-
-class _Connector:
-    """One client on its way to a backend: pick, non-blocking connect, send the first bytes (PROXY
-    header, early payload), and on failure or timeout try another backend; then `start_flow`.
-
-    Driven by ``add_writer`` callbacks and one timer per attempt: no task, no future.
-    """
-
-    def __init__(
-        self, listener: TcpListener, client: socket.socket, flow: FiveTuple, first_bytes: bytes, early: int
-    ) -> None:
-        assert listener._loop is not None
-        self._listener = listener
-        self._loop = listener._loop
-        self._client = client
-        self._flow = flow
-        self._first = first_bytes
-        self._early = early
-        self._scheduler = listener._scheduler
-        self._tried: list[Endpoint] = []
-        self._sock: socket.socket | None = None
-        self._backend: Endpoint | None = None
-        self._info: _BackendInfo | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        try:
-            self._next()
-        except Exception:
-            log.exception("vip %s: connecting to a backend failed", self._listener.vip.name)
-            self._give_up("internal_error")
-
-    def cancel(self) -> None:
-        """Abandon the attempt (the listener is closing): close both sockets, count nothing."""
-        self._drop_backend()
-        self._listener._connecting.discard(self)
-        reset_close(self._client)
-
-    def _next(self) -> None:
-        """Connect to the next backend the scheduler offers, or refuse the client."""
-        listener = self._listener
-        tries = min(MAX_CONNECT_TRIES, len(listener.vip.backends))
-        while len(self._tried) < tries:
-            backend = self._scheduler.pick(self._flow, exclude=self._tried)
-            if backend is None:
-                break
-            self._tried.append(backend)
-            info = listener.backend_info(backend)
-            info.stats.connect_attempts += 1
-            try:
-                sock = socket.socket(info.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            except OSError as exc:  # EMFILE and friends
-                log.warning("vip %s: cannot open a backend socket: %s", listener.vip.name, exc)
-                self._give_up("no_resources")
-                return
-            self._scheduler.on_open(backend)
-            self._sock, self._backend, self._info = sock, backend, info
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = sock.connect_ex(info.addr)
-            except OSError as exc:
-                self._failed(exc)
-                continue
-            if err == 0:
-                self._on_writable()
-                return
-            if err != errno.EINPROGRESS:
-                self._failed(OSError(err, os.strerror(err)))
-                continue
-            self._wait()
-            return
-        self._give_up("connect_failed" if self._tried else "no_backend")
-
-    def _on_writable(self) -> None:
-        sock = self._sock
-        assert sock is not None and self._backend is not None and self._info is not None
-        try:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-            if self._first:
-                try:
-                    sent = sock.send(self._first)
-                except BlockingIOError:
-                    sent = 0
-                self._first = self._first[sent:]
-                if self._first:  # the rest when the socket takes it, within the same timeout
-                    self._wait()
-                    return
-        except OSError as exc:
-            self._retry(exc)
-            return
-        self._stop_waiting()
-        self._info.stats.connect_ok += 1
-        self._sock = None
-        self._listener.start_flow(self, self._client, sock, self._backend, self._scheduler, self._early)
-
-    def _on_timeout(self) -> None:
-        self._stop_waiting()
-        self._retry(TimeoutError("connect timed out"))
-
-    def _retry(self, exc: OSError) -> None:
-        self._failed(exc)
-        try:
-            self._next()
-        except Exception:
-            log.exception("vip %s: connecting to a backend failed", self._listener.vip.name)
-            self._give_up("internal_error")
-
-    def _failed(self, exc: OSError) -> None:
-        """The current attempt failed with `exc`: count it and release its socket."""
-        assert self._info is not None
-        self._info.stats.connect_errors[connect_error_reason(exc)] += 1
-        log.debug("vip %s: connect to %s failed: %r", self._listener.vip.name, self._backend, exc)
-        self._drop_backend()
-
-    def _wait(self) -> None:
-        """Call `_on_writable` when the socket is writable, `_on_timeout` after the connect timeout
-        (one timeout for the connect and the first bytes together)."""
-        if self._timer is None:
-            assert self._sock is not None
-            self._loop.add_writer(self._sock.fileno(), self._on_writable)
-            self._timer = self._loop.call_later(self._listener.vip.timeouts.connect, self._on_timeout)
-
-    def _stop_waiting(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            assert self._sock is not None
-            self._loop.remove_writer(self._sock.fileno())
-
-    def _drop_backend(self) -> None:
-        self._stop_waiting()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            assert self._backend is not None
-            self._scheduler.on_close(self._backend)
-
-    def _give_up(self, reason: str) -> None:
-        self._drop_backend()
-        self._listener._connecting.discard(self)
-        self._listener.refuse(self._client, reason)
