@@ -12,11 +12,14 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from ipaddress import ip_address
 from typing import Any, Literal, TypeVar
 
+import pytest
 import uvloop
 
 from sluice.config import Backend, Endpoint, Vip
 from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.scheduler import Scheduler
+from sluice.dataplane import engine
+from tests.privileged import REQUIRE_PRIVILEGED
 
 T = TypeVar("T")
 
@@ -37,6 +40,17 @@ def run(loop: str, coro: Coroutine[Any, Any, T], timeout: float = 40.0) -> T:
 
     with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop]) as runner:
         return runner.run(bounded())
+
+
+def needs_native_engine() -> None:
+    """Skip unless the native engine extension is built; fail instead under SLUICE_REQUIRE_PRIVILEGED=1
+    (CI builds it: a missing extension must not pass by skipping)."""
+    if engine.AVAILABLE:
+        return
+    reason = "needs the native engine extension (sluice.dataplane.engine._engine)"
+    if REQUIRE_PRIVILEGED:
+        pytest.fail(f"{reason} (SLUICE_REQUIRE_PRIVILEGED=1 forbids skipping)")
+    pytest.skip(reason)
 
 
 def make_vip(backends: Sequence[Endpoint], *, listen: str = "127.0.0.1", **fields: Any) -> Vip:

@@ -1,7 +1,10 @@
-"""TcpListener end to end: real sockets on 127.0.0.1 / ::1 (and a netns for the SYN black hole).
+"""The TCP proxy end to end, on both engines: real sockets on 127.0.0.1 / ::1 (and a netns for the
+SYN black hole).
 
 Every test runs on a fresh event loop of the kind its mode names (asyncio or uvloop) with the
-splice mover or the recv/send fallback; the heavy ones run in two of the four combinations.
+splice mover or the recv/send fallback, on the python engine (`TcpListener`) and on the native one
+(`NativeTcpListener`, one worker; the asyncio loop only drives the test's clients and backends); the
+heavy ones run in fewer combinations, plus the native engine with two workers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from sluice.config import Endpoint, Timeouts, Vip
 from sluice.core.scheduler import build_scheduler
+from sluice.dataplane.engine import NativeTcpListener
 from sluice.dataplane.proxy.splice import COPY_BUFFER_SIZE, PIPE_SIZE
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.lab.netns import Namespace, addr, sh, sweep_stale, veth
@@ -37,6 +41,7 @@ from tests.dataplane.proxy.helpers import (
     expect_reset,
     flow_of,
     make_vip,
+    needs_native_engine,
     open_client,
     refusing_endpoints,
     run,
@@ -47,32 +52,60 @@ from tests.privileged import needs
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
+Listener = TcpListener | NativeTcpListener
+
+
 @dataclass(frozen=True)
 class Mode:
     loop: str
     splice: bool
+    engine: str = "python"
+    workers: int = 1
+    """Native engine worker threads."""
 
     def __str__(self) -> str:
-        return f"{'splice' if self.splice else 'copy'}-{self.loop}"
+        mover = "splice" if self.splice else "copy"
+        if self.engine == "python":
+            return f"{mover}-{self.loop}"
+        return f"native-{mover}" + (f"-w{self.workers}" if self.workers != 1 else "")
+
+    def listener(self, vip: Vip, **kwargs: Any) -> Listener:
+        if self.engine == "native":
+            return NativeTcpListener(vip, use_splice=self.splice, workers=self.workers, **kwargs)
+        return TcpListener(vip, use_splice=self.splice, **kwargs)
 
 
-ALL_MODES = [Mode("uvloop", True), Mode("asyncio", False), Mode("asyncio", True), Mode("uvloop", False)]
-HEAVY_MODES = ALL_MODES[:2]
+NATIVE_MODES = [Mode("asyncio", True, "native"), Mode("asyncio", False, "native")]
+ALL_MODES = [
+    Mode("uvloop", True),
+    Mode("asyncio", False),
+    Mode("asyncio", True),
+    Mode("uvloop", False),
+    *NATIVE_MODES,
+]
+HEAVY_MODES = [*ALL_MODES[:2], *NATIVE_MODES, Mode("asyncio", True, "native", workers=2)]
+
+
+def _mode_param(request: pytest.FixtureRequest) -> Mode:
+    mode: Mode = request.param
+    if mode.engine == "native":
+        needs_native_engine()
+    return mode
 
 
 @pytest.fixture(params=ALL_MODES, ids=str)
 def mode(request: pytest.FixtureRequest) -> Mode:
-    return request.param  # type: ignore[no-any-return]
+    return _mode_param(request)
 
 
 @pytest.fixture(params=HEAVY_MODES, ids=str)
 def heavy_mode(request: pytest.FixtureRequest) -> Mode:
-    return request.param  # type: ignore[no-any-return]
+    return _mode_param(request)
 
 
 @contextlib.asynccontextmanager
-async def serving(vip: Vip, mode: Mode, **kwargs: Any) -> AsyncIterator[TcpListener]:
-    lb = TcpListener(vip, use_splice=mode.splice, **kwargs)
+async def serving(vip: Vip, mode: Mode, **kwargs: Any) -> AsyncIterator[Listener]:
+    lb = mode.listener(vip, **kwargs)
     await lb.start()
     try:
         yield lb
@@ -90,7 +123,7 @@ async def backends(n: int, host: str = "127.0.0.1", **kwargs: Any) -> AsyncItera
             await backend.close()
 
 
-def by_reason(lb: TcpListener, backend: Endpoint) -> dict[str, int]:
+def by_reason(lb: Listener, backend: Endpoint) -> dict[str, int]:
     return dict(lb.stats.backend(str(backend)).connect_errors)
 
 
@@ -583,7 +616,7 @@ def test_update_moves_new_flows_and_keeps_established_ones(mode: Mode) -> None:
 def test_close_stops_accepting_and_closes_every_flow(mode: Mode) -> None:
     async def scenario() -> None:
         async with backends(1) as bs:
-            lb = TcpListener(make_vip([bs[0].endpoint]), use_splice=mode.splice)
+            lb = mode.listener(make_vip([bs[0].endpoint]))
             await lb.start()
             address = lb.address
             reader, writer = await open_client(address)

@@ -1,0 +1,42 @@
+"""The native engine extension (module.c): worker threads with their epoll loops, the TCP full proxy."""
+
+from typing import Final
+
+REFUSED: Final[tuple[str, ...]]
+CLOSED: Final[tuple[str, ...]]
+CONNECT_ERRORS: Final[tuple[str, ...]]
+SCHEDULERS: Final[tuple[str, ...]]
+PROXY_HEADER_MAX: Final[int]
+PIPE_SIZE: Final[int]
+COPY_BUFFER_SIZE: Final[int]
+
+BackendSpec = tuple[str, int, int, int]
+"""host, port, weight, counter slot."""
+TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool]
+"""scheduler index, backends (config order), Maglev slots (int32, config-order indexes), connect timeout
+(s), idle timeout (s), max_connections, proxy_protocol out (0 off, 1, 2), accept_proxy_protocol."""
+BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int]
+"""active, flows_total, connect_attempts, connect_ok, connect_errors, bytes_to_backend, bytes_from_backend."""
+Counters = tuple[int, int, tuple[int, ...], tuple[int, ...], int, int, tuple[BackendCounters, ...]]
+"""active, flows_total, refused, closed, buffered, peak, per backend slot."""
+
+class Engine:
+    def __init__(self, workers: int, conns_per_worker: int = ..., max_vips: int = ...) -> None: ...
+    @property
+    def workers(self) -> int: ...
+    def vip_add(
+        self,
+        host: str,
+        port: int,
+        use_splice: bool,
+        buffer_size: int,
+        backend_slots: int,
+        table: TableSpec,
+        /,
+    ) -> tuple[int, int]: ...
+    def vip_update(self, vip_id: int, table: TableSpec, /) -> None: ...
+    def stop_accepting(self, vip_id: int, /) -> None: ...
+    def close_backend_flows(self, vip_id: int, slot: int, reason: int, /) -> int: ...
+    def counters(self, vip_id: int, /) -> Counters: ...
+    def vip_remove(self, vip_id: int, /) -> Counters: ...
+    def close(self) -> None: ...

@@ -1,0 +1,209 @@
+"""NativeTcpListener: one TCP VIP served by the native engine, with the surface of `TcpListener`.
+
+One `Engine` per process and worker count, created on first use and closed at exit; every VIP of
+that engine has a listening socket in every worker (SO_REUSEPORT). This adapter builds the immutable
+table the workers read (backends in config order, the Maglev table remapped to config-order indexes,
+limits), gives each backend Endpoint ever seen a stable counter slot, and turns the workers'
+counters into the same `VipStats` the python engine keeps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from sluice.config import Endpoint, Vip
+from sluice.core.scheduler import MaglevScheduler, Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.stats import VipStats
+
+if TYPE_CHECKING:
+    from sluice.dataplane.engine._engine import Counters, Engine, TableSpec
+
+try:
+    from sluice.dataplane.engine import _engine
+except ImportError:  # the extension did not build: the python engine serves every VIP
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+CONNS_PER_WORKER: Final = 32768
+"""Connections (handshaking, connecting or established) one worker holds at most."""
+BACKEND_SLOTS: Final = 1024
+"""Distinct backend Endpoints one VIP may ever have (each keeps a counter slot)."""
+_PROXY_OUT: Final = {"off": 0, "v1": 1, "v2": 2}
+
+_engines: dict[int, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(workers: int | None = None) -> Engine:
+    """The process's engine with `workers` threads (None: one per CPU this process may run on)."""
+    if not AVAILABLE:
+        raise RuntimeError("the native engine extension is not built")
+    n = workers if workers is not None else len(os.sched_getaffinity(0))
+    with _engines_lock:
+        engine = _engines.get(n)
+        if engine is None:
+            engine = _engines[n] = _engine.Engine(n, CONNS_PER_WORKER)
+            if len(_engines) == 1:
+                atexit.register(close_engines)
+        return engine
+
+
+def close_engines() -> None:
+    """Stop every engine's workers and free them (at exit; flows of VIPs still open are closed)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()
+
+
+def _table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> TableSpec:
+    backends = [(b.address.host, b.address.port, b.weight, slots[b.address]) for b in vip.backends]
+    maglev = b""
+    if isinstance(scheduler, MaglevScheduler):
+        # table slots index table.backends (identity order); the engine indexes config order.
+        index = {str(b.address): i for i, b in enumerate(vip.backends)}
+        lut = np.array([index[identity] for identity in scheduler.table.backends] + [-1], dtype=np.int32)
+        maglev = lut[scheduler.table.slots].astype(np.int32).tobytes()  # -1 (empty) stays -1
+    return (
+        _engine.SCHEDULERS.index(vip.scheduler),
+        backends,
+        maglev,
+        vip.timeouts.connect,
+        vip.idle_timeout_s,
+        vip.max_connections,
+        _PROXY_OUT[vip.proxy_protocol],
+        vip.accept_proxy_protocol,
+    )
+
+
+class NativeTcpListener:
+    """One TCP VIP on the native engine.
+
+    `use_splice` picks the byte mover (default: splice); `buffer_size` bounds the bytes held per
+    direction (pipe or buffer size, default per mover); `workers` picks the engine (None: one worker
+    per CPU).
+    """
+
+    def __init__(
+        self,
+        vip: Vip,
+        *,
+        use_splice: bool | None = None,
+        buffer_size: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.vip = vip
+        self.use_splice = True if use_splice is None else use_splice
+        self.buffer_size = buffer_size
+        self._engine = engine_for(workers)
+        self._stats = VipStats()
+        self._slots: dict[Endpoint, int] = {}
+        """Counter slot of every backend Endpoint ever seen (stable: a flow keeps its slot)."""
+        self._scheduler = self._build_scheduler(vip)
+        self._id: int | None = None
+        self._address: tuple[str, int] | None = None
+        self._buffered = 0
+        self._peak = 0
+
+    # ------------------------------------------------------------------ Listener interface
+
+    async def start(self) -> None:
+        vip = self.vip
+        spec = _table_spec(vip, self._scheduler, self._slots)
+        self._id, port = self._engine.vip_add(
+            vip.listen.host, vip.listen.port, self.use_splice, self.buffer_size or 0, BACKEND_SLOTS, spec
+        )
+        self._address = (vip.listen.host, port)
+
+    def update(self, vip: Vip) -> None:
+        old = self.vip
+        self.vip = vip
+        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
+            old.scheduler,
+            old.backends,
+            old.maglev_table_size,
+        ):
+            old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
+            self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
+        if self._id is not None:  # limits and timeouts change too: always a new table
+            self._engine.vip_update(self._id, _table_spec(vip, self._scheduler, self._slots))
+
+    async def stop_accepting(self) -> None:
+        """Close the listening sockets (every worker's); established flows continue."""
+        if self._id is not None:
+            self._engine.stop_accepting(self._id)
+
+    async def close(self) -> None:
+        """Stop accepting, close every flow (``shutdown``), keep the final counters."""
+        if self._id is not None:
+            vip_id, self._id = self._id, None
+            self._apply(self._engine.vip_remove(vip_id))
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """Close the established flows on `backend` in every worker; how many."""
+        slot = self._slots.get(backend)
+        if self._id is None or slot is None:
+            return 0
+        return self._engine.close_backend_flows(self._id, slot, _engine.CLOSED.index(reason))
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def stats(self) -> VipStats:
+        """The counters, summed over the workers (fresh on every read while the VIP runs)."""
+        if self._id is not None:
+            self._apply(self._engine.counters(self._id))
+        return self._stats
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): the port the kernel chose when the VIP says port 0."""
+        assert self._address is not None, "not started"
+        return self._address
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held inside the LB now, all flows and directions."""
+        _ = self.stats
+        return self._buffered
+
+    @property
+    def peak_buffered(self) -> int:
+        """Highest bytes one direction of a flow has held."""
+        _ = self.stats
+        return self._peak
+
+    # ------------------------------------------------------------------ internals
+
+    def _build_scheduler(self, vip: Vip) -> Scheduler:
+        for backend in vip.backends:
+            if backend.address not in self._slots:
+                if len(self._slots) >= BACKEND_SLOTS:
+                    raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
+                self._slots[backend.address] = len(self._slots)
+                self._stats.backend(str(backend.address))
+        return build_scheduler(vip.scheduler, vip.backends, table_size=vip.maglev_table_size)
+
+    def _apply(self, counters: Counters) -> None:
+        active, flows_total, refused, closed, buffered, peak, backends = counters
+        stats = self._stats
+        stats.active, stats.flows_total = active, flows_total
+        stats.refused.clear()
+        stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
+        stats.closed.clear()
+        stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
+        self._buffered, self._peak = buffered, peak
+        for endpoint, slot in self._slots.items():
+            b = stats.backend(str(endpoint))
+            active_b, flows_b, attempts, ok, errors, to_backend, from_backend = backends[slot]
+            b.active, b.flows_total, b.connect_attempts, b.connect_ok = active_b, flows_b, attempts, ok
+            b.connect_errors.clear()
+            b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})
+            b.bytes_to_backend, b.bytes_from_backend = to_backend, from_backend
