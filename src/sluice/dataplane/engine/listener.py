@@ -162,6 +162,18 @@ class NativeTcpListener:
             self._apply(self._engine.counters(self._id))
         return self._stats
 
+    def worker_stats(self, worker: int) -> VipStats:
+        """One worker's share of the counters (a new object; the VIP must be running)."""
+        assert self._id is not None, "not running"
+        stats = VipStats()
+        self._fill(stats, self._engine.counters(self._id, worker))
+        return stats
+
+    @property
+    def workers(self) -> int:
+        """Worker threads of the engine serving this VIP."""
+        return self._engine.workers
+
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port): the port the kernel chose when the VIP says port 0."""
@@ -192,14 +204,16 @@ class NativeTcpListener:
         return build_scheduler(vip.scheduler, vip.backends, table_size=vip.maglev_table_size)
 
     def _apply(self, counters: Counters) -> None:
-        active, flows_total, refused, closed, buffered, peak, backends = counters
-        stats = self._stats
+        self._buffered, self._peak = counters[4], counters[5]
+        self._fill(self._stats, counters)
+
+    def _fill(self, stats: VipStats, counters: Counters) -> None:
+        active, flows_total, refused, closed, _, _, backends = counters
         stats.active, stats.flows_total = active, flows_total
         stats.refused.clear()
         stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
         stats.closed.clear()
         stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
-        self._buffered, self._peak = buffered, peak
         for endpoint, slot in self._slots.items():
             b = stats.backend(str(endpoint))
             active_b, flows_b, attempts, ok, errors, to_backend, from_backend = backends[slot]

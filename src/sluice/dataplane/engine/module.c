@@ -145,7 +145,7 @@ fail:
     return NULL;
 }
 
-static PyObject *read_counters(EngineObject *self, uint32_t id)
+static PyObject *read_counters(EngineObject *self, uint32_t id, int worker)
 {
     struct vip *v = engine_vip(self->eng, id);
     if (v == NULL) {
@@ -157,7 +157,7 @@ static PyObject *read_counters(EngineObject *self, uint32_t id)
     out.backends = PyMem_Calloc(slots ? slots : 1, sizeof(*out.backends));
     if (out.backends == NULL)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS engine_vip_counters(self->eng, id, &out);
+    Py_BEGIN_ALLOW_THREADS engine_vip_counters(self->eng, id, worker, &out);
     Py_END_ALLOW_THREADS PyObject *result = counters_to_python(&out, slots);
     PyMem_Free(out.backends);
     return result;
@@ -293,9 +293,14 @@ static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
 static PyObject *Engine_counters(EngineObject *self, PyObject *args)
 {
     unsigned int id;
-    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
+    int worker = -1;
+    if (!PyArg_ParseTuple(args, "I|i", &id, &worker) || check_open(self) < 0)
         return NULL;
-    return read_counters(self, id);
+    if (worker >= (int)self->workers) {
+        PyErr_SetString(PyExc_ValueError, "no such worker");
+        return NULL;
+    }
+    return read_counters(self, id, worker);
 }
 
 static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
@@ -306,7 +311,7 @@ static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
     if (engine_vip(self->eng, id) == NULL)
         return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
     Py_BEGIN_ALLOW_THREADS engine_vip_remove(self->eng, id);
-    Py_END_ALLOW_THREADS PyObject *final = read_counters(self, id);
+    Py_END_ALLOW_THREADS PyObject *final = read_counters(self, id, -1);
     Py_BEGIN_ALLOW_THREADS engine_vip_free(self->eng, id);
     Py_END_ALLOW_THREADS return final;
 }
@@ -323,7 +328,7 @@ static PyMethodDef Engine_methods[] = {
     {"stop_accepting", (PyCFunction)Engine_stop_accepting, METH_VARARGS, "stop_accepting(id)"},
     {"close_backend_flows", (PyCFunction)Engine_close_backend_flows, METH_VARARGS,
      "close_backend_flows(id, slot, reason index) -> flows closed"},
-    {"counters", (PyCFunction)Engine_counters, METH_VARARGS, "counters(id) -> the VIP's summed counters"},
+    {"counters", (PyCFunction)Engine_counters, METH_VARARGS, "counters(id, worker=-1) -> the VIP's counters, summed over the workers (or one worker's)"},
     {"vip_remove", (PyCFunction)Engine_vip_remove, METH_VARARGS,
      "vip_remove(id) -> final counters (every flow closed: shutdown)"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the workers and free everything"},
@@ -393,6 +398,7 @@ PyMODINIT_FUNC PyInit__engine(void)
         add_owned(m, "SCHEDULERS", names_tuple(sched_names, 4)) < 0 ||
         PyModule_AddIntConstant(m, "PROXY_HEADER_MAX", PROXY_HEADER_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PIPE_SIZE", PIPE_SIZE_DEFAULT) < 0 ||
+        PyModule_AddIntConstant(m, "POOL_FREE_MAX", POOL_FREE_MAX) < 0 ||
         PyModule_AddIntConstant(m, "COPY_BUFFER_SIZE", COPY_BUFFER_SIZE_DEFAULT) < 0) {
         Py_DECREF(m);
         return NULL;

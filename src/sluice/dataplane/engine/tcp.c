@@ -1061,15 +1061,17 @@ void engine_vip_free(struct engine *e, uint32_t id)
     pthread_mutex_unlock(&e->control);
 }
 
-void engine_vip_counters(struct engine *e, uint32_t id, struct vip_counters *out)
+void engine_vip_counters(struct engine *e, uint32_t id, int worker, struct vip_counters *out)
 {
     pthread_mutex_lock(&e->control);
     struct vip *v = engine_vip(e, id);
     if (v != NULL) {
         const struct vip_counters *blocks[e->n_workers];
+        unsigned n = 0;
         for (unsigned i = 0; i < e->n_workers; i++)
-            blocks[i] = &v->per_worker[i].counters;
-        vip_counters_sum(blocks, e->n_workers, v->backend_slots, out);
+            if (worker < 0 || (unsigned)worker == i)
+                blocks[n++] = &v->per_worker[i].counters;
+        vip_counters_sum(blocks, n, v->backend_slots, out);
     }
     pthread_mutex_unlock(&e->control);
 }
