@@ -1,4 +1,4 @@
-"""Anycast failover: three sluice XDP nodes behind a BGP/ECMP router lose one node (src/sluice/lab/anycast.py).
+"""Anycast failover: three sluice XDP nodes behind a BGP/ECMP router lose one node (lab/anycast_topology.py).
 
 Not a peer comparison: the two "peers" are the two ways a node leaves, measured in alternating
 rounds (graceful, hard kill, graceful, ...), each round failing the next node in turn:
@@ -89,7 +89,7 @@ class AnycastFailover(Scenario):
     )
 
     def params(self) -> dict[str, Any]:
-        from sluice.lab.anycast import HOLD_TIME_S, KEEPALIVE_S
+        from sluice.lab.router import HOLD_TIME_S, KEEPALIVE_S
 
         return {
             "nodes": 3,
@@ -157,7 +157,7 @@ class Failovers:
     """The lab and its failures so far: failure n takes node n % nodes and ports from 20000 + 4000 n."""
 
     def __init__(self, workdir: Path) -> None:
-        from sluice.lab.anycast import AnycastLab
+        from sluice.lab.anycast_topology import AnycastLab
 
         self.lab = AnycastLab.create(workdir, cpu=proc.cores()[0])
         self.failures = 0

@@ -58,7 +58,7 @@ Measured over the steady window of each round (after a warm-up):
 
 Needs root, clang + libbpf headers, nft, ip/bridge, nsenter, taskset and 2 cores; skips
 cleanly without them. The reflector object is compiled per run (the MACs are -D macros) and attached
-with ``ip link``; sluice's program by the lab's LB runner (``python -m sluice.lab.dsr lb``).
+with ``ip link``; sluice's program by the lab's LB runner (``python -m sluice.lab.roles lb``).
 """
 
 from __future__ import annotations

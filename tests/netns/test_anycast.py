@@ -1,5 +1,5 @@
 """End to end: three sluice XDP nodes announce one VIP over BGP, a router spreads flows with ECMP
-(src/sluice/lab/anycast.py). Root only: needs bird, birdc, ip, clang.
+(src/sluice/lab/anycast_topology.py). Root only: needs bird, birdc, ip, clang.
 
 Every backend check compares with core/maglev.py + core/flow.py, per flow. The tests share one lab
 (set up once, about 5 s) and run in file order; each one first brings the nodes to the state it
@@ -21,8 +21,10 @@ from sluice.cli import main
 from sluice.config import parse_config
 from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
-from sluice.lab.anycast import CLI_PREFIX, CLIENT, HOLD_TIME_S, HTTP_PORT, VIP, AnycastLab, backend_name
+from sluice.lab.anycast import CLI_PREFIX
+from sluice.lab.anycast_topology import CLIENT, HTTP_PORT, VIP, AnycastLab, backend_name
 from sluice.lab.netns import list_namespaces
+from sluice.lab.router import HOLD_TIME_S
 from tests.support.privileged import needs
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(150)]

@@ -12,33 +12,23 @@ program strips the outer header); the backend answers the client directly. The c
 room for the outer header. Every process of the lab runs on one CPU (`cpu`): the XDP connection table
 is per CPU, and on veth the CPU that handles a packet is the one that sent it.
 
-The module is also the entry point of the lab's processes (``python -m sluice.lab.dsr <role>``):
-``lb`` (the XdpPlane, driven over stdin), ``http-server``, ``dns-server``, ``http-client``,
-``http-burst``, ``dns-burst``.
+The lab's processes are roles of roles.py: ``lb`` (the XdpPlane, driven over stdin), ``http-server``
+and ``dns-server`` on the backends; the client roles (clients.py: ``http-client``, ``http-burst``,
+``dns-burst``) and the DsrLab methods that drive them are for tests and benchmarks only.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
-import ctypes
-import fcntl
-import http.client
 import json
-import logging
 import os
 import select
-import signal
-import socket
-import struct
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -81,12 +71,9 @@ def _sweep_stale_pins() -> None:
                 remove_pins(path.name)
 
 
-def _python(*args: str) -> list[str]:
-    return hosts.python("sluice.lab.dsr", *args)
-
-
 class LbProcess:
-    """The LB runner (``python -m sluice.lab.dsr lb``) in the LB namespace, driven line by line."""
+    """A lab process driven line by line over stdin/stdout: the LB runner (role ``lb``) in the LB
+    namespace, or a client role that takes commands (``http-client``, ``pool``)."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -242,15 +229,15 @@ class DsrLab:
     def start_backends(self) -> None:
         for i in range(self.backends):
             name = f"b{i + 1}"
-            self._popen(name, _python("http-server", name, str(HTTP_PORT)))
-            self._popen(name, _python("dns-server", name, VIP, str(DNS_PORT)))
+            self._popen(name, hosts.role("http-server", name, str(HTTP_PORT)))
+            self._popen(name, hosts.role("dns-server", name, VIP, str(DNS_PORT)))
         for i in range(self.backends):
             hosts.wait_listening(self.ns(f"b{i + 1}"), HTTP_PORT)
 
     def start_lb(self, config_path: Path, *, mode: str = "native") -> LbProcess:
         proc = self._popen(
             "lb",
-            _python("lb", "--instance", self.instance, "--config", str(config_path), "--mode", mode),
+            hosts.role("lb", "--instance", self.instance, "--config", str(config_path), "--mode", mode),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -261,7 +248,7 @@ class DsrLab:
 
     def client(self, *args: str, timeout_s: float = 30.0) -> str:
         """Run a client role to completion in the client namespace; its stdout."""
-        return hosts.run_client(self._in_ns("client", _python(*args)), f"client {args}", timeout_s)
+        return hosts.run_client(self._in_ns("client", hosts.role(*args)), f"client {args}", timeout_s)
 
     def http_burst(self, first_sport: int, count: int) -> dict[int, str]:
         out = json.loads(self.client("http-burst", VIP, str(HTTP_PORT), str(first_sport), str(count)))
@@ -275,7 +262,7 @@ class DsrLab:
         """A keep-alive connection from client port `sport` (opened by the first `get`)."""
         proc = self._popen(
             "client",
-            _python("http-client", VIP, str(HTTP_PORT), str(sport)),
+            hosts.role("http-client", VIP, str(HTTP_PORT), str(sport)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -305,202 +292,3 @@ class HttpSession:
 
     def close(self) -> None:
         self.runner.quit()
-
-
-# ---------------------------------------------------------------- the lab's processes
-
-
-async def _http_server(name: str, port: int) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                close = b"connection: close" in head.lower()
-                body = f"{name}\n".encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                    b"Connection: %s\r\n\r\n%s" % (len(body), b"close" if close else b"keep-alive", body)
-                )
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "0.0.0.0", port, reuse_address=True)
-    async with server:
-        await server.serve_forever()
-
-
-def _tx_checksum_off(ifname: str) -> None:
-    """ethtool -K IFNAME tx off (ETHTOOL_STXCSUM through SIOCETHTOOL; Debian's ethtool may be absent).
-
-    veth leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL); a native XDP program on the way
-    turns the packet into a plain frame and the checksum is never filled in. Real NICs deliver full
-    checksums, so the lab's client computes them in software."""
-    siocethtool, ethtool_stxcsum = 0x8946, 0x17
-    value = struct.pack("II", ethtool_stxcsum, 0)
-    buf = ctypes.create_string_buffer(value)
-    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), siocethtool, ifreq)
-
-
-def _dns_server(name: str, addr: str, port: int) -> None:
-    import dns.message
-    import dns.rrset
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((addr, port))  # bound to the VIP: replies leave with the VIP as source
-    while True:
-        data, peer = sock.recvfrom(2048)
-        try:
-            query = dns.message.from_wire(data)
-        except Exception:  # not DNS: ignore
-            continue
-        response = dns.message.make_response(query)
-        qname = query.question[0].name
-        response.answer.append(dns.rrset.from_text(qname, 0, "IN", "TXT", f'"{name}"'))
-        sock.sendto(response.to_wire(), peer)
-
-
-def _http_client(host: str, port: int, sport: int) -> None:
-    conn = http.client.HTTPConnection(host, port, timeout=5, source_address=("0.0.0.0", sport))
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "quit":
-            print("bye", flush=True)
-            break
-        try:
-            conn.request("GET", "/")
-            body = conn.getresponse().read().decode().strip()
-            assert conn.sock is not None
-            print(f"{body} {conn.sock.getsockname()[1]}", flush=True)
-        except Exception as exc:
-            print(f"error {type(exc).__name__}: {exc}", flush=True)
-    conn.close()
-
-
-def _http_burst(host: str, port: int, first: int, count: int) -> dict[int, str]:
-    out = {}
-    for sport in range(first, first + count):
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.settimeout(5)
-                s.bind(("0.0.0.0", sport))
-                s.connect((host, port))
-                s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-            out[sport] = data.split(b"\r\n\r\n", 1)[1].decode().strip()
-        except OSError as exc:
-            out[sport] = f"error {type(exc).__name__}"
-    return out
-
-
-def _dns_burst(host: str, port: int, first: int, count: int) -> dict[int, str]:
-    import dns.message
-    import dns.query
-
-    out = {}
-    for sport in range(first, first + count):
-        query = dns.message.make_query(f"q{sport}.lab.", "TXT")
-        try:
-            response = dns.query.udp(query, host, port=port, timeout=3, source_port=sport)
-            out[sport] = response.answer[0][0].strings[0].decode()
-        except Exception as exc:
-            out[sport] = f"error {type(exc).__name__}"
-    return out
-
-
-async def _lb(instance: str, config_path: Path, mode: str) -> None:
-    from sluice.config import load_config
-    from sluice.dataplane.xdp.plane import XdpPlane
-
-    plane = XdpPlane(instance, attach_mode="generic" if mode == "generic" else "native", refresh_interval_s=5)
-    await plane.apply(load_config(config_path))
-    print("ready", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    lines: asyncio.Queue[str] = asyncio.Queue()
-    loop.add_reader(sys.stdin.fileno(), lambda: lines.put_nowait(sys.stdin.readline()))
-    try:
-        while not stop.is_set():
-            get = asyncio.ensure_future(lines.get())
-            stopped = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({get, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                break
-            stopped.cancel()
-            cmd, _, arg = get.result().strip().partition(" ")
-            try:
-                if cmd in ("quit", ""):
-                    break
-                if cmd == "apply":
-                    await plane.apply(load_config(arg))
-                    print("ok", flush=True)
-                elif cmd == "stats":
-                    print(json.dumps(plane.xdp_counters()), flush=True)
-                else:
-                    print(f"error unknown command {cmd!r}", flush=True)
-            except Exception as exc:
-                print(f"error {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
-    finally:
-        await plane.close(detach=True)
-        print("bye", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sluice.lab.dsr")
-    sub = parser.add_subparsers(dest="role", required=True)
-    p = sub.add_parser("lb")
-    p.add_argument("--instance", required=True)
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--mode", choices=("native", "generic"), default="native")
-    p = sub.add_parser("tx-csum-off")
-    p.add_argument("ifname")
-    p = sub.add_parser("http-server")
-    p.add_argument("name")
-    p.add_argument("port", type=int)
-    p = sub.add_parser("dns-server")
-    p.add_argument("name")
-    p.add_argument("addr")
-    p.add_argument("port", type=int)
-    p = sub.add_parser("http-client")
-    p.add_argument("host")
-    p.add_argument("port", type=int)
-    p.add_argument("sport", type=int)
-    for burst in ("http-burst", "dns-burst"):
-        p = sub.add_parser(burst)
-        p.add_argument("host")
-        p.add_argument("port", type=int)
-        p.add_argument("first_sport", type=int)
-        p.add_argument("count", type=int)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    out: IO[str] = sys.stdout
-    if args.role == "lb":
-        asyncio.run(_lb(args.instance, args.config, args.mode))
-    elif args.role == "tx-csum-off":
-        _tx_checksum_off(args.ifname)
-    elif args.role == "http-server":
-        asyncio.run(_http_server(args.name, args.port))
-    elif args.role == "dns-server":
-        _dns_server(args.name, args.addr, args.port)
-    elif args.role == "http-client":
-        _http_client(args.host, args.port, args.sport)
-    elif args.role == "http-burst":
-        json.dump(_http_burst(args.host, args.port, args.first_sport, args.count), out)
-    elif args.role == "dns-burst":
-        json.dump(_dns_burst(args.host, args.port, args.first_sport, args.count), out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

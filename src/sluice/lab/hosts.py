@@ -1,17 +1,24 @@
 """What the DSR and anycast labs build alike: a bridge segment with its router, hosts plugged into it,
-DSR backends, and processes run in a host's network namespace on the lab's CPU. Needs root.
+DSR backends, and processes run in a host's network namespace on the lab's CPU (their roles are in
+roles.py). Needs root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from sluice.lab.netns import LabError, Namespace
+
+ROLES_MODULE: Final = "sluice.lab.roles"
+"""The entry point of the labs' processes (``python -m sluice.lab.roles <role>``)."""
 
 
 def add_bridge(ns: Namespace, mac: str, cidr: str) -> None:
@@ -82,6 +89,11 @@ def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def role(*args: str) -> list[str]:
+    """The command line of a lab process: ``python -m sluice.lab.roles args``."""
+    return python(ROLES_MODULE, *args)
+
+
 def run_python(ns: Namespace, module: str, *args: str) -> None:
     ns.run(*python(module, *args), timeout=60)
 
@@ -99,8 +111,8 @@ def in_netns(ns: Namespace, cpu: int, args: Sequence[str]) -> list[str]:
 
 
 def tx_checksum_off(ns: Namespace, cpu: int, dev: str = "eth0") -> None:
-    """TCP/UDP checksums of what `dev` sends computed in software (see `sluice.lab.dsr`'s tx-csum-off)."""
-    subprocess.run(in_netns(ns, cpu, python("sluice.lab.dsr", "tx-csum-off", dev)), check=True, timeout=30)
+    """TCP/UDP checksums of what `dev` sends computed in software (the tx-csum-off role of roles.py)."""
+    subprocess.run(in_netns(ns, cpu, role("tx-csum-off", dev)), check=True, timeout=30)
 
 
 def run_client(args: Sequence[str], what: str, timeout_s: float) -> str:
@@ -132,3 +144,28 @@ def end_processes(processes: Iterable[subprocess.Popen[Any]]) -> None:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process `pid` ("" if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (from /proc)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the children of `pid`, then `pid` (by pid; a process already gone is skipped)."""
+    for child in [*_children(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
