@@ -7,6 +7,7 @@ bytes); TCP/UDP checksums are left zero because the program neither checks nor c
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 ETH_IPV4 = 0x0800
@@ -20,6 +21,11 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 def mac(text: str) -> bytes:
     return bytes(int(p, 16) for p in text.split(":"))
+
+
+def mac_str(raw: Sequence[int]) -> str:
+    """The text form of a MAC read from a frame or a map entry."""
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def eth(dst: str, src: str, ethertype: int, payload: bytes, *, vlan: int | None = None) -> bytes:

@@ -18,7 +18,6 @@ from sluice.config import Config, Endpoint, parse_config
 from sluice.control.flowquery import explain_flow
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.loader import XDP_TX
-from sluice.dataplane.xdp.maps import mac_str
 from sluice.dataplane.xdp.plane import XdpPlane
 from tests.dataplane.xdp import packets as P
 from tests.dataplane.xdp.harness import pinned_cpu
@@ -60,9 +59,9 @@ def program_backend(plane: XdpPlane, vip: str, src: str, sport: int) -> str:
     assert r.verdict == XDP_TX, (vip, src, sport, r.verdict)
     if vip == "web":  # l2: the backend's MAC (FakeNeighbours: 02:be:00:00:00:<last octet>)
         by_mac = {f"02:be:00:00:00:{int(b.split(':')[0].rsplit('.', 1)[1]):02x}": b for b in WEB3}
-        return by_mac[mac_str(r.data[:6])]
+        return by_mac[P.mac_str(r.data[:6])]
     # ipip: every backend behind the one next hop; the outer IPv4 destination is the backend
-    assert mac_str(r.data[:6]) == "02:00:00:00:ff:fe"
+    assert P.mac_str(r.data[:6]) == "02:00:00:00:ff:fe"
     assert int.from_bytes(r.data[12:14]) == P.ETH_IPV4 and r.data[14 + 9] == IPPROTO_IPIP
     return f"{IPv4Address(r.data[14 + 16 : 14 + 20])}:53"
 

@@ -18,7 +18,7 @@ from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.loader import XDP_TX
-from sluice.dataplane.xdp.maps import BACKEND_F_ACTIVE, NO_BACKEND, CtEntry, flow_key, mac_str
+from sluice.dataplane.xdp.maps import BACKEND_F_ACTIVE, NO_BACKEND, CtEntry, flow_key
 from sluice.dataplane.xdp.neighbours import InterfaceInfo, NeighbourError
 from sluice.dataplane.xdp.plane import XdpConfigError, XdpLimits, XdpPlane
 from tests.dataplane.xdp import packets as P
@@ -145,10 +145,12 @@ async def test_apply_writes_vips_backends_and_maglev(instance: str, tmp_path: Pa
         for identity, slot in slot_of(plane, "web").items():
             entry = plane.maps.backends.lookup(ctypes.c_uint32(slot))
             assert entry is not None and entry.flags == BACKEND_F_ACTIVE
-            assert mac_str(entry.mac) == f"02:be:00:00:00:{int(identity.split(':')[0].rsplit('.', 1)[1]):02x}"
+            assert (
+                P.mac_str(entry.mac) == f"02:be:00:00:00:{int(identity.split(':')[0].rsplit('.', 1)[1]):02x}"
+            )
         (dns_slot,) = slot_of(plane, "dns").values()
         entry = plane.maps.backends.lookup(ctypes.c_uint32(dns_slot))
-        assert entry is not None and mac_str(entry.mac) == "02:00:00:00:ff:fe"  # ipip: the next hop
+        assert entry is not None and P.mac_str(entry.mac) == "02:00:00:00:ff:fe"  # ipip: the next hop
         assert (plane.pin_dir / "conntrack").exists()
     finally:
         await plane.close()
@@ -174,7 +176,8 @@ async def test_packet_goes_where_maglev_says(instance: str, tmp_path: Path) -> N
                 owner = table.backends[table.slots[h % M]]
                 assert r.verdict == XDP_TX
                 assert (
-                    mac_str(r.data[:6]) == f"02:be:00:00:00:{int(owner.split(':')[0].rsplit('.', 1)[1]):02x}"
+                    P.mac_str(r.data[:6])
+                    == f"02:be:00:00:00:{int(owner.split(':')[0].rsplit('.', 1)[1]):02x}"
                 )
         stats = plane.stats()
         assert stats["web"].flows_total == 20
@@ -352,6 +355,6 @@ async def test_refresh_and_reload_never_interleave(instance: str, tmp_path: Path
                 frame = P.eth(LB_MAC, "02:00:00:00:00:aa", P.ETH_IPV4, syn)
                 r = loader.test_run(plane._obj.programs["sluice_xdp"], frame)
                 assert r.verdict == XDP_TX
-                assert mac_str(r.data[:6]) != removed_mac, sport
+                assert P.mac_str(r.data[:6]) != removed_mac, sport
     finally:
         await plane.close()

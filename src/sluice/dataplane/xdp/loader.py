@@ -221,7 +221,8 @@ def obj_get(path: Path) -> int:
 
 
 def prog_fd_by_id(prog_id: int) -> int:
-    """A file descriptor for the loaded program with id `prog_id` (the caller closes it)."""
+    """A file descriptor for the loaded program with id `prog_id` (the caller closes it). Bench only
+    (bench/xdp.py test-runs the program an interface carries)."""
     return _check(libbpf().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id {prog_id}")
 
 

@@ -173,10 +173,6 @@ def mac_bytes(mac: str) -> bytes:
     return bytes(int(part, 16) for part in mac.split(":"))
 
 
-def mac_str(raw: Sequence[int]) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
 def flow_key(src: str, dst: str, sport: int, dport: int, proto: int) -> FlowKey:
     key = FlowKey()
     key.src[:] = addr16(src)
