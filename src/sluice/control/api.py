@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from sluice import __version__
 from sluice.config import AdminOptions, Config, ConfigError, Endpoint
+from sluice.control import page
 from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
 from sluice.core.health import Admin
 
@@ -208,7 +209,8 @@ def build_app(
     reload: Reloader | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[page.json_errors, _auth], client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(page.server_header)
     app[_TARGET] = target
     app[_TOKEN] = token or ""
     app[_UNIX] = over_unix
@@ -230,6 +232,7 @@ def build_app(
             web.get("/metrics", _metrics),
         ]
     )
+    app.add_routes(page.routes())  # GET / (the status page) and /static/*
     return app
 
 
