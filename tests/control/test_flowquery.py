@@ -14,6 +14,7 @@ from sluice.config import Endpoint, parse_config
 from sluice.control.flowquery import FlowQueryError, explain_flow, vip_flow
 from sluice.core.flow import FiveTuple
 from sluice.core.scheduler import build_scheduler
+from sluice.core.udp_session import session_flow
 from sluice.server import setup_logging
 
 CONFIG = """\
@@ -62,6 +63,14 @@ def test_source_ip_hash_ignores_ports() -> None:
     }
     assert len(answers) == 1
     assert vip_flow(config, "rtp", Endpoint.parse("10.9.9.9:5000")).proto == 17
+
+
+def test_the_flow_is_the_one_the_data_planes_build() -> None:
+    """`sluice flow` and the UDP plane build the flow with the same function (`session_flow`)."""
+    config = parse_config(yaml.safe_load(CONFIG))
+    source, vip = Endpoint.parse("10.9.9.9:5000"), config.vip("rtp").listen
+    expected = session_flow(source.ip, source.port, vip.ip, vip.port, source_ip_only=True)
+    assert vip_flow(config, "rtp", source) == expected == FiveTuple(source.ip, vip.ip, 0, 0, 17)
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,9 @@ def test_tries_are_bounded_distinct_and_end_in_connect_failed(name: SchedulerNam
 
 def test_the_first_try_is_the_schedulers_pick() -> None:
     scheduler = build_scheduler("maglev", [(e, 1) for e in endpoints(5)], table_size=251)
-    assert ConnectPlan(scheduler, FLOW, 5).next() == Connect(scheduler.pick(FLOW))  # type: ignore[arg-type]
+    pick = scheduler.pick(FLOW)
+    assert pick is not None
+    assert ConnectPlan(scheduler, FLOW, 5).next() == Connect(pick)
 
 
 def test_no_eligible_backend_is_no_backend() -> None:

@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "sluice"
 PLANE_MODULES = [
     *sorted((SRC / "dataplane" / "proxy").glob("*.py")),
     SRC / "core" / "connect.py",
+    SRC / "core" / "udp_session.py",
     SRC / "control" / "controller.py",
 ]
 """The python planes, the policy modules of the core that name reasons, and the controller."""
@@ -32,6 +33,8 @@ REASON_CALLS = {
     "refuse": set(reasons.REFUSED),
     "_refuse": set(reasons.REFUSED),
     "GiveUp": set(reasons.REFUSED),
+    "Refuse": set(reasons.REFUSED),
+    "EndSession": set(reasons.CLOSED),
     "_give_up": set(reasons.REFUSED),
     "_Refused": set(reasons.REFUSED),
     "close": set(reasons.CLOSED),
@@ -99,9 +102,13 @@ def test_the_planes_count_reasons_at_all() -> None:
         for path in ("dataplane/proxy/tcp.py", "dataplane/proxy/connector.py", "core/connect.py")
         for _, _, r in reason_literals((SRC / path).read_text())
     }
-    udp = {r for _, _, r in reason_literals((SRC / "dataplane" / "proxy" / "udp.py").read_text())}
+    udp = {
+        r
+        for path in ("dataplane/proxy/udp.py", "dataplane/proxy/udp_sockets.py", "core/udp_session.py")
+        for _, _, r in reason_literals((SRC / path).read_text())
+    }
     assert {"max_connections", "connect_failed", "no_resources", "idle_timeout"} <= tcp
-    assert {"no_backend", "no_resources", "truncated", "unknown_source"} <= udp
+    assert {"no_backend", "no_resources", "truncated", "unknown_source", "shutting_down"} <= udp
 
 
 def test_the_scan_catches_a_reason_outside_the_table() -> None:
@@ -135,3 +142,9 @@ def test_reason_tables_are_snake_case_and_unique() -> None:
         assert len(set(table)) == len(table)
         assert all(r.isidentifier() and r == r.lower() for r in table)
     assert ALL
+
+
+def test_udp_drop_reasons_by_errno_are_table_reasons() -> None:
+    from sluice.dataplane.proxy import udp_sockets
+
+    assert set(udp_sockets._ERRNO_REASONS.values()) <= set(reasons.DROPPED)

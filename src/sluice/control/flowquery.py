@@ -7,7 +7,7 @@ Maglev, with every configured backend up; health and admin state are not known o
 from __future__ import annotations
 
 from sluice.config import Config, Endpoint
-from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, flow_hash
+from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, client_flow, flow_hash
 from sluice.core.scheduler import build_scheduler
 
 
@@ -16,7 +16,8 @@ class FlowQueryError(Exception):
 
 
 def vip_flow(config: Config, vip_name: str, source: Endpoint) -> FiveTuple:
-    """The FiveTuple the data plane builds for a packet from `source` to the VIP."""
+    """The FiveTuple the data plane balances a packet from `source` to the VIP by: built by
+    `client_flow`, as the data planes build it (both ports zeroed for UDP ``hash: source_ip``)."""
     try:
         vip = config.vip(vip_name)
     except KeyError:
@@ -25,7 +26,10 @@ def vip_flow(config: Config, vip_name: str, source: Endpoint) -> FiveTuple:
     if source.family_v6 != vip.listen.family_v6:
         raise FlowQueryError(f"{source} and the VIP {vip.listen} are of different IP families")
     proto = IPPROTO_TCP if vip.protocol == "tcp" else IPPROTO_UDP
-    return FiveTuple(source.ip, vip.listen.ip, source.port, vip.listen.port, proto)
+    source_ip_only = vip.protocol == "udp" and vip.udp.hash == "source_ip"
+    return client_flow(
+        proto, source.ip, source.port, vip.listen.ip, vip.listen.port, source_ip_only=source_ip_only
+    )
 
 
 def explain_flow(config: Config, vip_name: str, source: Endpoint) -> str:
@@ -35,8 +39,6 @@ def explain_flow(config: Config, vip_name: str, source: Endpoint) -> str:
         raise FlowQueryError(
             f"VIP {vip_name!r} uses {vip.scheduler}, which depends on live state; only maglev answers offline"
         )
-    if vip.protocol == "udp" and vip.udp.hash == "source_ip":
-        flow = FiveTuple(flow.src_ip, flow.dst_ip, 0, 0, flow.proto)
     backend = build_scheduler("maglev", vip.weighted_backends, vip.maglev_table_size).pick(flow)
     if backend is None:
         raise FlowQueryError(f"VIP {vip_name!r} has no backend with weight > 0")

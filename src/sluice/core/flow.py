@@ -67,6 +67,23 @@ class FiveTuple:
         )
 
 
+def client_flow(
+    proto: int,
+    client_ip: IPAddress,
+    client_port: int,
+    vip_ip: IPAddress,
+    vip_port: int,
+    *,
+    source_ip_only: bool = False,
+) -> FiveTuple:
+    """The FiveTuple a new flow from a client to a VIP is balanced by, in every data plane and in
+    `sluice flow`. `source_ip_only` (UDP ``hash: source_ip``) zeroes both ports, so every port of
+    one client IP lands on the same backend."""
+    if source_ip_only:
+        return FiveTuple(client_ip, vip_ip, 0, 0, proto)
+    return FiveTuple(client_ip, vip_ip, client_port, vip_port, proto)
+
+
 @lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def parse_address(host: str) -> IPAddress:
     """`ipaddress.ip_address` of a host string as sockets report it, cached: a new connection or

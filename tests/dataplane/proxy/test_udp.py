@@ -301,7 +301,7 @@ def test_a_send_refused_by_a_gone_backend_is_retried_on_another(loop: str) -> No
 def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """EMFILE when a session needs its upstream socket: a new session is refused and a session that
     must move is closed, both counted under ``no_resources`` (TCP's name for the same failure)."""
-    real = udp_module._upstream_socket
+    real = udp_module.upstream_socket
     failing = False
 
     def upstream_socket(*args: Any) -> socket.socket:
@@ -309,7 +309,7 @@ def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(monkeypatch: py
             raise OSError(errno.EMFILE, "Too many open files")
         return real(*args)
 
-    monkeypatch.setattr(udp_module, "_upstream_socket", upstream_socket)
+    monkeypatch.setattr(udp_module, "upstream_socket", upstream_socket)
 
     async def scenario() -> None:
         nonlocal failing

@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 from sluice.config import Endpoint, Vip
 from sluice.core.connect import MAX_CONNECT_TRIES, NEXT_PHASES, ConnectPlan, Phase
-from sluice.core.flow import IPPROTO_TCP, FiveTuple
+from sluice.core.flow import IPPROTO_TCP, FiveTuple, client_flow, parse_address
 from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
 from sluice.dataplane.proxy.connector import BackendInfo, Connector
@@ -52,6 +52,11 @@ ACCEPT_PAUSE_S: Final = 0.1
 
 Address = tuple[str, int]
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
+
+
+def _tcp_flow(client: Address, vip: Address) -> FiveTuple:
+    """The FiveTuple a connection from `client` to the VIP address `vip` is balanced by."""
+    return client_flow(IPPROTO_TCP, parse_address(client[0]), client[1], parse_address(vip[0]), vip[1])
 
 
 class _Refused(Exception):
@@ -315,7 +320,7 @@ class TcpListener:
             conn.enter(Phase.PROXY_HEADER)
             conn.task = self._loop.create_task(self._read_header_then_connect(conn, peer, local))
             return
-        self._connect(conn, FiveTuple.of(peer, local, IPPROTO_TCP), peer, local, b"")
+        self._connect(conn, _tcp_flow(peer, local), peer, local, b"")
 
     def _connect(
         self,
@@ -387,7 +392,7 @@ class TcpListener:
         except BaseException:
             self._drop(conn)
             raise
-        flow = FiveTuple.of(source or peer, local, IPPROTO_TCP)  # client -> VIP, as the header says
+        flow = _tcp_flow(source or peer, local)  # client -> VIP, as the header says
         self._connect(conn, flow, source, destination, early)
 
     async def _read_proxy_header(self, client: socket.socket) -> tuple[Address | None, Address | None, bytes]:

@@ -17,10 +17,8 @@ Choices, each the simplest design found correct:
 - **No silent truncation.** The buffer holds 65,536 bytes, more than any UDP payload (65,507 over
   IPv4, 65,527 over IPv6), and the listen socket checks ``MSG_TRUNC`` anyway; a truncated read is
   dropped and counted (``dropped["truncated"]``).
-- **UDP_GRO.** The listen socket asks for UDP_GRO (``setsockopt(SOL_UDP, 104)``). When the kernel
-  hands over several same-flow datagrams coalesced into one buffer, a ``UDP_GRO`` control message
-  gives the segment size and the buffer is split back into the original datagrams. A kernel without
-  UDP_GRO refuses the option and the listener reads datagram by datagram (`gro` says which).
+- **UDP_GRO.** Same-flow datagrams the kernel coalesced into one buffer are split back (see
+  `udp_sockets`); a kernel without UDP_GRO gives them one by one (`gro` says which).
 - **Sends never queue.** UDP is lossy; a send that would block is dropped and counted
   (``dropped["send_buffer_full"]``), so no buffer grows without bound.
 - **Empty datagrams are forwarded** both ways (UDP allows zero-length payloads; some protocols use
@@ -28,18 +26,15 @@ Choices, each the simplest design found correct:
   data. A datagram that cannot be sent (too large once the PROXY header is added: EMSGSIZE) is
   dropped and counted (``dropped["too_large"]``).
 - **Backend gone.** An ICMP port unreachable surfaces on the connected socket as ECONNREFUSED (on
-  recv, or on the next send); the session is marked and its next datagram is re-balanced with
-  ``scheduler.pick(flow, exclude=...)`` (``stats.rebalanced``). A send that fails that way is
+  recv, or on the next send); the session is marked and its next datagram is re-balanced
+  (``stats.rebalanced``) as `sluice.core.udp_session` decides. A send that fails that way is
   retried once on the new backend, so that datagram is not lost. Sessions whose backend `update`
   removed are re-balanced the same way on their next datagram; the others keep their backend.
-- **udp.hash source_ip.** The scheduler sees ``FiveTuple(client ip, VIP ip, 0, 0, 17)``: both ports
-  zeroed, so every port of one client IP lands on one backend (RTP + RTCP). Sessions (and their
-  upstream sockets) are still per client ip:port.
+- **udp.hash source_ip.** The scheduler sees both ports zeroed (RTP + RTCP of one client IP on one
+  backend); sessions (and their upstream sockets) are still per client ip:port.
 - **udp.per_packet.** Sessions stay (one per client ip:port, so replies find their client), but the
-  session's upstream socket is *unconnected* and every datagram picks its own backend with a flow
-  whose source port is a listener-wide datagram counter: ``FiveTuple(client ip, VIP ip, n mod 65536,
-  VIP port, 17)``. Any scheduler works with that (maglev spreads by weight, round_robin rotates).
-  Replies arrive on the session's socket from whichever backend; only sources that are current
+  session's upstream socket is *unconnected* and every datagram picks its own backend (its flow's
+  source port is a listener-wide datagram counter); any scheduler works with that. Replies arrive on the session's socket from whichever backend; only sources that are current
   backends are relayed (``dropped["unknown_source"]``). Each datagram counts as one flow of its
   backend. The kernel reports no ICMP errors on unconnected sockets: a dead backend is skipped only
   once health checks remove it. One unconnected socket speaks one address family, so per_packet
@@ -50,78 +45,58 @@ Choices, each the simplest design found correct:
 - Settings that shape a session (hash, per_packet, proxy_protocol) apply to sessions opened after an
   `update`; limits (max_sessions, idle timeout, responses) apply at once.
 
-- **Port quarantine.** A closed session's upstream socket is kept open, unread and with a minimal
-  receive buffer, for `PORT_QUARANTINE_S` (at most `PORT_QUARANTINE_MAX` sockets) before it is
-  closed. Otherwise the kernel could hand its port at once to a new session towards the same
-  backend, and a reply of the old session still in flight would reach the new session's client.
+- **Port quarantine.** A closed session's upstream socket is held for `PORT_QUARANTINE_S` before it
+  is closed (`udp_sockets.PortQuarantine`), so a late reply of the old session cannot reach a new
+  session the kernel gave the same port.
 
-Limits: every session holds one file descriptor, so RLIMIT_NOFILE must exceed ``udp.max_sessions``
-(a failed ``socket()`` refuses the new session and counts ``refused["no_resources"]``, as TCP does). The VIP
-address in the 5-tuple and the PROXY header is the listen address, so listen on a concrete address,
-not a wildcard.
+The flows the scheduler sees and every choice of a backend come from `sluice.core.udp_session`;
+this module does the I/O and the counting. Limits: every session holds one file descriptor, so
+RLIMIT_NOFILE must exceed ``udp.max_sessions`` (a failed ``socket()`` refuses the new session and
+counts ``refused["no_resources"]``, as TCP does). The VIP address in the 5-tuple and the PROXY
+header is the listen address, so listen on a concrete address, not a wildcard.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
-import struct
-from collections import deque
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Final, TypeAlias
+from typing import Final
 
 from sluice.config import Endpoint, Vip
-from sluice.core.flow import IPPROTO_UDP, FiveTuple, parse_address
+from sluice.core.flow import parse_address
 from sluice.core.proxy_protocol import build_proxy_header
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
 from sluice.core.sessions import EVICTED, Session, SessionClosed, SessionTable
-from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.core.udp_session import (
+    EndSession,
+    Refuse,
+    open_route,
+    per_packet_flow,
+    rebalance,
+    session_flow,
+)
+from sluice.dataplane.proxy.udp_sockets import (
+    GRO_CMSG_SPACE,
+    Address,
+    BackendRef,
+    PortQuarantine,
+    Upstream,
+    drop_reason,
+    gro_segment_size,
+    try_enable_gro,
+    upstream_socket,
+)
+from sluice.dataplane.stats import VipStats
 
 log = logging.getLogger(__name__)
-
-Address: TypeAlias = tuple[Any, ...]
-"""A socket address as the socket module reports it: (host, port) or (host, port, flow, scope)."""
 
 BUFFER_SIZE: Final = 65536  # bytes; > any UDP payload and >= a GRO-coalesced read
 READ_BATCH: Final = 64  # datagrams read per readiness event, then other sockets get a turn
 LISTEN_RCVBUF: Final = 4 << 20  # bytes asked for the listen socket (capped by net.core.rmem_max)
-SOL_UDP: Final = 17
-UDP_GRO: Final = 104  # linux/udp.h; the control message carries the segment size as an int
 PORT_QUARANTINE_S: Final = 2.0  # seconds a closed session's upstream socket is held before close
 PORT_QUARANTINE_MAX: Final = 1024  # sockets held at most; beyond it the oldest are closed
-_GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
-_INT: Final = struct.Struct("=i")
-
-
-@dataclass(slots=True)
-class _BackendRef:
-    """A current backend: its socket address (computed once) and its counters."""
-
-    endpoint: Endpoint
-    addr: tuple[str, int]
-    stats: BackendStats
-
-
-@dataclass(slots=True, eq=False)
-class _Upstream:
-    """The value of one session: the NAT entry."""
-
-    client: Address
-    flow: FiveTuple
-    """What the scheduler is asked (ports zeroed for udp.hash source_ip)."""
-    sock: socket.socket
-    header: bytes
-    """PROXY v2 header sent before each datagram, or b""."""
-    backend: _BackendRef | None
-    """None for a per_packet session (unconnected socket, one pick per datagram)."""
-    excluded: frozenset[Endpoint] = frozenset()
-    """Backends that refused this session (ICMP port unreachable)."""
-    stale: bool = False
-    """The backend went away: re-balance on the next datagram."""
-    closed: bool = False
 
 
 class UdpListener:
@@ -133,11 +108,11 @@ class UdpListener:
         self.stats = VipStats()
         self.gro = False
         """True when the listen socket reads GRO-coalesced datagrams."""
-        self._table: SessionTable[Address, _Upstream] = SessionTable(
+        self._table: SessionTable[Address, Upstream] = SessionTable(
             vip.udp.max_sessions, vip.idle_timeout_s, vip.udp.responses
         )
-        self._backends: dict[Endpoint, _BackendRef] = {}
-        self._by_addr: dict[tuple[str, int], _BackendRef] = {}
+        self._backends: dict[Endpoint, BackendRef] = {}
+        self._by_addr: dict[tuple[str, int], BackendRef] = {}
         self._scheduler: Scheduler = self._build_scheduler(vip)
         self._buf = bytearray(BUFFER_SIZE)
         self._view = memoryview(self._buf)
@@ -149,8 +124,7 @@ class UdpListener:
         self._seq = 0
         self._accepting = True
         self._quarantine_s = port_quarantine_s
-        self._quarantine: deque[tuple[float, socket.socket]] = deque()
-        self._quarantine_timer: asyncio.TimerHandle | None = None
+        self._quarantine: PortQuarantine | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -167,13 +141,14 @@ class UdpListener:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
             sock.bind((self._vip.listen.host, self._vip.listen.port))
-            self.gro = _try_enable_gro(sock)
+            self.gro = try_enable_gro(sock)
             self._vip_port = sock.getsockname()[1]
             self._loop.add_reader(sock, self._on_client_readable)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
+        self._quarantine = PortQuarantine(self._loop, self._quarantine_s, PORT_QUARANTINE_MAX)
 
     def update(self, vip: Vip) -> None:
         if (vip.listen, vip.protocol) != (self._vip.listen, self._vip.protocol):
@@ -190,7 +165,7 @@ class UdpListener:
             if up.backend.endpoint in self._backends:
                 self._scheduler.on_open(up.backend.endpoint)  # the new scheduler's counts
             else:
-                up.stale = True
+                up.route.backend_removed()
         self._rearm_timer()
 
     async def stop_accepting(self) -> None:
@@ -216,22 +191,19 @@ class UdpListener:
             self._sock.close()
             self._sock = None
         self._release_all(self._table.clear("shutdown"))
-        if self._quarantine_timer is not None:
-            self._quarantine_timer.cancel()
-            self._quarantine_timer = None
-        while self._quarantine:
-            self._quarantine.popleft()[1].close()
+        if self._quarantine is not None:
+            self._quarantine.close()
 
     @property
     def quarantined_fds(self) -> frozenset[int]:
         """File descriptors of closed sessions' upstream sockets still held (see the docstring)."""
-        return frozenset(sock.fileno() for _, sock in self._quarantine)
+        return frozenset() if self._quarantine is None else self._quarantine.fds
 
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         old = self._backends
         self._backends = {
             b.address: old.get(b.address)
-            or _BackendRef(b.address, (b.address.host, b.address.port), self.stats.backend(str(b.address)))
+            or BackendRef(b.address, (b.address.host, b.address.port), self.stats.backend(str(b.address)))
             for b in vip.backends
         }
         self._by_addr = {ref.addr: ref for ref in self._backends.values()}
@@ -242,7 +214,7 @@ class UdpListener:
     def _on_client_readable(self) -> None:
         assert self._loop is not None and self._sock is not None
         sock, view, buffers = self._sock, self._view, [self._buf]
-        ancsize = _GRO_CMSG_SPACE if self.gro else 0
+        ancsize = GRO_CMSG_SPACE if self.gro else 0
         now = self._loop.time()
         for _ in range(READ_BATCH):
             try:
@@ -250,12 +222,12 @@ class UdpListener:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.stats.dropped[_reason(exc)] += 1
+                self.stats.dropped[drop_reason(exc)] += 1
                 return
             if flags & socket.MSG_TRUNC:
                 self.stats.dropped["truncated"] += 1
                 continue
-            segment = _gro_segment_size(ancdata) if ancdata else 0
+            segment = gro_segment_size(ancdata) if ancdata else 0
             if 0 < segment < n:
                 for start in range(0, n, segment):
                     self._on_client_datagram(view[start : min(start + segment, n)], addr, now)
@@ -274,7 +246,7 @@ class UdpListener:
         if up.backend is None:
             self._send_per_packet(up, data)
             return
-        if up.stale:
+        if up.route.stale:
             rebalanced = self._rebalance(session)
             if rebalanced is None:
                 self.stats.dropped["no_backend"] += 1
@@ -285,7 +257,7 @@ class UdpListener:
             if retry is None or not self._send(retry, data):
                 self.stats.dropped["backend_refused"] += 1
 
-    def _send(self, up: _Upstream, data: memoryview) -> bool:
+    def _send(self, up: Upstream, data: memoryview) -> bool:
         """Send on a session's connected socket; False when the backend refused (ECONNREFUSED)."""
         backend = up.backend
         assert backend is not None
@@ -298,15 +270,15 @@ class UdpListener:
             self._on_refused(up)
             return False
         except OSError as exc:
-            self.stats.dropped[_reason(exc)] += 1
+            self.stats.dropped[drop_reason(exc)] += 1
             return True
         backend.stats.datagrams_to_backend += 1
         backend.stats.bytes_to_backend += len(data)
         return True
 
-    def _send_per_packet(self, up: _Upstream, data: memoryview) -> None:
+    def _send_per_packet(self, up: Upstream, data: memoryview) -> None:
         self._seq = (self._seq + 1) & 0xFFFF
-        flow = FiveTuple(up.flow.src_ip, self._vip_ip, self._seq, self._vip_port, IPPROTO_UDP)
+        flow = per_packet_flow(up.route.flow.src_ip, self._vip_ip, self._vip_port, self._seq)
         endpoint = self._scheduler.pick(flow)
         if endpoint is None:
             self.stats.dropped["no_backend"] += 1
@@ -318,7 +290,7 @@ class UdpListener:
             else:
                 up.sock.sendto(data, ref.addr)
         except OSError as exc:
-            self.stats.dropped[_reason(exc)] += 1
+            self.stats.dropped[drop_reason(exc)] += 1
             return
         ref.stats.flows_total += 1
         ref.stats.datagrams_to_backend += 1
@@ -326,22 +298,20 @@ class UdpListener:
 
     # ------------------------------------------------------------------------------- sessions
 
-    def _open_session(self, addr: Address, now: float) -> Session[Address, _Upstream] | None:
-        if not self._accepting:
-            self.stats.refused["shutting_down"] += 1
-            return None
+    def _open_session(self, addr: Address, now: float) -> Session[Address, Upstream] | None:
         udp = self._vip.udp
-        client_ip = parse_address(addr[0])
-        if udp.hash == "source_ip":
-            flow = FiveTuple(client_ip, self._vip_ip, 0, 0, IPPROTO_UDP)
-        else:
-            flow = FiveTuple(client_ip, self._vip_ip, addr[1], self._vip_port, IPPROTO_UDP)
-        ref = None
-        if not udp.per_packet:
-            ref = self._pick(flow, frozenset())
-            if ref is None:
-                self.stats.refused["no_backend"] += 1
-                return None
+        flow = session_flow(
+            parse_address(addr[0]),
+            addr[1],
+            self._vip_ip,
+            self._vip_port,
+            source_ip_only=udp.hash == "source_ip",
+        )
+        route = open_route(self._scheduler, flow, per_packet=udp.per_packet, accepting=self._accepting)
+        if isinstance(route, Refuse):
+            self.stats.refused[route.reason] += 1
+            return None
+        ref = None if route.backend is None else self._backends[route.backend]
         header = b""
         if self._vip.proxy_protocol == "v2":
             try:
@@ -350,12 +320,12 @@ class UdpListener:
                 self.stats.refused["proxy_header"] += 1
                 return None
         try:
-            sock = _upstream_socket(ref, self._vip.backends[0].address.family_v6)
+            sock = self._upstream_socket(ref)
         except OSError as exc:
             log.debug("vip %s: cannot open an upstream socket: %s", self._vip.name, exc)
             self.stats.refused["no_resources"] += 1
             return None
-        up = _Upstream(addr, flow, sock, header, ref)
+        up = Upstream(addr, sock, header, ref, route)
         session, evicted = self._table.open(addr, up, now)
         self._table.request(addr, now)
         self._release_all(evicted)
@@ -366,13 +336,12 @@ class UdpListener:
             self._rearm_timer()
         return session
 
-    def _pick(self, flow: FiveTuple, exclude: frozenset[Endpoint]) -> _BackendRef | None:
-        endpoint = self._scheduler.pick(flow, exclude)
-        if endpoint is None and exclude:  # every other backend is gone too: try the refused ones
-            endpoint = self._scheduler.pick(flow)
-        return None if endpoint is None else self._backends[endpoint]
+    def _upstream_socket(self, ref: BackendRef | None) -> socket.socket:
+        if ref is None:  # per_packet: every backend is of one family (`_check`)
+            return upstream_socket(None, self._vip.backends[0].address.family_v6)
+        return upstream_socket(ref.addr, ref.endpoint.family_v6)
 
-    def _attach(self, up: _Upstream) -> None:
+    def _attach(self, up: Upstream) -> None:
         """Start reading replies on a new upstream socket and count the session on its backend."""
         assert self._loop is not None
         if up.backend is None:
@@ -383,66 +352,40 @@ class UdpListener:
         up.backend.stats.active += 1
         up.backend.stats.flows_total += 1
 
-    def _detach(self, up: _Upstream) -> None:
+    def _detach(self, up: Upstream) -> None:
         """Close a session's upstream socket and uncount it."""
         if up.closed:
             return
         up.closed = True
         assert self._loop is not None
         self._loop.remove_reader(up.sock)
-        self._retire(up.sock)
+        assert self._quarantine is not None
+        self._quarantine.retire(up.sock)
         if up.backend is not None:
             up.backend.stats.active -= 1
             if self._backends.get(up.backend.endpoint) is up.backend:
                 self._scheduler.on_close(up.backend.endpoint)
 
-    def _retire(self, sock: socket.socket) -> None:
-        """Hold a closed session's socket for the port quarantine, then close it."""
-        assert self._loop is not None
-        if self._quarantine_s <= 0:
-            sock.close()
-            return
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # the kernel's minimum
-        except OSError:
-            sock.close()
-            return
-        self._quarantine.append((self._loop.time() + self._quarantine_s, sock))
-        while len(self._quarantine) > PORT_QUARANTINE_MAX:
-            self._quarantine.popleft()[1].close()
-        if self._quarantine_timer is None:
-            self._quarantine_timer = self._loop.call_at(self._quarantine[0][0], self._on_quarantine_timer)
-
-    def _on_quarantine_timer(self) -> None:
-        assert self._loop is not None
-        self._quarantine_timer = None
-        now = self._loop.time()
-        while self._quarantine and self._quarantine[0][0] <= now:
-            self._quarantine.popleft()[1].close()
-        if self._quarantine:
-            self._quarantine_timer = self._loop.call_at(self._quarantine[0][0], self._on_quarantine_timer)
-
-    def _on_refused(self, up: _Upstream) -> None:
+    def _on_refused(self, up: Upstream) -> None:
         assert up.backend is not None
-        if not up.stale:
+        if up.route.backend_refused():
             up.backend.stats.connect_errors["refused"] += 1
-        up.stale = True
-        up.excluded |= {up.backend.endpoint}
 
-    def _rebalance(self, session: Session[Address, _Upstream]) -> _Upstream | None:
+    def _rebalance(self, session: Session[Address, Upstream]) -> Upstream | None:
         """Move a session whose backend went away to another one; None if it had to end."""
         old = session.value
         assert old.backend is not None
-        ref = self._pick(old.flow, old.excluded)
-        if ref is None:
-            self._end(session.key, "no_backend")
+        decision = rebalance(self._scheduler, old.route)
+        if isinstance(decision, EndSession):
+            self._end(session.key, decision.reason)
             return None
+        ref = self._backends[decision.backend]
         try:
-            sock = _upstream_socket(ref, self._vip.backends[0].address.family_v6)
+            sock = self._upstream_socket(ref)
         except OSError:
             self._end(session.key, "no_resources")
             return None
-        new = _Upstream(old.client, old.flow, sock, old.header, ref, old.excluded)
+        new = Upstream(old.client, sock, old.header, ref, old.route.moved_to(decision.backend))
         self._detach(old)
         session.value = new
         self._attach(new)
@@ -455,7 +398,7 @@ class UdpListener:
         if closed is not None:
             self._release_all([closed])
 
-    def _release_all(self, closed: list[SessionClosed[Address, _Upstream]]) -> None:
+    def _release_all(self, closed: list[SessionClosed[Address, Upstream]]) -> None:
         for event in closed:
             self._detach(event.value)
             self.stats.closed[event.reason] += 1
@@ -483,7 +426,7 @@ class UdpListener:
 
     # ------------------------------------------------------------------------- backend -> client
 
-    def _on_upstream_readable(self, up: _Upstream) -> None:
+    def _on_upstream_readable(self, up: Upstream) -> None:
         assert self._loop is not None and up.backend is not None
         view, stats = self._view, up.backend.stats
         now = self._loop.time()
@@ -498,13 +441,13 @@ class UdpListener:
                 self._on_refused(up)
                 return
             except OSError as exc:
-                self.stats.dropped[_reason(exc)] += 1
+                self.stats.dropped[drop_reason(exc)] += 1
                 return
             stats.datagrams_from_backend += 1
             stats.bytes_from_backend += n
             self._reply(up, view[:n], now)
 
-    def _on_per_packet_readable(self, up: _Upstream) -> None:
+    def _on_per_packet_readable(self, up: Upstream) -> None:
         assert self._loop is not None
         now = self._loop.time()
         for _ in range(READ_BATCH):
@@ -515,7 +458,7 @@ class UdpListener:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.stats.dropped[_reason(exc)] += 1
+                self.stats.dropped[drop_reason(exc)] += 1
                 return
             ref = self._by_addr.get(addr[:2])
             if ref is None:
@@ -525,13 +468,13 @@ class UdpListener:
             ref.stats.bytes_from_backend += n
             self._reply(up, self._view[:n], now)
 
-    def _reply(self, up: _Upstream, data: memoryview, now: float) -> None:
+    def _reply(self, up: Upstream, data: memoryview, now: float) -> None:
         if self._sock is None:
             return
         try:
             self._sock.sendto(data, up.client)
         except OSError as exc:
-            self.stats.dropped[_reason(exc)] += 1
+            self.stats.dropped[drop_reason(exc)] += 1
             return
         closed = self._table.reply(up.client, now)
         if closed is not None:
@@ -548,49 +491,3 @@ def _check(vip: Vip) -> None:
         raise ValueError(f"vip {vip.name}: PROXY protocol v1 cannot carry UDP; use v2")
     if vip.udp.per_packet and len({b.address.family_v6 for b in vip.backends}) > 1:
         raise ValueError(f"vip {vip.name}: udp.per_packet needs every backend in one address family")
-
-
-def _upstream_socket(backend: _BackendRef | None, family_v6: bool) -> socket.socket:
-    """A non-blocking socket connected to `backend`, or an unconnected one (per_packet) of the
-    backends' address family `family_v6`."""
-    if backend is not None:
-        family_v6 = backend.endpoint.family_v6
-    family = socket.AF_INET6 if family_v6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)  # no separate ioctl
-    try:
-        if backend is not None:
-            sock.connect(backend.addr)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _try_enable_gro(sock: socket.socket) -> bool:
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
-
-
-def _gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _INT.size:
-            return int(_INT.unpack_from(data)[0])
-    return 0
-
-
-_ERRNO_REASONS: Final = {
-    errno.EAGAIN: "send_buffer_full",
-    errno.ENOBUFS: "send_buffer_full",
-    errno.EMSGSIZE: "too_large",
-    errno.ECONNREFUSED: "backend_refused",
-}
-
-
-def _reason(exc: OSError) -> str:
-    """A drop reason for the counters: a few named ones, else the errno name in lower case."""
-    if exc.errno in _ERRNO_REASONS:
-        return _ERRNO_REASONS[exc.errno]
-    return errno.errorcode.get(exc.errno or 0, "os_error").lower()
