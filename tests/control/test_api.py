@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import AdminOptions
 from sluice.control.api import AdminServer, TokenError, build_app, openapi_document, read_token
+from sluice.control.client import read_token_file
 from sluice.control.metrics import Sources, build_registry
 from sluice.core.health import Admin
 from sluice.dataplane.stats import VipStats
@@ -137,3 +138,15 @@ def test_read_token(tmp_path: Path) -> None:
         read_token(path)
     with pytest.raises(TokenError, match="cannot read"):
         read_token(tmp_path / "missing")
+
+
+def test_the_cli_client_reads_the_token_as_the_server_does(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}  \nsecond line\n")
+    assert read_token_file(path) == read_token(path) == TOKEN
+    assert read_token_file(None) is None
+    path.write_text("short\n")
+    with pytest.raises(TokenError, match="at least 16"):  # refused before any request is sent
+        read_token_file(path)
+    with pytest.raises(OSError, match="cannot read"):  # what `sluice backend` reports as unreadable
+        read_token_file(tmp_path / "missing")

@@ -17,7 +17,6 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -28,6 +27,8 @@ from sluice import __version__
 from sluice.config import AdminOptions, Config, ConfigError, Endpoint
 from sluice.control import page
 from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
+from sluice.control.token import TokenError as TokenError  # re-exported: the server reads the token here
+from sluice.control.token import read_token as read_token
 from sluice.core.health import Admin
 
 log = logging.getLogger(__name__)
@@ -53,22 +54,6 @@ _TOKEN = web.AppKey("token", str)
 _UNIX = web.AppKey("unix", bool)
 _RELOAD = web.AppKey("reload", object)
 _REGISTRY = web.AppKey("registry", object)
-
-
-class TokenError(Exception):
-    """The token file cannot be used."""
-
-
-def read_token(path: str | Path) -> str:
-    """The bearer token: the file's first line, at least 16 characters."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise TokenError(f"{path}: cannot read the token file: {exc.strerror}") from None
-    token = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if len(token) < 16:
-        raise TokenError(f"{path}: the token must be at least 16 characters")
-    return token
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

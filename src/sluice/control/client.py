@@ -16,6 +16,8 @@ from urllib.parse import quote, urlsplit
 from rich.table import Table
 from rich.text import Text
 
+from sluice.control.token import read_token
+
 DEFAULT_API = "http://127.0.0.1:9090"
 STATE_STYLE = {
     "up": "green",
@@ -116,9 +118,9 @@ class ApiClient:
 
 
 def read_token_file(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    return Path(path).read_text().strip().splitlines()[0].strip()
+    """The token of `--token-file` (None without one), validated as the server does; raises
+    `TokenError` (an OSError)."""
+    return None if path is None else read_token(path)
 
 
 def _rate(now: dict[str, Any], before: dict[str, Any] | None, key: str, dt: float) -> str:

@@ -26,7 +26,12 @@ from typing import Final, Literal
 from sluice.config import Endpoint, Vip
 from sluice.core.connect import MAX_CONNECT_TRIES, NEXT_PHASES, ConnectPlan, Phase
 from sluice.core.flow import IPPROTO_TCP, FiveTuple, client_flow, parse_address
-from sluice.core.proxy_protocol import ProxyHeaderError, build_proxy_header, parse_proxy_header
+from sluice.core.proxy_protocol import (
+    DEFAULT_MAX_LENGTH,
+    ProxyHeaderError,
+    build_proxy_header,
+    parse_proxy_header,
+)
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
 from sluice.dataplane.proxy.connector import BackendInfo, Connector
 from sluice.dataplane.proxy.splice import (
@@ -43,8 +48,8 @@ __all__ = ["ACCEPT_BATCH", "ACCEPT_PAUSE_S", "MAX_CONNECT_TRIES", "PROXY_HEADER_
 
 log = logging.getLogger(__name__)
 
-PROXY_HEADER_MAX: Final = 536
-"""Most bytes read from a client while looking for its PROXY header."""
+PROXY_HEADER_MAX: Final = DEFAULT_MAX_LENGTH
+"""Most bytes read from a client while looking for its PROXY header (the parser's own limit)."""
 ACCEPT_BATCH: Final = 64
 """Connections accepted per readable event of the listening socket."""
 ACCEPT_PAUSE_S: Final = 0.1
