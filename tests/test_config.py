@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
 
 from sluice.cli import main
-from sluice.config import ConfigError, Endpoint, load_config, parse_duration
+from sluice.config import NATIVE_ENGINE_MODULE, ConfigError, Endpoint, load_config, parse_duration
 
 GOOD = """\
 vips:
@@ -189,3 +191,59 @@ def test_check_as_a_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "sluice", "check", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "vips[0].maglev_table_size: must be a prime number, got 65536" in proc.stderr
+
+
+# ---------------------------------------------------------------- engine and workers (top level)
+
+
+def test_engine_and_workers_default_to_auto_choice(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert (config.engine, config.workers) == (None, "auto")
+
+
+@pytest.mark.parametrize(
+    ("extra", "engine", "workers"),
+    [
+        ("engine: python\n", "python", "auto"),
+        ("engine: native\nworkers: 1\n", "native", 1),
+        ("workers: 256\n", None, 256),
+        ("workers: auto\n", None, "auto"),
+    ],
+)
+def test_engine_and_workers_accepted(tmp_path: Path, extra: str, engine: str | None, workers: object) -> None:
+    config = load_config(write(tmp_path, extra + GOOD))
+    assert (config.engine, config.workers) == (engine, workers)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("engine: rust\n", "engine: Input should be 'native' or 'python'"),
+        ("workers: 0\n", "workers: expected auto or a number of worker threads 1..256, got 0"),
+        ("workers: 257\n", "workers: expected auto or a number of worker threads 1..256, got 257"),
+        ("workers: true\n", "workers: expected auto or a number of worker threads 1..256, got True"),
+        ("workers: '4'\n", "workers: expected auto or a number of worker threads 1..256, got '4'"),
+        ("workers: 2.5\n", "workers: expected auto or a number of worker threads 1..256, got 2.5"),
+    ],
+)
+def test_engine_and_workers_rejected_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, expected: str
+) -> None:
+    code, out, err = check(write(tmp_path, extra + GOOD), capsys)
+    assert (code, out) == (2, "")
+    assert expected in err, err
+
+
+def test_native_engine_without_the_extension_is_rejected_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == NATIVE_ENGINE_MODULE else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    code, _, err = check(write(tmp_path, "engine: native\n" + GOOD), capsys)
+    assert code == 2
+    assert "engine: native needs the C extension" in err
+    assert load_config(write(tmp_path, "engine: python\n" + GOOD)).engine == "python"

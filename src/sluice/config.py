@@ -6,6 +6,7 @@ one `Config`; a reload builds a new one and applies the difference, it never mut
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable
 from ipaddress import IPv4Address, ip_address, ip_network
@@ -37,6 +38,8 @@ UdpHash = Literal["five_tuple", "source_ip"]
 CheckType = Literal["tcp", "tcp_expect", "http", "dns", "udp", "none"]
 OnBackendDown = Literal["keep", "close"]
 
+EngineName = Literal["native", "python"]
+MAX_WORKERS = 256
 DEFAULT_TCP_IDLE_S = 350.0
 DEFAULT_UDP_IDLE_S = 120.0
 
@@ -90,6 +93,20 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     WithJsonSchema({"type": ["string", "number"], "pattern": r"^\d+(\.\d+)?(ms|s|m)$"}),
+]
+
+
+def _workers(value: Any) -> Any:
+    """``auto`` or a whole number of threads 1..MAX_WORKERS (not a bool, not a string of digits)."""
+    if value == "auto" or (type(value) is int and 1 <= value <= MAX_WORKERS):
+        return value
+    raise ValueError(f"expected auto or a number of worker threads 1..{MAX_WORKERS}, got {value!r}")
+
+
+Workers = Annotated[
+    Literal["auto"] | int,
+    BeforeValidator(_workers),
+    WithJsonSchema({"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS}]}),
 ]
 
 
@@ -456,6 +473,11 @@ class Config(_Frozen):
     """Seconds established flows may continue after SIGTERM/SIGINT before they are closed."""
     announce: AnnounceOptions | None = None
     """BGP announcement of the dsr VIPs (anycast scale-out); unset = nothing is announced."""
+    engine: EngineName | None = None
+    """The proxy data plane's engine: native = the C engine, python = the asyncio one; unset = native
+    when the extension is importable, else python."""
+    workers: Workers = "auto"
+    """Engine worker threads (1..256); auto = CPUs available to the process."""
 
     @field_validator("vips")
     @classmethod
@@ -527,6 +549,25 @@ def _announce_errors(config: Config) -> list[str]:
     ]
 
 
+NATIVE_ENGINE_MODULE = "sluice.dataplane.engine._engine"
+"""The C extension ``engine: native`` runs on (looked up, not imported: config sits below the planes)."""
+
+
+def _engine_errors(config: Config) -> list[str]:
+    """``engine: native`` needs the C extension built (what `sluice run` would stop on)."""
+    if config.engine != "native":
+        return []
+    try:
+        found = importlib.util.find_spec(NATIVE_ENGINE_MODULE) is not None
+    except ImportError:
+        found = False
+    if found:
+        return []
+    return [
+        f"engine: native needs the C extension {NATIVE_ENGINE_MODULE}, which is not built; use engine: python"
+    ]
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -560,7 +601,7 @@ def parse_config(data: Any) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc) + errors) from None
-    errors += _announce_errors(config)
+    errors += _announce_errors(config) + _engine_errors(config)
     if errors:
         raise ConfigError(errors)
     return config
