@@ -264,8 +264,8 @@ unsigned long engine_close_backend_flows(struct engine *e, uint32_t id, uint32_t
 void engine_vip_remove(struct engine *e, uint32_t id);
 void engine_vip_free(struct engine *e, uint32_t id);
 struct vip *engine_vip(struct engine *e, uint32_t id); /* NULL when unknown */
-/* Sums the VIP's counters over the workers (worker < 0) or one worker's into out
- * (out->backends: backend_slots entries). */
-void engine_vip_counters(struct engine *e, uint32_t id, int worker, struct vip_counters *out);
+/* Sums the VIP's counters over the workers (worker < 0) or one worker's into out (out->backends:
+ * `slots` entries, the VIP's backend_slots). -ENOENT when the VIP is gone (out untouched). */
+int engine_vip_counters(struct engine *e, uint32_t id, int worker, uint32_t slots, struct vip_counters *out);
 
 #endif

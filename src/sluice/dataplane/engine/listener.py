@@ -162,6 +162,12 @@ class NativeTcpListener:
             self._apply(self._engine.counters(self._id))
         return self._stats
 
+    @stats.setter
+    def stats(self, stats: VipStats) -> None:
+        """Replace the object the counters are written into (the `Listener` protocol declares
+        `stats` a plain attribute)."""
+        self._stats = stats
+
     def worker_stats(self, worker: int) -> VipStats:
         """One worker's share of the counters (a new object; the VIP must be running)."""
         assert self._id is not None, "not running"

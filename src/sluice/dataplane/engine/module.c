@@ -157,8 +157,15 @@ static PyObject *read_counters(EngineObject *self, uint32_t id, int worker)
     out.backends = PyMem_Calloc(slots ? slots : 1, sizeof(*out.backends));
     if (out.backends == NULL)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS engine_vip_counters(self->eng, id, worker, &out);
-    Py_END_ALLOW_THREADS PyObject *result = counters_to_python(&out, slots);
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = engine_vip_counters(self->eng, id, worker, slots, &out);
+    Py_END_ALLOW_THREADS
+    if (err < 0) {
+        PyMem_Free(out.backends);
+        return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
+    }
+    PyObject *result = counters_to_python(&out, slots);
     PyMem_Free(out.backends);
     return result;
 }
@@ -181,9 +188,10 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
     }
     int err = 0;
     struct engine *eng;
-    Py_BEGIN_ALLOW_THREADS eng = engine_new(workers, conns, max_vips, &err);
-    Py_END_ALLOW_THREADS if (eng == NULL)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    eng = engine_new(workers, conns, max_vips, &err);
+    Py_END_ALLOW_THREADS
+    if (eng == NULL) {
         errno = -err;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
@@ -198,7 +206,8 @@ static void engine_close_now(EngineObject *self)
     struct engine *eng = self->eng;
     self->eng = NULL;
     if (eng != NULL) {
-        Py_BEGIN_ALLOW_THREADS engine_free(eng);
+        Py_BEGIN_ALLOW_THREADS
+        engine_free(eng);
         Py_END_ALLOW_THREADS
     }
 }
@@ -238,9 +247,10 @@ static PyObject *Engine_vip_add(EngineObject *self, PyObject *args)
         return NULL;
     uint32_t id = 0;
     int err;
-    Py_BEGIN_ALLOW_THREADS err = engine_vip_add(self->eng, &p, t, &id);
-    Py_END_ALLOW_THREADS if (err < 0)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    err = engine_vip_add(self->eng, &p, t, &id);
+    Py_END_ALLOW_THREADS
+    if (err < 0) {
         errno = -err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -262,8 +272,10 @@ static PyObject *Engine_vip_update(EngineObject *self, PyObject *args)
     struct eng_table *t = table_from(self, spec, v->backend_slots);
     if (t == NULL)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS engine_vip_update(self->eng, id, t);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    engine_vip_update(self->eng, id, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyObject *Engine_stop_accepting(EngineObject *self, PyObject *args)
@@ -271,8 +283,10 @@ static PyObject *Engine_stop_accepting(EngineObject *self, PyObject *args)
     unsigned int id;
     if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS engine_stop_accepting(self->eng, id);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    engine_stop_accepting(self->eng, id);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
@@ -286,8 +300,10 @@ static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
         return NULL;
     }
     unsigned long n;
-    Py_BEGIN_ALLOW_THREADS n = engine_close_backend_flows(self->eng, id, slot, (enum closed_reason)reason);
-    Py_END_ALLOW_THREADS return PyLong_FromUnsignedLong(n);
+    Py_BEGIN_ALLOW_THREADS
+    n = engine_close_backend_flows(self->eng, id, slot, (enum closed_reason)reason);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromUnsignedLong(n);
 }
 
 static PyObject *Engine_counters(EngineObject *self, PyObject *args)
@@ -310,10 +326,14 @@ static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
         return NULL;
     if (engine_vip(self->eng, id) == NULL)
         return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
-    Py_BEGIN_ALLOW_THREADS engine_vip_remove(self->eng, id);
-    Py_END_ALLOW_THREADS PyObject *final = read_counters(self, id, -1);
-    Py_BEGIN_ALLOW_THREADS engine_vip_free(self->eng, id);
-    Py_END_ALLOW_THREADS return final;
+    Py_BEGIN_ALLOW_THREADS
+    engine_vip_remove(self->eng, id);
+    Py_END_ALLOW_THREADS
+    PyObject *final = read_counters(self, id, -1);
+    Py_BEGIN_ALLOW_THREADS
+    engine_vip_free(self->eng, id);
+    Py_END_ALLOW_THREADS
+    return final;
 }
 
 static PyObject *Engine_get_workers(EngineObject *self, void *Py_UNUSED(closure))

@@ -487,14 +487,17 @@ static void attempt_failed(struct worker *w, struct conn *c, int err)
     drop_backend(w, c);
 }
 
-/* The backend socket is writable (or failed): check the connect, send the PROXY header, establish. */
-static void connection_ready(struct worker *w, struct conn *c)
+/* The backend socket is writable (or failed: `failed`): check the connect, send the PROXY header,
+ * establish. Writable without an error means connected: SO_ERROR is read only on EPOLLERR/EPOLLHUP. */
+static void connection_ready(struct worker *w, struct conn *c, bool failed)
 {
     int fd = c->fd[SIDE_BACKEND];
     int err = 0;
     socklen_t len = sizeof(err);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    if (failed && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
+    if (failed && err == 0)
+        err = ECONNRESET; /* hung up without a pending error */
     while (err == 0 && c->out_sent < c->out_len) {
         ssize_t n = send(fd, c->out_header + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
         if (n < 0) {
@@ -570,7 +573,7 @@ static void connect_next(struct worker *w, struct conn *c)
         c->state = CONN_CONNECTING;
         timer_arm(w, &c->timer, w->now_us + t->connect_timeout_us);
         if (rc == 0)
-            connection_ready(w, c);
+            connection_ready(w, c, false);
         return;
     }
     refuse(w, c, c->n_tried ? REFUSED_CONNECT_FAILED : REFUSED_NO_BACKEND);
@@ -664,7 +667,7 @@ void tcp_on_event(struct worker *w, struct conn *c, enum side s, uint32_t events
         break;
     case CONN_CONNECTING:
         if (s == SIDE_BACKEND && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
-            connection_ready(w, c);
+            connection_ready(w, c, (events & (EPOLLERR | EPOLLHUP)) != 0);
         break;
     case CONN_ESTABLISHED:
         pump(w, c);
@@ -1061,11 +1064,13 @@ void engine_vip_free(struct engine *e, uint32_t id)
     pthread_mutex_unlock(&e->control);
 }
 
-void engine_vip_counters(struct engine *e, uint32_t id, int worker, struct vip_counters *out)
+int engine_vip_counters(struct engine *e, uint32_t id, int worker, uint32_t slots, struct vip_counters *out)
 {
+    int err = -ENOENT;
     pthread_mutex_lock(&e->control);
     struct vip *v = engine_vip(e, id);
-    if (v != NULL) {
+    if (v != NULL && v->backend_slots == slots) {
+        err = 0;
         const struct vip_counters *blocks[e->n_workers];
         unsigned n = 0;
         for (unsigned i = 0; i < e->n_workers; i++)
@@ -1074,4 +1079,5 @@ void engine_vip_counters(struct engine *e, uint32_t id, int worker, struct vip_c
         vip_counters_sum(blocks, n, v->backend_slots, out);
     }
     pthread_mutex_unlock(&e->control);
+    return err;
 }
