@@ -205,7 +205,8 @@ struct worker {
     struct wheel wheel;
     struct conn *pool;
     uint32_t pool_size;
-    struct conn *free_conns; /* singly linked through next_again */
+    uint32_t pool_used;      /* pool[0..pool_used) have been handed out at least once */
+    struct conn *free_conns; /* returned ones, singly linked through next_again */
     struct conn *again;
     struct conn *dead;       /* closed this iteration, returned to free_conns at its end */
     struct worker_vip **vips; /* max_vips entries, indexed by vip id */

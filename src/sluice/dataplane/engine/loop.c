@@ -290,14 +290,8 @@ static int worker_init(struct engine *e, struct worker *w, unsigned index, uint3
     w->vips = calloc(e->max_vips, sizeof(*w->vips));
     if (w->pool == NULL || w->vips == NULL)
         return -ENOMEM;
-    w->pool_size = conns;
-    for (uint32_t i = conns; i-- > 0;) {
-        struct conn *c = &w->pool[i];
-        c->index = i;
-        c->fd[0] = c->fd[1] = -1;
-        c->next_again = w->free_conns;
-        w->free_conns = c;
-    }
+    w->pool_size = conns; /* entries are handed out in order first (pool_used), so untouched pages of
+                             the calloc'ed pool cost no memory until that many connections existed */
     w->rng = 0x9E3779B97F4A7C15ULL * (index + 1) ^ (uint64_t)clock_us();
     if (w->rng == 0)
         w->rng = 1;

@@ -186,9 +186,14 @@ static void pools_free(struct worker_vip *wv)
 static struct conn *conn_get(struct worker *w, struct worker_vip *wv)
 {
     struct conn *c = w->free_conns;
-    if (c == NULL)
+    if (c != NULL) {
+        w->free_conns = c->next_again;
+    } else if (w->pool_used < w->pool_size) {
+        c = &w->pool[w->pool_used];
+        c->index = w->pool_used++;
+    } else {
         return NULL;
-    w->free_conns = c->next_again;
+    }
     uint32_t index = c->index, gen0 = c->gen[0], gen1 = c->gen[1];
     memset(c, 0, sizeof(*c));
     c->index = index;
