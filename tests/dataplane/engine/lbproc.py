@@ -1,0 +1,141 @@
+"""A native-engine LB in its own process (so strace and /proc/PID/fd see only the LB), and a tiny
+threaded echo backend for it.
+
+The child process starts one `NativeTcpListener`, prints its port, and blocks reading stdin; a line
+on stdin closes the listener and exits. While it waits only the engine's worker threads work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sluice.dataplane import engine
+from tests.privileged import REQUIRE_PRIVILEGED
+
+ROOT = Path(__file__).resolve().parents[3]
+
+CHILD = """
+import asyncio, resource, sys
+from ipaddress import ip_address
+from sluice.config import Backend, Endpoint, Vip
+from sluice.dataplane.engine.listener import NativeTcpListener
+
+backend_port, workers, nofile = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+vip = Vip(name="lb", listen=Endpoint(ip_address("127.0.0.1"), 0),
+          backends=(Backend(address=Endpoint(ip_address("127.0.0.1"), backend_port)),),
+          max_connections=100000)
+loop = asyncio.new_event_loop()
+lb = NativeTcpListener(vip, workers=workers)
+loop.run_until_complete(lb.start())
+print(lb.address[1], flush=True)
+sys.stdin.readline()
+loop.run_until_complete(lb.close())
+"""
+
+
+def require_engine() -> None:
+    if engine.AVAILABLE:
+        return
+    reason = "the native engine extension (_engine) is not built"
+    if REQUIRE_PRIVILEGED:
+        pytest.fail(f"{reason} (SLUICE_REQUIRE_PRIVILEGED=1 forbids skipping)")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def lb_process(backend_port: int, workers: int = 1, nofile: int = 4096) -> Iterator[tuple[int, int]]:
+    """(pid, port) of a native LB in front of 127.0.0.1:`backend_port`."""
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(backend_port), str(workers), str(nofile)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            port = int(child.stdout.readline())
+            yield child.pid, port
+            child.stdin.write("stop\n")
+            child.stdin.flush()
+            assert child.wait(timeout=30) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+class EchoServer:
+    """Echo on 127.0.0.1 until end of stream, every connection served by one thread (selectors);
+    `close` ends everything."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.sock:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = self.sock.accept()
+                        conn.setblocking(False)
+                        self._selector.register(conn, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                    if data:
+                        sock.setblocking(True)  # small echoes: a blocking send never waits long
+                        sock.sendall(data)
+                        sock.setblocking(False)
+                        continue
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                self._selector.unregister(sock)
+                sock.close()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def round_trip(port: int, payload: bytes, *, keep: bool = False) -> socket.socket | None:
+    """Connect to the LB, send `payload`, read it back; close (FIN, then read to EOF) unless `keep`."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(got)} of {len(payload)} bytes"
+        got += chunk
+    assert got == payload
+    if keep:
+        return sock
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(65536):
+        pass
+    sock.close()
+    return None
