@@ -135,14 +135,27 @@ static void wheel_advance(struct worker *w)
     }
 }
 
+/* How long epoll_wait may sleep: until the first tick whose slot holds a timer (its timers may be
+ * due a revolution later: the wake-up then finds nothing and sleeps again), -1 without timers. */
 static int wait_timeout_ms(struct worker *w)
 {
     if (w->again != NULL)
         return 0;
     if (w->wheel.armed == 0)
         return -1;
-    uint64_t next = (tick_of(w->now_us) + 1) * TICK_US;
-    return (int)((next - w->now_us + 999) / 1000);
+    uint64_t now_tick = tick_of(w->now_us);
+    uint64_t tick = now_tick + 1;
+    for (uint64_t i = 0; i < WHEEL_SLOTS; i++) {
+        const struct timer *head = &w->wheel.slots[(now_tick + i) % WHEEL_SLOTS];
+        if (head->next != head) {
+            tick = now_tick + i;
+            break;
+        }
+    }
+    uint64_t at = tick * TICK_US;
+    if (tick == now_tick) /* timers in the current slot: due within this tick, or a revolution on */
+        at = (now_tick + 1) * TICK_US;
+    return (int)((at - w->now_us + 999) / 1000);
 }
 
 /* ------------------------------------------------------------------ the loop */
