@@ -13,12 +13,14 @@ import os
 import subprocess
 import tempfile
 from functools import cache
+from ipaddress import ip_address
 from pathlib import Path
 
+from sluice.core.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from tests.support.privileged import needs
 
 ENGINE_DIR = Path(__file__).resolve().parents[3] / "src" / "sluice" / "dataplane" / "engine"
-PURE_SOURCES = ("pick.c",)
+PURE_SOURCES = ("pick.c", "proxy_header.c")
 """The engine files that know nothing of sockets or Python."""
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared")
 
@@ -95,4 +97,58 @@ def engine_c() -> ctypes.CDLL:
         ctypes.c_double,
     ]
     lib.sched_pick.restype = ctypes.c_int32
+    lib.proxy_header_parse.argtypes = [u8p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ProxyAddrs)]
+    lib.proxy_header_parse.restype = ctypes.c_int
+    lib.proxy_header_build.argtypes = [
+        u8p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(ProxyAddrs),
+    ]
+    lib.proxy_header_build.restype = ctypes.c_int
     return lib
+
+
+# ----------------------------------------------------------------------------- PROXY header outcomes
+
+Outcome = tuple[str, int, int, bytes, int, bytes, int]
+"""(kind, consumed, family, source address, source port, destination address, destination port);
+kind is "complete", "incomplete" or "invalid"; addresses are 16 bytes (IPv4 in the first 4)."""
+INCOMPLETE: Outcome = ("incomplete", 0, 0, bytes(16), 0, bytes(16), 0)
+INVALID: Outcome = ("invalid", 0, 0, bytes(16), 0, bytes(16), 0)
+
+
+def _packed16(host: str) -> bytes:
+    return ip_address(host).packed.ljust(16, b"\0")
+
+
+def python_parse(data: bytes, max_length: int) -> Outcome:
+    """core.proxy_protocol.parse_proxy_header's answer, in the form `c_parse` gives."""
+    try:
+        parsed = parse_proxy_header(data, max_length=max_length)
+    except ProxyHeaderError:
+        return INVALID
+    if parsed is None:
+        return INCOMPLETE
+    header, consumed = parsed
+    if header.source is None or header.destination is None:
+        return ("complete", consumed, 0, bytes(16), 0, bytes(16), 0)
+    (src, src_port), (dst, dst_port) = header.source, header.destination
+    family = ip_address(src).version
+    return ("complete", consumed, family, _packed16(src), src_port, _packed16(dst), dst_port)
+
+
+def c_parse(data: bytes, max_length: int) -> Outcome:
+    """proxy_header.c's proxy_header_parse on `data` (a copy without slack after its last byte)."""
+    buf = (ctypes.c_uint8 * max(1, len(data))).from_buffer_copy(data.ljust(1, b"\0"))
+    out = ProxyAddrs()
+    result = int(engine_c().proxy_header_parse(buf, len(data), max_length, ctypes.byref(out)))
+    if result == PROXY_PARSE_INVALID:
+        return INVALID
+    if result == PROXY_PARSE_INCOMPLETE:
+        return INCOMPLETE
+    assert result > 0, result
+    if out.family == 0:
+        return ("complete", result, 0, bytes(16), 0, bytes(16), 0)
+    return ("complete", result, out.family, bytes(out.src), out.src_port, bytes(out.dst), out.dst_port)
