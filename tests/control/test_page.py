@@ -29,7 +29,7 @@ from sluice.control.controller import Controller
 from sluice.control.metrics import build_registry
 from sluice.server import metrics_sources
 from tests.support.admin import TOKEN, FakeController
-from tests.support.loopback import Backends, Held, Load, free_port, vip_config
+from tests.support.loopback import Backends, Held, Load, free_port, vip_config, wait_for
 from tests.support.privileged import needs
 
 STATIC = Path(page.__file__).parent / "static"
@@ -290,6 +290,7 @@ INTERVAL, TIMEOUT, FALL = 0.2, 0.2, 2
 HEALTH = {"type": "tcp", "interval": INTERVAL, "timeout": TIMEOUT, "rise": 2, "fall": FALL, "jitter": 0.1}
 REFRESH_S = 0.25
 """The page's poll interval in this test (``?refresh=``)."""
+MAX_CONNECTIONS = 14
 
 ROWS_JS = """Array.from(document.querySelectorAll('section.vip tr[data-backend]')).map((tr) => ({
     vip: tr.dataset.vip, address: tr.dataset.backend, state: tr.dataset.state,
@@ -356,6 +357,21 @@ def expected(vip: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def refused(vip_port: int) -> None:
+    """A connection the VIP turns away: reset (or closed) before any greeting."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", vip_port)
+    except ConnectionResetError:
+        return
+    try:
+        data = await asyncio.wait_for(reader.read(100), 5.0)
+    except ConnectionResetError:
+        data = b""
+    finally:
+        writer.close()
+    assert data == b"", data
+
+
 def _rgb(css: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", css)[:3])
 
@@ -364,7 +380,9 @@ async def test_status_page_in_a_browser(backends: Backends, tmp_path: Path) -> N
     needs(commands=("chromium",))
     b0, b1, b2 = [await backends.add() for _ in range(3)]
     vip_port = free_port()
-    controller = Controller(vip_config([b0, b1, b2], vip_port, health=HEALTH))
+    controller = Controller(
+        vip_config([b0, b1, b2], vip_port, health=HEALTH, max_connections=MAX_CONNECTIONS)
+    )
     await controller.start()
     app = build_app(controller, token=TOKEN, registry=build_registry(metrics_sources(controller)))
     server = TestServer(app, host="127.0.0.1")
@@ -400,14 +418,27 @@ async def test_status_page_in_a_browser(backends: Backends, tmp_path: Path) -> N
             await load.stop()
             assert load.errors() == 0
 
+            # one flow over max_connections is refused
+            extra = [await Held.open(vip_port) for _ in range(MAX_CONNECTIONS - len(held))]
+            await refused(vip_port)
+            for h in extra:
+                h.close()
+            await wait_for(lambda: controller.snapshot()[0].active == len(held), timeout_s=5.0)
+
             # at rest, the page shows what the API says
-            want = expected(await api_vip())
+            vip = await api_vip()
+            assert vip["refused"] == {"max_connections": 1}
+            want = expected(vip)
             assert want["vip"]["active"] == "9" and int(want["vip"]["flows_total"]) > 9
             want_json = json.dumps(json.dumps(want, separators=(",", ":")))  # as JSON.stringify writes it
             matched = await tab.until(f"JSON.stringify({VIEW_JS}) === {want_json}", 10.0)
             assert (await tab.evaluate(VIEW_JS)) == want
             assert matched
             check_bytes_text(await tab.evaluate(ROWS_JS))
+            chip = await tab.evaluate(
+                "document.querySelector('[data-refused=\"max_connections\"]').dataset.value"
+            )
+            assert chip == "1"
             shot = await tab.screenshot(tmp_path / "status-page-live.png")
             assert shot.startswith(b"\x89PNG\r\n\x1a\n") and len(shot) > 10_000
 
@@ -512,6 +543,15 @@ async def test_status_page_in_a_browser(backends: Backends, tmp_path: Path) -> N
             assert log_errors == []
             urls = {e["request"]["url"] for e in devtools.of(tab.session, "Network.requestWillBeSent")}
             assert urls and all(u.startswith(base + "/") for u in urls), urls
+
+            # sluice gone: the page says so instead of showing stale numbers as live
+            await server.close()
+            link = await tab.until(
+                "document.getElementById('link').dataset.link === 'error'"
+                " && document.getElementById('link').textContent",
+                timeout_s=10.0,
+            )
+            assert link and link.startswith("API unreachable"), link
     finally:
         await load.stop()
         for h in held:
