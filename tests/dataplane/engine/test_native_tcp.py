@@ -19,6 +19,7 @@ from sluice.config import Backend, Endpoint, Vip
 from sluice.core.proxy_protocol import build_proxy_header
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.engine import NativeTcpListener
+from sluice.dataplane.engine.listener import engine_for
 from sluice.dataplane.proxy.tcp import TcpListener
 from tests.dataplane.proxy.helpers import (
     IDENT_LEN,
@@ -309,3 +310,39 @@ def test_proxy_local_header_is_forwarded_as_unknown(engine: str) -> None:
                 await lb.close()
 
     run("asyncio", scenario())
+
+
+# ---------------------------------------------------------------------------- engine lifetime
+
+
+def test_closed_vip_leaves_no_descriptor_behind() -> None:
+    async def scenario() -> None:
+        async with backends(2) as bs:
+            engine_for(2)  # the engine's own descriptors (epoll, eventfd per worker) stay
+            before = sorted(os.listdir("/proc/self/fd"))
+            lb = NativeTcpListener(make_vip([b.endpoint for b in bs]), workers=2)
+            await lb.start()
+            held = await hold(lb.address, 8)
+            for _ in range(20):  # pipes and buffers go back to the pools
+                assert (await echo(lb.address, b"p" * 100_000))[1] == b"p" * 100_000
+            await lb.close()
+            for _, reader, writer in held:
+                assert await reader.read() == b""
+                await close_writer(writer)
+            await asyncio.gather(*(b.wait_idle() for b in bs))
+            assert sorted(os.listdir("/proc/self/fd")) == before
+            assert lb.stats.closed["shutdown"] == 8
+
+    run("asyncio", scenario())
+
+
+def test_engine_close_joins_its_workers() -> None:
+    from sluice.dataplane.engine._engine import Engine
+
+    before = set(os.listdir("/proc/self/task"))
+    engine = Engine(3)
+    assert len(set(os.listdir("/proc/self/task")) - before) == 3
+    engine.close()
+    assert set(os.listdir("/proc/self/task")) == before
+    with pytest.raises(RuntimeError):
+        engine.counters(0)
