@@ -3,6 +3,7 @@ package data, and the hardened systemd unit (contrib/sluice.service) checked by 
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import hashlib
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import sluice
+from sluice import cli
 from sluice.dataplane.xdp import build, loader
 from tests.support.privileged import needs
 
@@ -151,3 +153,86 @@ def test_unit_matches_what_sluice_does(monkeypatch: pytest.MonkeyPatch) -> None:
     assert d["SystemCallFilter"] == ["@system-service bpf"]
     families = set(d["RestrictAddressFamilies"][0].split())
     assert families == {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
+
+
+# ---------------------------------------------------------------- man page and completion
+
+
+def _generate(tmp_path: Path) -> tuple[str, Path]:
+    man, completion = tmp_path / "sluice.1", tmp_path / "sluice.bash"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gen-cli-docs"),
+            "--man",
+            str(man),
+            "--bash",
+            str(completion),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return man.read_text(), completion
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_man_page_documents_every_command_and_option(tmp_path: Path) -> None:
+    needs(commands=("groff",))
+    man, _ = _generate(tmp_path)
+    assert man.startswith(f'.TH SLUICE 1 "" "sluice {sluice.__version__}"')
+    rendered = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", "-P-c", "-P-b", "-P-u"],
+        input=man,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert rendered.stderr == ""  # no roff warning
+    text = rendered.stdout
+    for name, sub in _commands().items():
+        assert f'.SS "{name}"' in man
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in text, (name, option)
+    assert "EXIT STATUS" in text and "invalid input" in text
+
+
+def test_bash_completion_completes_commands_options_and_choices(tmp_path: Path) -> None:
+    _, completion = _generate(tmp_path)
+    subprocess.run(["bash", "-n", str(completion)], check=True, timeout=30)
+    cases = {
+        ("sluice", "st"): "status",
+        ("sluice", "backend", "d"): "drain",
+        ("sluice", "backend", "--api", "http://127.0.0.1:1", "u"): "undrain",
+        ("sluice", "run", "--log-format", "j"): "json",
+        ("sluice", "lab", "s"): "status",
+        ("sluice", "status", "--t"): "--token-file",
+    }
+    script = [f"source {completion}"]
+    for words in cases:
+        quoted = " ".join(f"'{w}'" for w in words)
+        script.append(
+            f'COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; COMPREPLY=(); _sluice; echo "${{COMPREPLY[*]}}"'
+        )
+    out = subprocess.run(
+        ["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.splitlines()
+    assert dict(zip(cases, out, strict=True)) == cases
+    top = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {completion}; COMP_WORDS=(sluice ''); COMP_CWORD=1; _sluice; echo ${{COMPREPLY[*]}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    assert set(_commands()) <= set(top) and "--version" in top
