@@ -589,6 +589,36 @@ def test_slow_reader_pauses_the_backend_instead_of_buffering(heavy_mode: Mode) -
     run(heavy_mode.loop, scenario())
 
 
+def test_buffer_size_bounds_what_one_direction_holds(heavy_mode: Mode) -> None:
+    total, bound = 16 << 20, 128 * 1024
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        source = Source(total)
+        seen: dict[str, int] = {}
+        async with serving(make_vip([source.endpoint]), heavy_mode, buffer_size=bound) as lb:
+
+            def on_stall() -> None:
+                seen["buffered"] = lb.buffered
+                seen["peak"] = lb.peak_buffered
+
+            server = asyncio.create_task(source.serve_one(on_stall))
+            with socket.socket() as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                client.setblocking(False)
+                await loop.sock_connect(client, lb.address)
+                await source.stalled.wait()
+                received = 0
+                while n := len(await loop.sock_recv(client, 1 << 20)):
+                    received += n
+            await server
+            assert 0 < seen["buffered"] <= bound
+            assert 0 < seen["peak"] <= bound
+            assert received == total
+
+    run(heavy_mode.loop, scenario())
+
+
 # ---------------------------------------------------------------------------- reload and close
 
 
