@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final, Literal, TypeAlias
 
+from sluice.core.proxy_tlv import TlvError, check_tlvs, crc32c, parse_tlvs
+
 __all__ = [
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
@@ -52,11 +54,6 @@ V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_FIXED_LENGTH: Final = 16  # signature, ver_cmd, fam, len
 DEFAULT_MAX_LENGTH: Final = 536  # bytes; the smallest MSS every TCP host supports (576 - 40)
 
-PP2_TYPE_CRC32C: Final = 0x03
-PP2_TYPE_UNIQUE_ID: Final = 0x05
-PP2_TYPE_SSL: Final = 0x20
-UNIQUE_ID_MAX_LENGTH: Final = 128  # bytes
-SSL_TLV_PREFIX_LENGTH: Final = 5  # client (1 byte) + verify (4 bytes)
 
 _V2_VERSION = 0x2
 _CMD_LOCAL = 0x0
@@ -84,7 +81,6 @@ _V2_FAM_BYTE: Final[dict[tuple[int, str], int]] = {
 _V2_FIXED = struct.Struct("!12sBBH")
 _V2_INET4 = struct.Struct("!4s4sHH")
 _V2_INET6 = struct.Struct("!16s16sHH")
-_TLV_HEAD = struct.Struct("!BH")
 _HEXTETS = struct.Struct("!8H")
 
 _V1_PROTOCOLS: Final = (b"TCP4", b"TCP6", b"UNKNOWN")
@@ -438,8 +434,11 @@ def _parse_v2(head: bytes, max_length: int) -> tuple[ProxyHeader, int] | None:
     if fam == 0x00:
         # PROXY with AF_UNSPEC: "the receiver should ignore address information"
         return ProxyHeader(2, "PROXY", "UNKNOWN", None, None), total
-    tlvs = _parse_tlvs(head[V2_FIXED_LENGTH + address_length : total], "")
-    _check_tlvs(head[:total], V2_FIXED_LENGTH + address_length, tlvs)
+    try:
+        tlvs = parse_tlvs(head[V2_FIXED_LENGTH + address_length : total], "")
+        check_tlvs(head[:total], V2_FIXED_LENGTH + address_length, tlvs)
+    except TlvError as exc:
+        raise ProxyHeaderError(str(exc)) from None
     block = head[V2_FIXED_LENGTH : V2_FIXED_LENGTH + address_length]
     if transport in ("TCP4", "UDP4"):
         src4, dst4, src_port, dst_port = _V2_INET4.unpack(block)
@@ -452,75 +451,3 @@ def _parse_v2(head: bytes, max_length: int) -> tuple[ProxyHeader, int] | None:
     else:  # AF_UNIX: falls back to UNSPEC
         return ProxyHeader(2, "PROXY", "UNKNOWN", None, None, tlvs), total
     return ProxyHeader(2, "PROXY", transport, source, destination, tlvs), total
-
-
-def _parse_tlvs(region: bytes, where: str) -> tuple[tuple[int, bytes], ...]:
-    """Split `region` into (type, value) pairs that must tile it exactly."""
-    tlvs: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset < len(region):
-        if len(region) - offset < _TLV_HEAD.size:
-            raise ProxyHeaderError(
-                f"v2 {where}TLV at offset {offset} is truncated: {len(region) - offset} bytes left, "
-                f"a TLV needs at least {_TLV_HEAD.size}"
-            )
-        kind, length = _TLV_HEAD.unpack_from(region, offset)
-        start = offset + _TLV_HEAD.size
-        end = start + length
-        if end > len(region):
-            raise ProxyHeaderError(
-                f"v2 {where}TLV type 0x{kind:02x} at offset {offset} declares {length} bytes but only "
-                f"{len(region) - start} remain"
-            )
-        tlvs.append((kind, region[start:end]))
-        offset = end
-    return tuple(tlvs)
-
-
-def _check_tlvs(header: bytes, tlv_start: int, tlvs: tuple[tuple[int, bytes], ...]) -> None:
-    """Check the TLVs whose content the spec defines; `header` is the whole v2 header."""
-    offset = tlv_start
-    crc_offset = -1
-    for kind, value in tlvs:
-        if kind == PP2_TYPE_CRC32C:
-            if len(value) != 4:
-                raise ProxyHeaderError(f"v2 CRC32C TLV is {len(value)} bytes, must be 4")
-            if crc_offset >= 0:
-                raise ProxyHeaderError("v2 header has more than one CRC32C TLV")
-            crc_offset = offset + _TLV_HEAD.size
-        elif kind == PP2_TYPE_UNIQUE_ID and len(value) > UNIQUE_ID_MAX_LENGTH:
-            raise ProxyHeaderError(f"v2 UNIQUE_ID TLV is {len(value)} bytes, over {UNIQUE_ID_MAX_LENGTH}")
-        elif kind == PP2_TYPE_SSL:
-            if len(value) < SSL_TLV_PREFIX_LENGTH:
-                raise ProxyHeaderError(f"v2 SSL TLV is {len(value)} bytes, needs at least 5")
-            _parse_tlvs(value[SSL_TLV_PREFIX_LENGTH:], "SSL sub-")
-        offset += _TLV_HEAD.size + len(value)
-    if crc_offset >= 0:
-        received = int.from_bytes(header[crc_offset : crc_offset + 4], "big")
-        zeroed = header[:crc_offset] + bytes(4) + header[crc_offset + 4 :]
-        computed = crc32c(zeroed)
-        if received != computed:
-            raise ProxyHeaderError(
-                f"v2 CRC32C is 0x{received:08x}, the header's checksum is 0x{computed:08x}"
-            )
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        crc = n
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32C_TABLE: Final = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC32c (Castagnoli, RFC 4960 appendix B) as PP2_TYPE_CRC32C uses it."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF

@@ -1,0 +1,78 @@
+"""The config model: YAML -> validated, frozen objects.
+
+Every error names the offending path (``vips[0].backends[2].address: ...``). A running sluice holds
+one `Config`; a reload builds a new one and applies the difference, it never mutates the old one.
+
+The package's rooms: `values` (addresses, durations, the names accepted), `vip` (a VIP and its
+backends), `health` (active checks, passive ejection), `announce` (BGP), `model` (the whole file,
+``admin:``) and `loading` (YAML, the rules across VIPs, `ConfigError`). Import from here.
+"""
+
+from __future__ import annotations
+
+from sluice.config.announce import AnnounceOptions, BgpPeer
+from sluice.config.health import HealthCheck, PassiveEjection
+from sluice.config.loading import (
+    NATIVE_ENGINE_MODULE,
+    ConfigError,
+    config_json_schema,
+    load_config,
+    parse_config,
+)
+from sluice.config.model import AdminOptions, Config
+from sluice.config.values import (
+    DEFAULT_TCP_IDLE_S,
+    DEFAULT_UDP_IDLE_S,
+    MAX_WORKERS,
+    CheckType,
+    Duration,
+    EndpointField,
+    EngineName,
+    Mode,
+    OnBackendDown,
+    Protocol,
+    ProxyProtocolVersion,
+    UdpHash,
+    Workers,
+    parse_duration,
+)
+from sluice.config.vip import Backend, DsrOptions, Timeouts, UdpOptions, Vip
+from sluice.core.endpoint import Endpoint
+from sluice.core.maglev import DEFAULT_TABLE_SIZE
+from sluice.core.scheduler import SchedulerName
+
+__all__ = [
+    "DEFAULT_TABLE_SIZE",
+    "DEFAULT_TCP_IDLE_S",
+    "DEFAULT_UDP_IDLE_S",
+    "MAX_WORKERS",
+    "NATIVE_ENGINE_MODULE",
+    "AdminOptions",
+    "AnnounceOptions",
+    "Backend",
+    "BgpPeer",
+    "CheckType",
+    "Config",
+    "ConfigError",
+    "DsrOptions",
+    "Duration",
+    "Endpoint",
+    "EndpointField",
+    "EngineName",
+    "HealthCheck",
+    "Mode",
+    "OnBackendDown",
+    "PassiveEjection",
+    "Protocol",
+    "ProxyProtocolVersion",
+    "SchedulerName",
+    "Timeouts",
+    "UdpHash",
+    "UdpOptions",
+    "Vip",
+    "Workers",
+    "config_json_schema",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]

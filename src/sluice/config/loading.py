@@ -1,0 +1,161 @@
+"""Loading: YAML -> `parse_config` (the model plus the rules across VIPs) -> a `Config`, or a
+`ConfigError` listing every problem with its path."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+
+from sluice.config.model import Config
+from sluice.config.values import to_endpoint
+
+
+class ConfigError(Exception):
+    """The config is invalid; `errors` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _duplicates(items: Iterable[tuple[str, str]], what: str) -> list[str]:
+    """(path, key) pairs -> one error per key seen before, naming the first place."""
+    first: dict[str, str] = {}
+    errors = []
+    for path, key in items:
+        if key in first:
+            errors.append(f"{path}: duplicate {what} {key} (first at {first[key]})")
+        else:
+            first[key] = path
+    return errors
+
+
+def _normal_endpoint(value: Any) -> str | None:
+    try:
+        return str(to_endpoint(value))
+    except ValueError:
+        return None  # reported by the model
+
+
+def _uniqueness_errors(data: dict[str, Any]) -> list[str]:
+    vips = data.get("vips")
+    if not isinstance(vips, list):
+        return []
+    names, listens, errors = [], [], []
+    for i, vip in enumerate(vips):
+        if not isinstance(vip, dict):
+            continue
+        if isinstance(vip.get("name"), str):
+            names.append((f"vips[{i}].name", vip["name"]))
+        if (listen := _normal_endpoint(vip.get("listen"))) is not None:
+            listens.append((f"vips[{i}].listen", f"{vip.get('protocol', 'tcp')}/{listen}"))
+        backends = vip.get("backends")
+        if isinstance(backends, list):
+            addrs = [
+                (f"vips[{i}].backends[{j}].address", a)
+                for j, b in enumerate(backends)
+                if isinstance(b, dict) and (a := _normal_endpoint(b.get("address"))) is not None
+            ]
+            errors += _duplicates(addrs, "backend address")
+    return _duplicates(names, "VIP name") + _duplicates(listens, "listen address") + errors
+
+
+def _announce_errors(config: Config) -> list[str]:
+    """Every announced prefix must hold a dsr VIP (else it would be announced for nothing)."""
+    if config.announce is None:
+        return []
+    dsr = [ip_address(v.listen.host) for v in config.vips if v.mode == "dsr"]
+    if not dsr:
+        return ["announce: needs at least one VIP with mode: dsr"]
+    return [
+        f"announce.prefixes[{i}]: {p} holds no dsr VIP"
+        for i, p in enumerate(config.announce.prefixes or ())
+        if not any(a in ip_network(p) for a in dsr)
+    ]
+
+
+NATIVE_ENGINE_MODULE = "sluice.dataplane.engine._engine"
+"""The C extension ``engine: native`` runs on (looked up, not imported: config sits below the planes)."""
+
+
+def _engine_errors(config: Config) -> list[str]:
+    """``engine: native`` needs the C extension built (what `sluice run` would stop on)."""
+    if config.engine != "native":
+        return []
+    try:
+        found = importlib.util.find_spec(NATIVE_ENGINE_MODULE) is not None
+    except ImportError:
+        found = False
+    if found:
+        return []
+    return [
+        f"engine: native needs the C extension {NATIVE_ENGINE_MODULE}, which is not built; use engine: python"
+    ]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_format_path(loc)}: {msg}")
+    return lines
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping with a 'vips' list"])
+    errors = _uniqueness_errors(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc) + errors) from None
+    errors += _announce_errors(config) + _engine_errors(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it (5-10x faster on big files), else PyYAML's."""
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+    return parse_config(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

@@ -1,0 +1,69 @@
+"""The whole config file (`Config`) and its ``admin:`` block."""
+
+from __future__ import annotations
+
+from pydantic import (
+    field_validator,
+)
+
+from sluice.config.announce import AnnounceOptions
+from sluice.config.values import Duration, EngineName, FrozenModel, Workers
+from sluice.config.vip import Vip
+from sluice.core.endpoint import Endpoint
+
+
+class AdminOptions(FrozenModel):
+    """The admin REST API, `/metrics` and `/healthz` (the ``admin:`` block)."""
+
+    listen: str = "127.0.0.1:9090"
+    """IP:port, or the absolute path of a Unix socket."""
+    token_file: str | None = None
+    """File holding the bearer token changes need; without one, changes are only accepted on a Unix socket."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("/"):
+            if len(v.encode()) > 107:
+                raise ValueError("a Unix socket path must be at most 107 bytes")
+            return v
+        return str(Endpoint.parse(v))
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.listen if self.listen.startswith("/") else None
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return None if self.listen.startswith("/") else Endpoint.parse(self.listen)
+
+
+class Config(FrozenModel):
+    """The whole file. Uniqueness rules (VIP names, listen addresses, backend addresses) are checked
+    by `parse_config`, which reports them with their paths."""
+
+    vips: tuple[Vip, ...]
+    admin: AdminOptions | None = None
+    """The admin API; unset = no admin server."""
+    shutdown_timeout: Duration = 30.0
+    """Seconds established flows may continue after SIGTERM/SIGINT before they are closed."""
+    announce: AnnounceOptions | None = None
+    """BGP announcement of the dsr VIPs (anycast scale-out); unset = nothing is announced."""
+    engine: EngineName | None = None
+    """The proxy data plane's engine: native = the C engine, python = the asyncio one; unset = native
+    when the extension is importable, else python."""
+    workers: Workers = "auto"
+    """Engine worker threads (1..256); auto = CPUs available to the process."""
+
+    @field_validator("vips")
+    @classmethod
+    def _some_vips(cls, v: tuple[Vip, ...]) -> tuple[Vip, ...]:
+        if not v:
+            raise ValueError("at least one VIP is needed")
+        return v
+
+    def vip(self, name: str) -> Vip:
+        for v in self.vips:
+            if v.name == name:
+                return v
+        raise KeyError(name)

@@ -1,0 +1,163 @@
+"""The VIP model: a VIP, its backends, timeouts, UDP and DSR options."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from sluice.config.health import HealthCheck, PassiveEjection
+from sluice.config.values import (
+    DEFAULT_TCP_IDLE_S,
+    DEFAULT_UDP_IDLE_S,
+    Duration,
+    EndpointField,
+    FrozenModel,
+    Mode,
+    OnBackendDown,
+    Protocol,
+    ProxyProtocolVersion,
+    UdpHash,
+    yaml_off,
+    yaml_off_none,
+)
+from sluice.core.endpoint import Endpoint
+from sluice.core.maglev import DEFAULT_TABLE_SIZE, is_prime
+from sluice.core.scheduler import SchedulerName
+
+
+class Backend(FrozenModel):
+    address: EndpointField
+    """Where the backend listens (IP:port)."""
+    weight: int = Field(default=1, ge=0, le=65535)
+    """Relative share of new flows; 0 = takes no new flows."""
+    check_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port the active health check connects to; unset = the backend's own port."""
+
+
+class Timeouts(FrozenModel):
+    connect: Duration = 3.0
+    """Seconds to wait for a backend connection (TCP)."""
+    idle: Duration | None = None
+    """Seconds with no bytes either way before a flow is closed (TCP 350, UDP 120 by default)."""
+
+
+class UdpOptions(FrozenModel):
+    hash: UdpHash = "five_tuple"
+    """What picks the backend: the whole 5-tuple, or the source IP only (keeps RTP+RTCP together)."""
+    responses: int | None = Field(default=None, ge=1)
+    """End a session after this many reply datagrams (DNS: 1); unset = no limit."""
+    per_packet: bool = False
+    """No session: every datagram is balanced on its own."""
+    max_sessions: int = Field(default=65536, ge=1)
+    """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
+
+
+class DsrOptions(FrozenModel):
+    """How a ``mode: dsr`` VIP forwards packets from the XDP program."""
+
+    interface: str = Field(min_length=1, max_length=15)
+    """The LB interface the XDP program is attached to (receives VIP traffic)."""
+    forwarding: Literal["l2", "ipip"] = "l2"
+    """l2: rewrite MACs, backends on the same segment hold the VIP on lo; ipip: IP-in-IP to the backend."""
+    next_hop_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    """ipip: destination MAC of the encapsulated packets (the router towards the backends)."""
+    outer_source: str | None = None
+    """ipip: prefix (e.g. 198.19.0.0/16) the outer source address is taken from, flow bits mixed in."""
+
+    @model_validator(mode="after")
+    def _ipip_needs(self) -> Self:
+        if self.forwarding == "ipip" and (self.next_hop_mac is None or self.outer_source is None):
+            raise ValueError("forwarding: ipip needs next_hop_mac and outer_source")
+        if self.outer_source is not None:
+            try:
+                ip_network(self.outer_source, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"outer_source: {exc}") from None
+        return self
+
+
+class Vip(FrozenModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    """Unique name, used in metrics and the API."""
+    protocol: Protocol = "tcp"
+    listen: EndpointField
+    """The VIP address and port."""
+    mode: Mode = "proxy"
+    """proxy: full proxy in user space; dsr: XDP Direct Server Return."""
+    scheduler: SchedulerName = "maglev"
+    maglev_table_size: int = DEFAULT_TABLE_SIZE
+    """Maglev lookup table size M (a prime, ideally >= 100 x number of backends)."""
+    backends: tuple[Backend, ...]
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(default=10000, ge=1)
+    """Per VIP; beyond it new connections are refused and counted."""
+    proxy_protocol: Annotated[ProxyProtocolVersion, BeforeValidator(yaml_off)] = "off"
+    """PROXY protocol header sent to the backend carrying the client address."""
+    accept_proxy_protocol: bool = False
+    """Expect a PROXY v1/v2 header from the client side (TCP)."""
+    udp: UdpOptions = UdpOptions()
+    dsr: DsrOptions | None = None
+    """Required with ``mode: dsr``."""
+    health: HealthCheck | None = None
+    """Active health check; unset = none (backends are up unless passive ejection takes them out)."""
+    passive: Annotated[PassiveEjection | None, BeforeValidator(yaml_off_none)] = PassiveEjection()
+    """Passive ejection; ``off`` disables it."""
+    on_backend_down: OnBackendDown = "keep"
+    """What happens to a backend's established flows when it goes down: keep them, or close them."""
+    fail_open: bool = False
+    """When no backend is usable: true = keep sending to all of them, false = refuse new flows."""
+    slow_start: Duration | None = None
+    """Seconds over which a backend's weight ramps up after it comes up (weight-aware schedulers;
+    Maglev placement does not change, see README "Slow start")."""
+    drain_timeout: Duration = 300.0
+    """Seconds a drained backend's established flows may continue before they are closed."""
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backends(cls, v: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        if not v:
+            raise ValueError("a VIP needs at least one backend")
+        return v
+
+    @field_validator("maglev_table_size")
+    @classmethod
+    def _prime(cls, v: int) -> int:
+        if not is_prime(v):
+            raise ValueError(f"must be a prime number, got {v}")
+        if v > 1_000_003:
+            raise ValueError("must be at most 1000003")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.timeouts.idle is None:
+            idle = DEFAULT_TCP_IDLE_S if self.protocol == "tcp" else DEFAULT_UDP_IDLE_S
+            object.__setattr__(self, "timeouts", self.timeouts.model_copy(update={"idle": idle}))
+        if self.mode == "dsr" and self.dsr is None:
+            raise ValueError("mode: dsr needs a dsr block (interface, forwarding)")
+        if self.mode == "proxy" and self.dsr is not None:
+            raise ValueError("a dsr block is only valid with mode: dsr")
+        if self.accept_proxy_protocol and self.protocol != "tcp":
+            raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
+        if self.protocol == "udp" and self.proxy_protocol == "v1":
+            raise ValueError("proxy_protocol: v1 has no UDP form; use v2 for udp VIPs")
+        if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
+            raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
+        return self
+
+    @property
+    def weighted_backends(self) -> tuple[tuple[Endpoint, int], ...]:
+        """(address, weight) of every backend in config order: what a scheduler is built from."""
+        return tuple((b.address, b.weight) for b in self.backends)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        assert self.timeouts.idle is not None  # filled in by the validator
+        return self.timeouts.idle
