@@ -2,7 +2,8 @@
 
 The data plane owns these objects and increments them in place; metrics, the API and the demo read
 them. Reasons are short snake_case strings (``refused["max_connections"]``,
-``connect_errors["refused"]``) so they map straight onto Prometheus labels.
+``connect_errors["refused"]``) so they map straight onto Prometheus labels; every plane takes them
+from the one table in `sluice.core.reasons`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class BackendStats:
     connect_ok: int = 0
     """TCP connects established (the proxy's "ACK" view)."""
     connect_errors: Counter[str] = field(default_factory=Counter)
-    """Failed connects by reason: refused, timeout, unreachable, reset, other."""
+    """Failed connects by reason (`sluice.core.reasons.CONNECT_ERRORS`): refused, timeout, unreachable,
+    reset, other."""
     bytes_to_backend: int = 0
     bytes_from_backend: int = 0
     datagrams_to_backend: int = 0
