@@ -373,7 +373,8 @@ static int parse_v1(const uint8_t *buf, size_t len, size_t limit, struct proxy_a
                 return PROXY_PARSE_INVALID;
             if (v1_line(buf + V1_PREFIX_LENGTH, i - V1_PREFIX_LENGTH, &parsed) < 0)
                 return PROXY_PARSE_INVALID;
-            *out = parsed;
+            if (out)
+                *out = parsed;
             return (int)(i + 2);
         }
         if (byte == '\n' || byte < 0x20 || byte > 0x7E)
@@ -565,7 +566,8 @@ static int parse_v2(const uint8_t *buf, size_t len, size_t max_length, struct pr
             parsed.dst_port = be16(block + 34);
         }
     }
-    *out = parsed;
+    if (out)
+        *out = parsed;
     return (int)total;
 }
 

@@ -31,7 +31,8 @@ struct proxy_addrs {
 /* Parse the start of `buf` (`len` bytes) as core.proxy_protocol.parse_proxy_header(buf, max_length)
  * would: returns the header length (> 0) and fills `out` when a whole valid header is there,
  * PROXY_PARSE_INCOMPLETE when more bytes are needed, PROXY_PARSE_INVALID when Python raises
- * ProxyHeaderError. Never reads past buf[len - 1]. */
+ * ProxyHeaderError (also for max_length < 16, where Python raises ValueError). Never reads past
+ * buf[len - 1]; `out` may be NULL when only the answer matters. */
 int proxy_header_parse(const uint8_t *buf, size_t len, size_t max_length, struct proxy_addrs *out);
 
 /* Write the header core.proxy_protocol.build_proxy_header(version, src, dst, transport) returns:
