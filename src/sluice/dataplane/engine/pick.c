@@ -63,15 +63,30 @@ static int is_candidate(const struct sched_table *t, uint32_t i, const uint32_t 
     return t->weights[i] > 0 && !is_excluded(i, exclude, n_exclude);
 }
 
-static int64_t active_of(const int64_t *active, uint32_t i)
+static uint64_t active_of(const int64_t *active, uint32_t i)
 {
-    return active ? active[i] : 0;
+    return active && active[i] > 0 ? (uint64_t)active[i] : 0; /* counts are never negative */
+}
+
+/* a * w as a 96-bit number (hi, lo): exact for any 64-bit count and 32-bit weight. */
+struct u96 {
+    uint64_t hi, lo;
+};
+
+static struct u96 mul_u64_u32(uint64_t a, uint32_t w)
+{
+    uint64_t low = (a & 0xFFFFFFFFu) * w, high = (a >> 32) * w;
+    struct u96 r = {high >> 32, low + (high << 32)};
+    r.hi += r.lo < low; /* carry */
+    return r;
 }
 
 /* active[a] / weight[a] < active[b] / weight[b], exactly (cross-multiplied; weights > 0). */
 static int less_loaded(const struct sched_table *t, const int64_t *active, uint32_t a, uint32_t b)
 {
-    return (__int128)active_of(active, a) * t->weights[b] < (__int128)active_of(active, b) * t->weights[a];
+    struct u96 x = mul_u64_u32(active_of(active, a), t->weights[b]);
+    struct u96 y = mul_u64_u32(active_of(active, b), t->weights[a]);
+    return x.hi < y.hi || (x.hi == y.hi && x.lo < y.lo);
 }
 
 static int32_t pick_maglev(const struct sched_table *t, uint32_t hash, const uint32_t *exclude,
