@@ -36,7 +36,9 @@ struct sched_table {
  * - rr_current: n counters of smooth weighted round robin (state of one worker; updated).
  * - active: n open-flow counts (least_conn, random_two); may be NULL for the other kinds.
  * - r1, r2: two uniform draws in [0, 1) (random_two: the `random()` values that
- *   random.Random.choices would draw for the first and the second choice). */
+ *   random.Random.choices would draw for the first and the second choice).
+ * No allocation and no array on the stack, so no bound on n: a pick walks the backends, O(n * n_exclude)
+ * (maglev with exclusions: at most m slots). Thread-safe for distinct rr_current arrays. */
 int32_t sched_pick(const struct sched_table *t, uint32_t hash, const uint32_t *exclude, size_t n_exclude,
                    int64_t *rr_current, const int64_t *active, double r1, double r2);
 
