@@ -209,6 +209,21 @@
 
   const sections = new Map(); // vip name -> {section, rows: Map(address -> row parts), ...}
 
+  /** the middle chart: what says most about a VIP of this protocol and mode */
+  function secondChart(vip) {
+    const count = (v) => v.toFixed(1);
+    if (vip.mode === "proxy" && vip.protocol === "tcp") {
+      const lines = [["connect attempts", "connect_attempts"], ["established", "connect_ok"]];
+      return { title: "connects vs established /s", lines, format: count };
+    }
+    if (vip.mode === "proxy") {
+      const lines = [["to backends", "datagrams_to_backend"], ["from backends", "datagrams_from_backend"]];
+      return { title: "datagrams/s to and from backends", lines, format: count };
+    }
+    const lines = [["to backends", "bytes_to_backend"], ["from backends", "bytes_from_backend"]];
+    return { title: "bytes/s to backends (DSR: replies bypass sluice)", lines, format: (v) => `${humanBytes(v)}/s` };
+  }
+
   function vipSection(vip) {
     let s = sections.get(vip.name);
     if (s) return s;
@@ -224,7 +239,7 @@
       return { fig: el("figure", {}, el("figcaption", {}, caption), chart, legend), chart, legend };
     };
     const flows = mkChart("new flows/s per backend");
-    const connects = mkChart(vip.mode === "proxy" ? "connects vs established /s" : "bytes/s to and from backends");
+    const connects = mkChart(secondChart(vip).title);
     const health = mkChart("health per backend");
     const title = el("h2", {}, vip.name);
     const section = el(
@@ -375,17 +390,9 @@
       const v = smp.vipByName.get(vip.name);
       return v ? v.backends.reduce((acc, b) => acc + b[field], 0) : undefined;
     };
-    const pair =
-      vip.mode === "proxy"
-        ? [
-            { name: "connect attempts", color: "#1f77b4", points: series(vipTotal("connect_attempts")) },
-            { name: "established", color: "#2ca02c", points: series(vipTotal("connect_ok")) },
-          ]
-        : [
-            { name: "to backends", color: "#1f77b4", points: series(vipTotal("bytes_to_backend")) },
-            { name: "from backends", color: "#ff7f0e", points: series(vipTotal("bytes_from_backend")) },
-          ];
-    lineChart(s.connects.chart, s.connects.legend, pair, now, vip.mode === "proxy" ? (v) => v.toFixed(1) : (v) => `${humanBytes(v)}/s`);
+    const second = secondChart(vip);
+    const pair = second.lines.map(([name, field], i) => ({ name, color: PALETTE[i], points: series(vipTotal(field)) }));
+    lineChart(s.connects.chart, s.connects.legend, pair, now, second.format);
     healthChart(s.health.chart, s.health.legend, vip.name, addresses, now);
   }
 
