@@ -18,9 +18,9 @@ from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.loader import XDP_TX
-from sluice.dataplane.xdp.maps import BACKEND_F_ACTIVE, NO_BACKEND, CtEntry, flow_key
+from sluice.dataplane.xdp.maps import BACKEND_F_ACTIVE, NO_BACKEND, CtEntry, Map, flow_key
 from sluice.dataplane.xdp.neighbours import InterfaceInfo, NeighbourError
-from sluice.dataplane.xdp.plane import XdpConfigError, XdpLimits, XdpPlane
+from sluice.dataplane.xdp.plane import CLOCK_PERIOD_S, XdpConfigError, XdpLimits, XdpPlane
 from tests.dataplane.xdp import packets as P
 from tests.dataplane.xdp.harness import pinned_cpu
 from tests.support.privileged import needs
@@ -225,8 +225,8 @@ async def test_restart_keeps_slots_and_connection_table(instance: str, tmp_path:
     await second.apply(config(WEB3))
     try:
         assert slot_of(second, "web") == slots
-        entries = second.maps.conntrack.lookup_percpu(key)
-        assert entries is not None and entries[0].backend == slots[WEB3[1]]
+        entry = second.maps.conntrack.lookup(key)
+        assert entry is not None and entry.backend == slots[WEB3[1]]
     finally:
         await second.close()
 
@@ -358,3 +358,37 @@ async def test_refresh_and_reload_never_interleave(instance: str, tmp_path: Path
                 assert P.mac_str(r.data[:6]) != removed_mac, sport
     finally:
         await plane.close()
+
+
+async def test_plane_owns_the_coarse_clock(instance: str, tmp_path: Path) -> None:
+    """The plane writes the program's coarse clock (from its injected clock), gives UDP idle timeouts
+    one clock period of margin, and hands the time back to the kernel's clock (0) when it stops."""
+    now = [5_000_000_000]
+    plane = XdpPlane(
+        instance,
+        neighbours=FakeNeighbours(),
+        attacher=RecordingAttacher(),
+        limits=XdpLimits(max_vips=4, max_backends=64, conntrack_entries=1024),
+        cache_dir=tmp_path / "cache",
+        refresh_interval_s=0,
+        clock_ns=lambda: now[0],
+    )
+    await plane.apply(config(WEB3))
+    try:
+        clock = plane.maps.coarse_clock
+        value = clock.lookup(ctypes.c_uint32(0))
+        assert value is not None and value.value == 5_000_000_000
+        now[0] += 250_000_000
+        plane.tick_clock()
+        value = clock.lookup(ctypes.c_uint32(0))
+        assert value is not None and value.value == 5_250_000_000
+        (meta,) = [m for _k, m in plane.maps.vips.items() if m.index == vip_index(plane, "dns")]
+        assert meta.udp_idle_ns == int((30 + CLOCK_PERIOD_S) * 1e9)  # timeouts: idle 30s
+    finally:
+        await plane.close(detach=False)
+    fd = loader.obj_get(plane.pin_dir / "coarse_clock")
+    try:
+        value = Map(fd, ctypes.c_uint32, ctypes.c_uint64).lookup(ctypes.c_uint32(0))
+        assert value is not None and value.value == 0
+    finally:
+        os.close(fd)

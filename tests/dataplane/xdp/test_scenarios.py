@@ -85,9 +85,8 @@ def test_udp_entry_older_than_idle_timeout_is_rehashed(world: World) -> None:
     assert dst_mac(world.run(udp_frame(v, 5000)).data) == other.mac
     _ct_write(world, v, 5000, other.index, now - 5_000_000_000)  # idle 5 s > 1 s: re-hashed
     assert dst_mac(world.run(udp_frame(v, 5000)).data) == hashed.mac
-    entries = world.maps.conntrack.lookup_percpu(flow_key(CLIENT4, v.addr, 5000, v.port, v.proto))
-    (cpu,) = os.sched_getaffinity(0)  # the program rewrote this CPU's entry only
-    assert entries is not None and entries[cpu].backend == hashed.index
+    entry = world.maps.conntrack.lookup(flow_key(CLIENT4, v.addr, 5000, v.port, v.proto))
+    assert entry is not None and entry.backend == hashed.index
     c = world.counters()
     assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.udp_expired"], c["vip.v4udp.new_flows"]) == (1, 1, 1)
 
@@ -156,20 +155,109 @@ def test_maglev_slot_written_by_batch_is_read_back(world: World) -> None:
     assert value is not None and value.value == v.slots[5]
 
 
-def test_connection_entries_are_per_cpu(world: World) -> None:
-    """An entry written on one CPU reads back zeroed on another: that CPU falls back to Maglev
-    (counted as a miss) instead of using backend 0 (on real NICs RSS keeps a flow on one CPU)."""
+def _two_cpus() -> tuple[int, int]:
     cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")  # every machine this runs on has two; documented, not a privilege skip
+    return cpus[0], cpus[1]
+
+
+def test_a_syn_wins_on_every_cpu(world: World) -> None:
+    """The lab's drain story on veth (no RSS: one flow's packets on either CPU). A first connection
+    opens on CPU 0 and sends data on CPU 1; the Maglev table changes; a new connection reusing the
+    5-tuple opens on CPU 0 (the new backend): its data on CPU 1 must follow that SYN, not what CPU 1
+    saw of the old connection. BPF_PROG_TEST_RUN runs the program on the caller's CPU (XDP test runs
+    take no BPF_F_TEST_RUN_ON_CPU), so the test moves itself."""
+    cpu0, cpu1 = _two_cpus()
     v = world.vips["v4tcp"]
-    hashed = model_backend(v, CLIENT4, 41010)
-    os.sched_setaffinity(0, {cpus[0]})
-    world.run(tcp_frame(v, 41010, P.TCP_SYN))
+    old = model_backend(v, CLIENT4, 41010)
+    os.sched_setaffinity(0, {cpu0})
+    assert dst_mac(world.run(tcp_frame(v, 41010, P.TCP_SYN)).data) == old.mac
+    os.sched_setaffinity(0, {cpu1})
+    assert dst_mac(world.run(tcp_frame(v, 41010, P.TCP_ACK, b"first")).data) == old.mac
+    world.write_slots(v, rotate(v))  # e.g. a drain: the tuple now hashes elsewhere
+    new = model_backend(v, CLIENT4, 41010)
+    assert new != old
+    os.sched_setaffinity(0, {cpu0})
+    assert dst_mac(world.run(tcp_frame(v, 41010, P.TCP_SYN)).data) == new.mac
+    for cpu in (cpu1, cpu0, cpu1):
+        os.sched_setaffinity(0, {cpu})
+        r = world.run(tcp_frame(v, 41010, P.TCP_ACK, b"second"))
+        assert r.verdict == XDP_TX and dst_mac(r.data) == new.mac
+    c = world.counters()
+    assert (c["vip.v4tcp.new_flows"], c["vip.v4tcp.ct_hits"], c["vip.v4tcp.ct_misses"]) == (2, 4, 0)
+
+
+def test_udp_flow_seen_on_two_cpus_has_one_backend(world: World) -> None:
+    cpu0, cpu1 = _two_cpus()
+    v = world.vips["v4udp"]
+    first = model_backend(v, CLIENT4, 5010)
+    os.sched_setaffinity(0, {cpu0})
+    assert dst_mac(world.run(udp_frame(v, 5010)).data) == first.mac
     world.write_slots(v, rotate(v))
-    os.sched_setaffinity(0, {cpus[1]})
-    r = world.run(tcp_frame(v, 41010, P.TCP_ACK))
-    assert dst_mac(r.data) == model_backend(v, CLIENT4, 41010).mac != hashed.mac
-    assert world.counters()["vip.v4tcp.ct_misses"] == 1
-    os.sched_setaffinity(0, {cpus[0]})
-    assert dst_mac(world.run(tcp_frame(v, 41010, P.TCP_ACK)).data) == hashed.mac
+    os.sched_setaffinity(0, {cpu1})
+    assert dst_mac(world.run(udp_frame(v, 5010)).data) == first.mac  # the flow's entry, not the new slot
+    c = world.counters()
+    assert (c["vip.v4udp.new_flows"], c["vip.v4udp.ct_hits"]) == (1, 1)
+
+
+S = 1_000_000_000
+
+
+def test_udp_idle_expiry_follows_the_coarse_clock(world: World) -> None:
+    """The control plane's coarse clock (not the clock source) times UDP idleness: a packet within the
+    idle timeout of the flow's last packet keeps the entry (and restamps it), one after it re-hashes."""
+    v = world.vips["v4udp"]  # idle timeout 1 s
+    first = model_backend(v, CLIENT4, 5020)
+    t = 1000 * S
+    world.maps.set_clock(t)
+    assert dst_mac(world.run(udp_frame(v, 5020)).data) == first.mac
+    world.write_slots(v, rotate(v))  # from now on a re-hashed flow goes elsewhere
+    moved = model_backend(v, CLIENT4, 5020)
+    assert moved != first
+    for step in (S - 1, S - 1, S):  # each within 1 s of the previous packet: 3 s in all, never idle 1 s
+        t += step
+        world.maps.set_clock(t)
+        assert dst_mac(world.run(udp_frame(v, 5020)).data) == first.mac
+    entry = world.maps.conntrack.lookup(flow_key(CLIENT4, v.addr, 5020, v.port, v.proto))
+    assert entry is not None and entry.last_seen_ns == t  # stamped with the coarse clock
+    t += S + 1  # idle longer than 1 s
+    world.maps.set_clock(t)
+    assert dst_mac(world.run(udp_frame(v, 5020)).data) == moved.mac
+    c = world.counters()
+    assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.udp_expired"], c["vip.v4udp.new_flows"]) == (3, 1, 2)
+
+
+def test_entries_are_stamped_with_the_coarse_clock(world: World) -> None:
+    v = world.vips["v4tcp"]
+    key = flow_key(CLIENT4, v.addr, 41020, v.port, v.proto)
+    world.maps.set_clock(7 * S)
+    world.run(tcp_frame(v, 41020, P.TCP_SYN))
+    entry = world.maps.conntrack.lookup(key)
+    assert entry is not None and entry.last_seen_ns == 7 * S
+    world.maps.set_clock(8 * S)
+    world.run(tcp_frame(v, 41020, P.TCP_ACK))
+    entry = world.maps.conntrack.lookup(key)
+    assert entry is not None and entry.last_seen_ns == 8 * S
+    world.maps.set_clock(0)  # not written: the program reads bpf_ktime_get_ns()
+    before = time.monotonic_ns()
+    world.run(tcp_frame(v, 41020, P.TCP_ACK))
+    entry = world.maps.conntrack.lookup(key)
+    assert entry is not None and before <= entry.last_seen_ns <= time.monotonic_ns()
+
+
+def test_hit_forwards_with_the_entrys_hash(world: World) -> None:
+    """ipip takes the outer source from the flow hash: on a hit it comes from the entry (no hashing),
+    so an entry written by the program gives the same outer header as the SYN."""
+    v = world.vips["ipip4"]
+    syn = world.run(tcp_frame(v, 41030, P.TCP_SYN))
+    ack = world.run(tcp_frame(v, 41030, P.TCP_ACK))
+    assert syn.verdict == ack.verdict == XDP_TX
+    assert syn.data[14 + 12 : 14 + 20] == ack.data[14 + 12 : 14 + 20]  # outer source and destination
+    key = flow_key(CLIENT4, v.addr, 41030, v.port, v.proto)
+    entry = world.maps.conntrack.lookup(key)
+    assert entry is not None
+    entry.hash ^= 0xFF  # the stored hash is what a hit uses
+    world.maps.conntrack.update(key, entry)
+    changed = world.run(tcp_frame(v, 41030, P.TCP_ACK))
+    assert changed.data[14 + 15] == syn.data[14 + 15] ^ 0xFF  # last byte of the outer source

@@ -11,7 +11,8 @@ Maps (all pinned under /sys/fs/bpf/sluice/<instance>/, bounds set by -D from the
   vips          HASH           (addr16, port, proto) -> vip_meta {index, M, udp idle, fwd, src MAC, outer prefix}
   maglev        ARRAY          vip_index * MAGLEV_SIZE + slot -> backend slot (NO_BACKEND if empty)
   backends      ARRAY          backend slot -> {addr16, MAC, family, ACTIVE, vip_index, port}
-  conntrack     LRU_PERCPU_HASH  40-byte flow key (= the flow-hash key) -> {backend slot, last seen ns}
+  conntrack     LRU_HASH       40-byte flow key (= the flow-hash key) -> {backend slot, flow hash, last seen ns}
+  coarse_clock  ARRAY          CLOCK_MONOTONIC ns written by the plane every 0.25 s (0: the program reads the clock)
   global_stats / vip_stats / backend_stats   PERCPU_ARRAY of named u64 counters
 
 Verdicts: forwarded packets -> XDP_TX (l2: MACs rewritten; ipip: outer IPv4/IPv6 header by backend
@@ -21,6 +22,8 @@ reason. Malformed or truncated headers (Ethernet/802.1Q, IP, TCP/UDP/ICMP, ICMP'
 XDP_DROP, counted by reason: the kernel would discard them anyway and they must never be forwarded.
 A VIP whose Maglev slot is empty -> XDP_DROP (counted per VIP).
 
-The connection table is per CPU (like Katran's): on real NICs RSS keeps a flow on one CPU; an entry
-written on another CPU reads back zeroed and counts as a miss (falls back to Maglev).
+The connection table is one table for all CPUs: on veth, generic XDP or a single-queue NIC one flow's
+packets land on any CPU, and a SYN must win on every CPU that later sees the flow. A hit costs one
+lookup: the entry keeps the flow hash (ipip's outer source needs it; only a miss hashes, for Maglev)
+and is stamped from the coarse clock, written only when that clock moved.
 """

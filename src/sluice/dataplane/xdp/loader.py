@@ -432,3 +432,42 @@ def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1
 
 
 test_run.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+@dataclass(frozen=True)
+class TestRunEach:
+    """What `test_run_each` returns: per run, the verdict and the kernel's duration. Test and bench only."""
+
+    verdicts: list[int]
+    durations_ns: list[int]
+
+
+def test_run_each(prog_fd: int, frames: list[bytes], *, headroom: int = 256) -> TestRunEach:
+    """Run an XDP program once on each of `frames` (one BPF_PROG_TEST_RUN per frame, repeat=1).
+
+    repeat > 1 reuses one buffer, so a program that changes the frame's length (ipip encapsulation)
+    sees its own output from the second run on: timing a path means one run per frame, each timed
+    by the kernel. A run's duration includes the kernel's two clock reads around it; time an empty
+    program the same way to know that floor. Test and bench only."""
+    lib = libbpf()
+    size = max((len(f) for f in frames), default=0)
+    data_in = ctypes.create_string_buffer(size)
+    out = ctypes.create_string_buffer(size + headroom)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(out)
+    )
+    verdicts, durations = [], []
+    run = lib.bpf_prog_test_run_opts
+    ref = ctypes.byref(opts)
+    for frame in frames:
+        ctypes.memmove(data_in, frame, len(frame))
+        opts.data_size_in = len(frame)
+        opts.data_size_out = len(out)
+        opts.repeat = 1
+        _check(run(prog_fd, ref), "bpf_prog_test_run_opts")
+        verdicts.append(opts.retval)
+        durations.append(opts.duration)
+    return TestRunEach(verdicts, durations)
+
+
+test_run_each.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

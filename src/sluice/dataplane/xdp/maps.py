@@ -44,9 +44,9 @@ class FlowKey(ctypes.Structure):
 
 
 class CtEntry(ctypes.Structure):
-    """struct ct_entry (per CPU)."""
+    """struct ct_entry (one for all CPUs)."""
 
-    _fields_ = (("backend", _u32), ("pad", _u32), ("last_seen_ns", _u64))
+    _fields_ = (("backend", _u32), ("hash", _u32), ("last_seen_ns", _u64))
 
 
 class VipKey(ctypes.Structure):
@@ -205,7 +205,7 @@ def sum_fields(values: Sequence[ctypes.Structure]) -> dict[str, int]:
 
 
 K = TypeVar("K", bound="ctypes.Structure | ctypes.c_uint32")
-V = TypeVar("V", bound="ctypes.Structure | ctypes.c_uint32")
+V = TypeVar("V", bound="ctypes.Structure | ctypes.c_uint32 | ctypes.c_uint64")
 
 
 class Map(Generic[K, V]):
@@ -300,6 +300,7 @@ class XdpMaps:
     global_stats: Map[ctypes.c_uint32, GlobalStats]
     vip_stats: Map[ctypes.c_uint32, VipStatsC]
     backend_stats: Map[ctypes.c_uint32, BackendStatsC]
+    coarse_clock: Map[ctypes.c_uint32, ctypes.c_uint64]
 
     @classmethod
     def from_fds(cls, fds: dict[str, int]) -> XdpMaps:
@@ -309,11 +310,16 @@ class XdpMaps:
             vips=Map(fds["vips"], VipKey, VipMeta),
             maglev=Map(fds["maglev"], u32, u32),
             backends=Map(fds["backends"], u32, BackendEntry),
-            conntrack=Map(fds["conntrack"], FlowKey, CtEntry, percpu=True),
+            conntrack=Map(fds["conntrack"], FlowKey, CtEntry),
             global_stats=Map(fds["global_stats"], u32, GlobalStats, percpu=True),
             vip_stats=Map(fds["vip_stats"], u32, VipStatsC, percpu=True),
             backend_stats=Map(fds["backend_stats"], u32, BackendStatsC, percpu=True),
+            coarse_clock=Map(fds["coarse_clock"], u32, ctypes.c_uint64),
         )
+
+    def set_clock(self, now_ns: int) -> None:
+        """Write the coarse clock the program stamps connection entries with (CLOCK_MONOTONIC ns)."""
+        self.coarse_clock.update(ctypes.c_uint32(0), ctypes.c_uint64(now_ns))
 
     def global_counters(self) -> dict[str, int]:
         values = self.global_stats.lookup_percpu(ctypes.c_uint32(0))

@@ -10,6 +10,13 @@ the latest config while some backend has no MAC) never interleave over the maps 
 
 The maps are pinned (see loader.py): a restarted process finds its VIP and backend slots in the pinned
 maps, so the connection table keeps pointing at the right backends.
+
+The clock: while the plane runs it writes CLOCK_MONOTONIC into the program's coarse_clock map every
+CLOCK_PERIOD_S, and the program stamps connection entries with that value instead of reading the clock
+source per packet. A UDP VIP's idle timeout is written one period longer (udp_idle_ns), so a flow never
+expires early because of the coarse clock and at most two periods late. close() writes 0: the program
+then reads bpf_ktime_get_ns() again (a process that died without close() leaves the clock stopped:
+UDP entries stop expiring, forwarding is unaffected).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import contextlib
 import ctypes
 import logging
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -56,6 +64,7 @@ log = logging.getLogger(__name__)
 
 PROGRAM: Final = "sluice_xdp"
 PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
+CLOCK_PERIOD_S: Final = 0.25  # seconds between two writes of the coarse clock
 
 
 class XdpConfigError(ValueError):
@@ -68,7 +77,7 @@ class XdpLimits:
 
     max_vips: int = 64
     max_backends: int = 4096
-    conntrack_entries: int = 65536  # per CPU
+    conntrack_entries: int = 65536  # per CPU (one table shared by all CPUs, an LRU list per CPU)
 
 
 class Attacher:
@@ -140,6 +149,7 @@ class XdpPlane:
         limits: XdpLimits | None = None,
         cache_dir: Path | None = None,
         refresh_interval_s: float = 30.0,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.instance = instance
         self.neighbours: Neighbours = neighbours or NetlinkNeighbours()
@@ -155,6 +165,8 @@ class XdpPlane:
         self._attached: dict[str, tuple[int, loader.AttachMode]] = {}
         self._config: Config | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self.clock_ns = clock_ns  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+        self._clock: asyncio.Task[None] | None = None
         # Serialises every write to the maps and the slot allocation: apply() (the controller's
         # reloads and health changes) and the MAC refresh rounds.
         self._apply_lock = asyncio.Lock()
@@ -179,6 +191,7 @@ class XdpPlane:
             "MAX_BACKENDS": max(self.limits.max_backends, 2 * sum(len(v.backends) for v in vips)),
             "MAGLEV_SIZE": max((v.maglev_table_size for v in vips), default=DEFAULT_TABLE_SIZE),
             "CT_SIZE": self.limits.conntrack_entries,
+            "CT_CPUS": loader.num_possible_cpus(),
         }
 
     def _ensure_loaded(self, defines: dict[str, int]) -> None:
@@ -191,6 +204,7 @@ class XdpPlane:
         path = build.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
         self._obj = loader.load_object(path, (PROGRAM,), pins=self.pin_dir)
         self._maps = XdpMaps.from_fds(self._obj.maps)
+        self._maps.set_clock(self.clock_ns())
         self._defines = dict(defines)
         self._recover()
         for ifname, (ifindex, _mode) in list(self._attached.items()):
@@ -227,6 +241,8 @@ class XdpPlane:
             await self._apply_locked(config)
         if self._refresh is None and self.refresh_interval_s > 0:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().create_task(self._clock_loop())
 
     async def _apply_locked(self, config: Config) -> None:
         assert self._apply_lock.locked()
@@ -334,7 +350,7 @@ class XdpPlane:
         meta = VipMeta(
             index=index,
             maglev_size=vip.maglev_table_size,
-            udp_idle_ns=int(vip.idle_timeout_s * 1e9),
+            udp_idle_ns=int((vip.idle_timeout_s + CLOCK_PERIOD_S) * 1e9),
             fwd=FWD_IPIP if vip.dsr.forwarding == "ipip" else FWD_L2,
         )
         meta.src_mac[:] = mac_bytes(self.neighbours.interface(vip.dsr.interface).mac)
@@ -369,6 +385,16 @@ class XdpPlane:
         for name in sorted(set(self._attached) - names):
             ifindex, mode = self._attached.pop(name)
             self.attacher.detach(ifindex, mode)
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_PERIOD_S)
+            self.tick_clock()
+
+    def tick_clock(self) -> None:
+        """Write the coarse clock (the periodic task does it every CLOCK_PERIOD_S)."""
+        if self._maps is not None:
+            self._maps.set_clock(self.clock_ns())
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -459,11 +485,9 @@ class XdpPlane:
             return None
         by_slot = {slot: identity for identity, slot in state.backend_slots.items()}
         key = flow_key(str(flow.src_ip), str(flow.dst_ip), flow.src_port, flow.dst_port, flow.proto)
-        entries = [e for e in self._maps.conntrack.lookup_percpu(key) or [] if e.last_seen_ns]
-        if entries:
-            latest = max(entries, key=lambda e: e.last_seen_ns)
-            if latest.backend in by_slot:
-                return by_slot[latest.backend], "conntrack"
+        entry = self._maps.conntrack.lookup(key)
+        if entry is not None and entry.backend in by_slot:
+            return by_slot[entry.backend], "conntrack"
         if state.row is None:
             return None
         slot = int(state.row[flow_hash(flow) % len(state.row)])
@@ -480,12 +504,15 @@ class XdpPlane:
     async def close(self, *, detach: bool = True) -> None:
         """Stop: detach the program (unless `detach` is False: forwarding continues without us);
         the pinned maps stay, so a restart keeps the connection table."""
-        if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
-            self._refresh = None
+        for task in (self._refresh, self._clock):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresh = self._clock = None
         async with self._apply_lock:
+            if self._maps is not None:
+                self._maps.set_clock(0)  # the program reads bpf_ktime_get_ns() again
             if detach:
                 for ifindex, mode in self._attached.values():
                     self.attacher.detach(ifindex, mode)

@@ -35,51 +35,84 @@ static __always_inline __u32 maglev_pick(const struct vip_meta *vip, __u32 hash)
 	return slot ? *slot : NO_BACKEND;
 }
 
-/* Pick the backend for `pkt` and keep the connection table current.
+/* The time for connection entries: the control plane's coarse clock (no clock-source read), or
+ * bpf_ktime_get_ns() until the control plane has written it. */
+static __always_inline __u64 coarse_now(void)
+{
+	__u32 zero = 0;
+	__u64 *now = bpf_map_lookup_elem(&coarse_clock, &zero);
+
+	if (now && *now)
+		return *now;
+	return bpf_ktime_get_ns();
+}
+
+/* `entry` (the flow's connection entry) if usable for `pkt`, else NULL; sets *index, *hash. A hit
+ * costs the table lookup the caller made: no hashing, and the stamp is written only when the coarse
+ * clock moved (once per period per flow, so the shared entry's line is not bounced). */
+static __always_inline struct backend *conntrack_hit(struct ct_entry *entry, const struct vip_meta *vip,
+						      const struct packet *pkt, struct vip_stats *vs, __u32 *index,
+						      __u32 *hash)
+{
+	struct backend *be;
+	__u64 now = coarse_now();
+
+	if (pkt->flow.proto == PROTO_UDP && !pkt->is_icmp && now > entry->last_seen_ns &&
+	    now - entry->last_seen_ns > vip->udp_idle_ns) {
+		count_udp_expired(vs);
+		return 0;
+	}
+	*index = entry->backend;
+	*hash = entry->hash;
+	be = usable_backend(*index, vip);
+	if (!be)
+		return 0;
+	if (!pkt->is_icmp && entry->last_seen_ns != now)
+		entry->last_seen_ns = now;
+	count_ct_hit(vs);
+	return be;
+}
+
+/* Pick the backend for `pkt` and keep the connection table current; *hash is the flow hash.
  * TCP SYN: always Maglev, (re)write the entry. Other TCP: the entry if usable, else a counted miss
  * and Maglev (the entry is rewritten). UDP: the entry unless idle longer than the VIP's timeout.
- * ICMP "too big": the entry if usable, else Maglev; never writes. */
+ * ICMP "too big": the entry if usable, else Maglev; never writes.
+ * An existing entry is rewritten in place (an LRU update would take a free node and release the old
+ * one); a new one is inserted. */
 static __always_inline struct backend *pick_backend(const struct vip_meta *vip, struct packet *pkt,
-						     struct vip_stats *vs, __u32 hash, __u32 *index,
+						     struct vip_stats *vs, __u32 *index, __u32 *hash,
 						     int *new_flow)
 {
-	__u64 now = bpf_ktime_get_ns();
-	struct ct_entry *entry = 0;
+	struct ct_entry *entry = bpf_map_lookup_elem(&conntrack, &pkt->flow);
 	struct backend *be;
 	int is_syn = pkt->flow.proto == PROTO_TCP &&
 		     (pkt->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
 
 	*new_flow = 0;
 	if (!is_syn) {
-		entry = bpf_map_lookup_elem(&conntrack, &pkt->flow);
-		if (entry && entry->last_seen_ns == 0)
-			entry = 0; /* written on another CPU: zeroed here */
-		if (entry && pkt->flow.proto == PROTO_UDP && !pkt->is_icmp &&
-		    now - entry->last_seen_ns > vip->udp_idle_ns) {
-			count_udp_expired(vs);
-			entry = 0;
-		}
 		if (entry) {
-			be = usable_backend(entry->backend, vip);
-			if (be) {
-				*index = entry->backend;
-				if (!pkt->is_icmp)
-					entry->last_seen_ns = now;
-				count_ct_hit(vs);
+			be = conntrack_hit(entry, vip, pkt, vs, index, hash);
+			if (be)
 				return be;
-			}
 		}
 		if (pkt->flow.proto == PROTO_TCP && !pkt->is_icmp)
 			count_ct_miss(vs);
 	}
 
-	*index = maglev_pick(vip, hash);
+	*hash = flow_hash(&pkt->flow);
+	*index = maglev_pick(vip, *hash);
 	be = usable_backend(*index, vip);
 	if (!be || pkt->is_icmp)
 		return be;
-	struct ct_entry fresh = { .backend = *index, .last_seen_ns = now };
-	bpf_map_update_elem(&conntrack, &pkt->flow, &fresh, BPF_ANY);
 	*new_flow = is_syn || pkt->flow.proto == PROTO_UDP;
+	if (entry) {
+		entry->backend = *index;
+		entry->hash = *hash;
+		entry->last_seen_ns = coarse_now();
+		return be;
+	}
+	struct ct_entry fresh = { .backend = *index, .hash = *hash, .last_seen_ns = coarse_now() };
+	bpf_map_update_elem(&conntrack, &pkt->flow, &fresh, BPF_ANY);
 	return be;
 }
 

@@ -19,7 +19,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct vip_meta *vip;
 	struct vip_stats *vs;
 	struct backend *be;
-	__u32 reason = 0, index = NO_BACKEND, hash;
+	__u32 reason = 0, index = NO_BACKEND, hash = 0;
 	int verdict, new_flow = 0;
 
 	count_global(GSTAT(rx_packets), 0);
@@ -35,8 +35,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		return count_global(GSTAT(pass_not_vip), XDP_PASS);
 	vs = vip_counters(vip->index);
 
-	hash = flow_hash(&pkt.flow);
-	be = pick_backend(vip, &pkt, vs, hash, &index, &new_flow);
+	be = pick_backend(vip, &pkt, vs, &index, &hash, &new_flow);
 	if (!be)
 		return count_drop_no_backend(vs);
 	if (forward(ctx, &pkt, vip, be, hash) != XDP_TX)

@@ -35,15 +35,28 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* conntrack: the backend each flow was given (per CPU, least recently used evicted).
- * key struct flow_key (client -> VIP, network order), value struct ct_entry; bound CT_SIZE per CPU.
- * An entry is per CPU: one written on another CPU reads back zeroed here (last_seen_ns == 0). */
+/* conntrack: the backend each flow was given, one entry per flow seen by every CPU (a flow whose
+ * packets land on several CPUs, as on veth or a single-queue NIC, has one backend; a SYN rewrites it
+ * for all). Least recently used evicted, with the kernel's common LRU: each CPU takes free entries
+ * from its own cache and touches the shared lists once per batch (BPF_F_NO_COMMON_LRU was measured
+ * slower here: it rotates its list on every insert).
+ * key struct flow_key (client -> VIP, network order), value struct ct_entry; bound CT_SIZE * CT_CPUS. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, CT_SIZE);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_SIZE * CT_CPUS);
 	__type(key, struct flow_key);
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
+
+/* coarse_clock: CLOCK_MONOTONIC ns written by the control plane every CLOCK_PERIOD (plane.py), so a
+ * packet reads the time from memory instead of the clock source; 0 until written (the program then
+ * reads bpf_ktime_get_ns). key __u32 0, value __u64; 1 entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} coarse_clock SEC(".maps");
 
 /* global_stats: counters not tied to a VIP. key __u32 0, value struct global_stats; 1 entry, per CPU. */
 struct {

@@ -18,11 +18,11 @@ struct flow_key {
 	__u8 pad[3];   /* zero */
 };
 
-/* Connection-table value (per CPU). */
+/* Connection-table value (one for all CPUs). */
 struct ct_entry {
 	__u32 backend;      /* index into `backends` */
-	__u32 pad;
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last packet; 0 = unused */
+	__u32 hash;         /* host order: the flow hash (flow_hash.h), kept so a hit needs no hashing */
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC ns of the last packet, to the coarse clock's period */
 };
 
 /* VIP key: what a packet is addressed to. */
