@@ -15,6 +15,12 @@
   const TOKEN_KEY = "sluice.token";
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const ACTION_TITLES = {
+    drain: "drain: no new flows; established ones continue up to drain_timeout",
+    undrain: "undrain: back to active",
+    maintenance: "maintenance: no new flows; established ones end at drain_timeout",
+    weight: "set the runtime weight (0..65535); a reload that changes it in the file wins",
+  };
 
   /** @type {{t: number, vips: any[]}[]} oldest first, at most MAX_SAMPLES */
   const samples = [];
@@ -108,7 +114,7 @@
 
   // ------------------------------------------------------------ charts (inline SVG)
 
-  const W = 600, H = 140, PAD_L = 44, PAD_R = 8, PAD_T = 8, PAD_B = 18;
+  const W = 600, H = 140, PAD_L = 58, PAD_R = 8, PAD_T = 8, PAD_B = 18;
 
   /** the charts' time span (ms): the kept samples, at least 30 s, at most the window */
   function span(now) {
@@ -194,16 +200,16 @@
     ["state", "state", "state"],
     ["admin", "admin", ""],
     ["weight", "weight", "num"],
-    ["effective_weight", "effective", "num"],
+    ["effective_weight", "eff.", "num"],
     ["active", "active", "num"],
     ["flows_total", "flows", "num"],
     ["flows_rate", "flows/s", "num"],
     ["connect_errors", "conn err", "num"],
-    ["bytes_to_backend", "to backend", "num"],
-    ["bytes_from_backend", "from backend", "num"],
+    ["bytes_to_backend", "bytes in", "num"],
+    ["bytes_from_backend", "bytes out", "num"],
     ["in_rate", "in/s", "num"],
     ["out_rate", "out/s", "num"],
-    ["last_check", "last check", ""],
+    ["last_check", "last check", "check"],
     ["since_s", "since", "num"],
   ];
 
@@ -267,7 +273,7 @@
       tr.append(cells[field]);
     }
     const button = (action, label) =>
-      el("button", { type: "button", "data-action": action, title: `POST .../${action}` }, label);
+      el("button", { type: "button", "data-action": action, title: ACTION_TITLES[action] }, label);
     const weightInput = el("input", { type: "number", min: 0, max: 65535, step: 1, "data-input": "weight" });
     weightInput.setAttribute("aria-label", `weight of ${b.address}`);
     const actions = el(
@@ -280,7 +286,7 @@
       button("maintenance", "maint."),
       " ",
       weightInput,
-      button("weight", "set weight"),
+      button("weight", "set"),
     );
     actions.addEventListener("click", (ev) => {
       const action = ev.target instanceof HTMLButtonElement ? ev.target.dataset.action : undefined;
@@ -479,8 +485,7 @@
       for (const r of s.rows.values()) {
         for (const b of r.buttons) {
           b.disabled = !token;
-          if (!token) b.title = "type the admin token first";
-          else b.title = `POST .../${b.dataset.action}`;
+          b.title = token ? ACTION_TITLES[b.dataset.action] : "type the admin token first";
         }
         r.weightInput.disabled = !token;
       }
