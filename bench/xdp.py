@@ -51,7 +51,11 @@ Measured over the steady window of each round (after a warm-up):
   on that core (other tenants' processes; the LB has none there); for the sluice proxy, user + sys
   of its process tree (psutil). The native-XDP NAPI kthread's own CPU time is recorded as a check;
 - XDP program ns per packet: BPF_PROG_TEST_RUN of the attached program (sluice's or the reflector),
-  200k runs on one of the load's frames, outside veth: what the program itself costs;
+  one run per frame (repeat=1: a repeated run reuses the buffer, so an ipip program would time its own
+  output's pass path) on TEST_RUNS copies of one of the load's frames, each run checked to return
+  XDP_TX; the mean of the kernel's per-run durations, its two clock reads included. Per path, against
+  the program before the per-packet work of issue 14 and net of an empty program: bench/xdp_paths.py,
+  run by this scenario after its rounds (its own json, xdp_paths.json, and table);
 - wake-ups: rescheduling + function-call IPIs received by the LB core (/proc/interrupts) per 1000
   forwarded packets, and for native XDP the packets per wake-up of the NAPI kthread: on this VM an
   IPI is an exit to the hypervisor, and small batches make every packet pay for it.
@@ -79,7 +83,7 @@ from typing import Any
 
 import psutil
 
-from bench import proc, rawgen, rounds
+from bench import proc, rawgen, report, rounds, xdp_paths
 from bench.cpu import tree_cpu_seconds
 from bench.peers import sluice_bin
 from bench.rounds import Metric, Row, Scenario, Target
@@ -100,7 +104,7 @@ NAPI_FIFO_PRIORITY = 1
 not time-shared with other processes on the LB core, and p-lb's drains what the LB sent before the
 sender (nice 0, same core) sends more, so an overloaded core 1 drops frames before the LB (at
 eth0's ring or backlog) rather than after the LB has done its work."""
-TEST_RUN_REPEAT = 200_000
+TEST_RUNS = 20_000
 MAX_PPS = 3_000_000  # the packet-count bound of one generator run: this rate x its duration
 
 PEERS = ("xdp_native", "xdp_generic", "reflector", "nftables", "sluice_proxy")
@@ -146,8 +150,10 @@ class XdpForwarding(Scenario):
         "LB CPU = LB-core busy - user - nice (other tenants) for XDP, the reflector and nftables; "
         "user+sys of the sluice process for the UDP proxy. On veth, native XDP copies each skb into "
         "a page before the program and XDP_TX hands a frame to the peer's NAPI: costs a real NIC "
-        "does not have. XDP prog ns/pkt = BPF_PROG_TEST_RUN mean of the attached program on one of "
-        "the load's frames (200k runs): the program alone, without veth. IPIs = rescheduling + "
+        "does not have. XDP prog ns/pkt = BPF_PROG_TEST_RUN of the attached program, one run per "
+        "frame (20k runs on one of the load's frames, each checked to return XDP_TX; the mean of the "
+        "kernel's per-run figures, its two clock reads included): the program alone, without veth "
+        "(per path: the xdp_paths table). IPIs = rescheduling + "
         "function-call interrupts into core 0 (/proc/interrupts) per 1000 forwarded packets."
     )
     peer_names = PEERS
@@ -627,7 +633,8 @@ class Bench:
 
     def _program_ns(self, port: int) -> float:
         """Mean ns per run of the XDP program attached to the LB's eth0 on one of the load's frames
-        (BPF_PROG_TEST_RUN, TEST_RUN_REPEAT runs, no veth around it): the program's own cost."""
+        (BPF_PROG_TEST_RUN, one run per frame, TEST_RUNS runs, no veth around it): the program's own
+        cost. Every run must return XDP_TX (a repeated run would time ipip's pass path)."""
         from sluice.dataplane.xdp import loader
 
         links = json.loads(self.lab.ns("lb").run("ip", "-j", "link", "show", "eth0").stdout)
@@ -637,12 +644,7 @@ class Bench:
             data = rawgen.frame(
                 self.macs["lb"], self.macs["client"], dsr.CLIENT, dsr.VIP, FIRST_SPORT, port, PAYLOAD
             )
-            result = loader.test_run(fd, data, repeat=TEST_RUN_REPEAT)
-            if result.verdict != loader.XDP_TX:
-                raise RuntimeError(
-                    f"test run of program {prog_id}: verdict {result.verdict}, expected XDP_TX"
-                )
-            return float(result.duration_ns)
+            return xdp_paths.time_path(fd, [data] * TEST_RUNS, verdict=loader.XDP_TX).mean_ns
         finally:
             os.close(fd)
 
@@ -755,7 +757,21 @@ def _brief(row: Row) -> str:
 
 
 def run(sc: XdpForwarding, n_rounds: int, log: Any = print) -> dict[str, Any] | None:
-    """All rounds in one lab; the json document, or None when the scenario cannot run here."""
+    """All rounds in one lab; the json document, or None when the scenario cannot run here. Then the
+    per-path program timings (bench/xdp_paths.py), written to their own json here (run.py writes
+    this scenario's and regenerates BENCHMARKS.md from every json)."""
+    doc = _run_lab(sc, n_rounds, log)
+    if doc is not None:
+        log(f"== {xdp_paths.XdpPaths.name}: {xdp_paths.XdpPaths.title}")
+        paths = xdp_paths.run(xdp_paths.XdpPaths(sc.quick), n_rounds, log)
+        report.RESULTS.mkdir(parents=True, exist_ok=True)
+        out = report.RESULTS / f"{paths['scenario']}.json"
+        out.write_text(json.dumps(paths, indent=1) + "\n")
+        log(f"   -> {out.relative_to(proc.REPO)} ({paths['elapsed_s']} s)")
+    return doc
+
+
+def _run_lab(sc: XdpForwarding, n_rounds: int, log: Any) -> dict[str, Any] | None:
     lb_core, gen_core = proc.cores()
     doc = rounds.run_lab(
         sc, n_rounds, missing(), lambda workdir: Bench(sc, workdir, lb_core, gen_core), _brief, log

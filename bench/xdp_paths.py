@@ -8,9 +8,10 @@ protocol), 3 backends each and a 65,537-slot Maglev ring:
              compiled with the same flags), the figure the per-packet targets are held against;
 - reflector: bench/xdp_reflector.bpf.c ``reflect`` (MAC rewrite by sport % 3; IPv4/UDP only, so only
              the UDP column), the bare XDP_TX program;
-- floor:     bpf/sluice_pass.bpf.c (returns XDP_PASS): what a run costs with no program work, the two
-             clock reads of the kernel around the run included. Its raw figure is shown; every other
-             row shows its ns per packet minus the floor of the same round and path.
+and, first in every round, the floor: bpf/sluice_pass.bpf.c (returns XDP_PASS), what a run costs with
+no program work (the kernel's two clock reads around the run included), timed on every path's frames.
+A row shows its ns per packet minus the floor of the same round and path; the floor column is the
+floor's own figure (on the UDP frame).
 
 Paths, for l2 and ipip: a TCP SYN (same 5-tuple every run: Maglev, entry rewritten), established TCP
 (an ACK of a flow opened by a SYN: the connection-table hit), UDP of an existing flow (a hit), the SYN
@@ -69,12 +70,11 @@ VIPS = {
 }
 DEFINES = {"MAX_VIPS": 4, "MAX_BACKENDS": 16, "MAGLEV_SIZE": M, "CT_SIZE": 65536}
 PATHS = ("syn", "est", "udp", "new")
-PROGRAMS = ("sluice", "before", "reflector", "floor")
+PROGRAMS = ("sluice", "before", "reflector")
 LABELS = {
     "sluice": "sluice XDP (this tree)",
     "before": f"sluice XDP before (commit {BASELINE_COMMIT[:7]})",
     "reflector": "bare XDP_TX reflector (UDP only)",
-    "floor": "empty program (XDP_PASS): raw ns, the floor subtracted from the rows above",
 }
 PATH_LABELS = {
     "syn": "TCP SYN",
@@ -103,6 +103,7 @@ class XdpPaths(Scenario):
             for p in PATHS
         ),
         Metric("not_vip_ns", "not a VIP (XDP_PASS) ns", "lower"),
+        Metric("floor_ns", "floor ns (empty program, subtracted)", "lower", ratio=False),
         Metric("l2_new_flows_per_s", "l2 new flows/s per core", "higher", ratio=False),
         Metric("ipip_new_flows_per_s", "ipip new flows/s per core", "higher", ratio=False),
     )
@@ -133,19 +134,21 @@ class XdpPaths(Scenario):
         return {"calls_per_path": self.calls, "trim_each_side": TRIM, "maglev_size": M, "backends": 3}
 
     def derive(self, rows: list[Row]) -> None:
-        """Subtract the same round's floor; new flows per second of one core from the new-SYN path."""
-        floors = {r["round"]: r for r in rows if r["peer"] == "floor"}
+        """New flows per second of one core, from the new-SYN path."""
         for r in rows:
-            floor = floors.get(r["round"])
-            if r["peer"] != "floor" and floor is not None:
-                for m in self.metrics:
-                    raw = r.get("raw", {}).get(m.key)
-                    base = floor.get(m.key)
-                    if raw is not None and base is not None:
-                        r[m.key] = raw - base
             for fwd in ("l2", "ipip"):
                 ns = r.get(metric_key(fwd, "new"))
-                r[f"{fwd}_new_flows_per_s"] = 1e9 / ns if r["peer"] != "floor" and ns and ns > 0 else None
+                r[f"{fwd}_new_flows_per_s"] = 1e9 / ns if ns and ns > 0 else None
+
+
+def net_of_floor(raw: dict[str, float], floor: dict[str, float]) -> Row:
+    """A program's row: each path's ns minus the floor's on the same path, the raw figures kept."""
+    return {
+        "raw": raw,
+        "floor": floor,
+        "floor_ns": floor.get(metric_key("l2", "udp")),
+        **{k: v - floor[k] for k, v in raw.items() if k in floor},
+    }
 
 
 # ---------------------------------------------------------------- frames
@@ -371,7 +374,7 @@ class SluiceWorld:
         self.obj.close()
 
 
-def measure_sluice(world: SluiceWorld, calls: int, salt: int) -> Row:
+def measure_sluice(world: SluiceWorld, calls: int, salt: int) -> dict[str, float]:
     """Every path of one sluice program: raw trimmed-mean ns per run, checked by its counters."""
     from sluice.dataplane.xdp.loader import XDP_PASS, XDP_TX
 
@@ -401,10 +404,10 @@ def measure_sluice(world: SluiceWorld, calls: int, salt: int) -> Row:
     raw["not_vip_ns"] = time_path(
         world.prog, [other] * calls, verdict=XDP_PASS, counter=world.global_counter("pass_not_vip")
     ).mean_ns
-    return {"raw": raw, **raw}
+    return raw
 
 
-def measure_plain(prog_fd: int, calls: int, salt: int, *, verdict: int, udp_only: bool) -> Row:
+def measure_plain(prog_fd: int, calls: int, salt: int, *, verdict: int, udp_only: bool) -> dict[str, float]:
     """The reflector (UDP only) or the floor (every path's frames): verdicts checked, no counters."""
     raw: dict[str, float] = {}
     for fwd in ("l2", "ipip"):
@@ -425,7 +428,46 @@ def measure_plain(prog_fd: int, calls: int, salt: int, *, verdict: int, udp_only
     if not udp_only:
         other = frame("udp", CLIENT, NOT_A_VIP, 40000 + salt, 53)
         raw["not_vip_ns"] = time_path(prog_fd, [other] * calls, verdict=verdict).mean_ns
-    return {"raw": raw, **raw}
+    return raw
+
+
+def _one_round(
+    sc: XdpPaths,
+    r: int,
+    worlds: dict[str, SluiceWorld],
+    plain: dict[str, Any],
+    rows: list[Row],
+    errors: list[str],
+    log: Any,
+    core: int,
+) -> None:
+    """The floor, then every program: one row per program (net of this round's floor)."""
+    from sluice.dataplane.xdp import loader
+
+    try:
+        floor = measure_plain(
+            plain["floor"].programs["sluice_pass"], sc.calls, r, verdict=loader.XDP_PASS, udp_only=False
+        )
+    except Exception as exc:
+        errors.append(f"round {r} floor: {type(exc).__name__}: {exc}")
+        log(f"  ! round {r} floor: {exc}")
+        return
+    log(f"  r{r} floor      " + " ".join(f"{k.removesuffix('_ns')}={v:.0f}" for k, v in floor.items()))
+    for name in PROGRAMS:
+        try:
+            if name in worlds:
+                raw = measure_sluice(worlds[name], sc.calls, salt=r)
+            else:
+                raw = measure_plain(
+                    plain[name].programs["reflect"], sc.calls, r, verdict=loader.XDP_TX, udp_only=True
+                )
+        except Exception as exc:  # one failed round must not sink the scenario
+            errors.append(f"round {r} {name}: {type(exc).__name__}: {exc}")
+            log(f"  ! round {r} {name}: {exc}")
+            continue
+        row = {"round": r, "peer": name, "core": core, **net_of_floor(raw, floor)}
+        rows.append(row)
+        log(f"  r{r} {name:<10} " + " ".join(f"{k.removesuffix('_ns')}={row[k]:.0f}" for k in raw))
 
 
 @contextmanager
@@ -462,36 +504,7 @@ def run(sc: XdpPaths, n_rounds: int, log: Any = print) -> dict[str, Any]:
         try:
             with _pinned(lb_core):
                 for r in range(1, n_rounds + 1):
-                    for name in PROGRAMS:
-                        try:
-                            if name in worlds:
-                                row = measure_sluice(worlds[name], sc.calls, salt=r)
-                            elif name == "reflector":
-                                row = measure_plain(
-                                    plain[name].programs["reflect"],
-                                    sc.calls,
-                                    r,
-                                    verdict=loader.XDP_TX,
-                                    udp_only=True,
-                                )
-                            else:
-                                row = measure_plain(
-                                    plain[name].programs["sluice_pass"],
-                                    sc.calls,
-                                    r,
-                                    verdict=loader.XDP_PASS,
-                                    udp_only=False,
-                                )
-                        except Exception as exc:  # one failed round must not sink the scenario
-                            errors.append(f"round {r} {name}: {type(exc).__name__}: {exc}")
-                            log(f"  ! round {r} {name}: {exc}")
-                            continue
-                        rows.append({"round": r, "peer": name, "core": lb_core, **row})
-                        raw = row["raw"]
-                        log(
-                            f"  r{r} {name:<10} "
-                            + " ".join(f"{k.removesuffix('_ns')}={v:.0f}" for k, v in raw.items())
-                        )
+                    _one_round(sc, r, worlds, plain, rows, errors, log, lb_core)
         finally:
             for w in worlds.values():
                 w.close()
