@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ REFLECTOR_C = Path(__file__).with_name("xdp_reflector.bpf.c")
 
 CALLS = 20_000
 QUICK_CALLS = 4_000
+CHUNKS = 20  # slices per path, the programs interleaved
 TRIM = 0.05  # each side
 M = 65537
 LB_MAC = "02:00:00:00:00:01"
@@ -209,6 +210,7 @@ class PathTiming:
     median_ns: float
     runs: int
     counted: int  # growth of the counter that proves the path (== runs)
+    durations_ns: tuple[int, ...] = field(default=(), repr=False)
 
 
 def trimmed_mean(values: list[int], trim: float = TRIM) -> float:
@@ -234,7 +236,7 @@ def time_path(
     if counted != len(frames):
         raise RuntimeError(f"the path's counter grew by {counted} over {len(frames)} runs")
     d = sorted(result.durations_ns)
-    return PathTiming(trimmed_mean(d), float(d[len(d) // 2]), len(d), counted)
+    return PathTiming(trimmed_mean(d), float(d[len(d) // 2]), len(d), counted, tuple(d))
 
 
 # ---------------------------------------------------------------- programs
@@ -278,9 +280,9 @@ def _mac_bytes(mac: str) -> str:
 
 
 def compile_programs(workdir: Path) -> dict[str, Path]:
-    from sluice.dataplane.xdp import build, loader
+    from sluice.dataplane.xdp import build
 
-    defines: dict[str, int | str] = {**DEFINES, "CT_CPUS": loader.num_possible_cpus()}
+    defines: dict[str, int | str] = dict(DEFINES)
     old = baseline_sources(workdir / "before")
     macs: dict[str, int | str] = {"LB_MAC": _mac_bytes(LB_MAC)} | {
         f"B{i}_MAC": _mac_bytes(f"02:00:00:00:01:0{i + 1}") for i in range(3)
@@ -374,100 +376,70 @@ class SluiceWorld:
         self.obj.close()
 
 
-def measure_sluice(world: SluiceWorld, calls: int, salt: int) -> dict[str, float]:
-    """Every path of one sluice program: raw trimmed-mean ns per run, checked by its counters."""
-    from sluice.dataplane.xdp.loader import XDP_PASS, XDP_TX
+@dataclass(frozen=True)
+class Runner:
+    """One program as a path sees it: its fd, the verdict forwarded frames get, its counters."""
 
-    raw: dict[str, float] = {}
-    for fwd in ("l2", "ipip"):
-        _i, tcp_addr, tcp_port = VIPS[(fwd, "tcp")]
-        _j, udp_addr, udp_port = VIPS[(fwd, "udp")]
-        syn = frame("tcp", CLIENT, tcp_addr, 40000 + salt, tcp_port, TCP_SYN)
-        ack = frame("tcp", CLIENT, tcp_addr, 40000 + salt, tcp_port, TCP_ACK)
-        udp = frame("udp", CLIENT, udp_addr, 40000 + salt, udp_port)
-        new_flows = world.vip_counter(fwd, "tcp", "new_flows")
-        raw[metric_key(fwd, "syn")] = time_path(
-            world.prog, [syn] * calls, verdict=XDP_TX, counter=new_flows
-        ).mean_ns
-        time_path(world.prog, [udp], verdict=XDP_TX)  # the UDP flow exists from here on
-        hits = world.vip_counter(fwd, "tcp", "ct_hits")
-        raw[metric_key(fwd, "est")] = time_path(
-            world.prog, [ack] * calls, verdict=XDP_TX, counter=hits
-        ).mean_ns
-        udp_hits = world.vip_counter(fwd, "udp", "ct_hits")
-        raw[metric_key(fwd, "udp")] = time_path(
-            world.prog, [udp] * calls, verdict=XDP_TX, counter=udp_hits
-        ).mean_ns
-        fresh = new_flow_frames(fwd, calls, salt)
-        raw[metric_key(fwd, "new")] = time_path(world.prog, fresh, verdict=XDP_TX, counter=new_flows).mean_ns
-    other = frame("udp", CLIENT, NOT_A_VIP, 40000 + salt, 53)
-    raw["not_vip_ns"] = time_path(
-        world.prog, [other] * calls, verdict=XDP_PASS, counter=world.global_counter("pass_not_vip")
-    ).mean_ns
-    return raw
+    fd: int
+    world: SluiceWorld | None  # None: no counters (the reflector, the floor)
+    forwards: int  # the verdict of a frame to a VIP (XDP_TX; the floor passes everything)
 
 
-def measure_plain(prog_fd: int, calls: int, salt: int, *, verdict: int, udp_only: bool) -> dict[str, float]:
-    """The reflector (UDP only) or the floor (every path's frames): verdicts checked, no counters."""
-    raw: dict[str, float] = {}
-    for fwd in ("l2", "ipip"):
-        _i, tcp_addr, tcp_port = VIPS[(fwd, "tcp")]
-        _j, udp_addr, udp_port = VIPS[(fwd, "udp")]
-        udp = frame("udp", CLIENT, udp_addr, 40000 + salt, udp_port)
-        if udp_only:
-            if fwd == "l2":
-                raw[metric_key(fwd, "udp")] = time_path(prog_fd, [udp] * calls, verdict=verdict).mean_ns
-            continue
-        syn = frame("tcp", CLIENT, tcp_addr, 40000 + salt, tcp_port, TCP_SYN)
-        ack = frame("tcp", CLIENT, tcp_addr, 40000 + salt, tcp_port, TCP_ACK)
-        raw[metric_key(fwd, "syn")] = time_path(prog_fd, [syn] * calls, verdict=verdict).mean_ns
-        raw[metric_key(fwd, "est")] = time_path(prog_fd, [ack] * calls, verdict=verdict).mean_ns
-        raw[metric_key(fwd, "udp")] = time_path(prog_fd, [udp] * calls, verdict=verdict).mean_ns
-        fresh = new_flow_frames(fwd, calls, salt)
-        raw[metric_key(fwd, "new")] = time_path(prog_fd, fresh, verdict=verdict).mean_ns
-    if not udp_only:
-        other = frame("udp", CLIENT, NOT_A_VIP, 40000 + salt, 53)
-        raw["not_vip_ns"] = time_path(prog_fd, [other] * calls, verdict=verdict).mean_ns
-    return raw
+def _frames(path: str, fwd: str, salt: int, count: int) -> list[bytes]:
+    proto = "udp" if path == "udp" else "tcp"
+    _index, addr, port = VIPS[(fwd or "l2", proto)]
+    sport = 40000 + salt
+    if path == "syn":
+        return [frame("tcp", CLIENT, addr, sport, port, TCP_SYN)] * count
+    if path == "est":
+        return [frame("tcp", CLIENT, addr, sport, port, TCP_ACK)] * count
+    if path == "udp":
+        return [frame("udp", CLIENT, addr, sport, port)] * count
+    if path == "new":
+        return new_flow_frames(fwd, count, salt)
+    return [frame("udp", CLIENT, NOT_A_VIP, sport, 53)] * count  # not_vip
 
 
-def _one_round(
-    sc: XdpPaths,
-    r: int,
-    worlds: dict[str, SluiceWorld],
-    plain: dict[str, Any],
-    rows: list[Row],
-    errors: list[str],
-    log: Any,
-    core: int,
-) -> None:
-    """The floor, then every program: one row per program (net of this round's floor)."""
-    from sluice.dataplane.xdp import loader
+def _counter(runner: Runner, path: str, fwd: str) -> Callable[[], int] | None:
+    w = runner.world
+    if w is None:
+        return None
+    if path == "not_vip":
+        return w.global_counter("pass_not_vip")
+    if path in ("syn", "new"):
+        return w.vip_counter(fwd, "tcp", "new_flows")
+    return w.vip_counter(fwd, "udp" if path == "udp" else "tcp", "ct_hits")
 
-    try:
-        floor = measure_plain(
-            plain["floor"].programs["sluice_pass"], sc.calls, r, verdict=loader.XDP_PASS, udp_only=False
-        )
-    except Exception as exc:
-        errors.append(f"round {r} floor: {type(exc).__name__}: {exc}")
-        log(f"  ! round {r} floor: {exc}")
-        return
-    log(f"  r{r} floor      " + " ".join(f"{k.removesuffix('_ns')}={v:.0f}" for k, v in floor.items()))
-    for name in PROGRAMS:
-        try:
-            if name in worlds:
-                raw = measure_sluice(worlds[name], sc.calls, salt=r)
-            else:
-                raw = measure_plain(
-                    plain[name].programs["reflect"], sc.calls, r, verdict=loader.XDP_TX, udp_only=True
-                )
-        except Exception as exc:  # one failed round must not sink the scenario
-            errors.append(f"round {r} {name}: {type(exc).__name__}: {exc}")
-            log(f"  ! round {r} {name}: {exc}")
-            continue
-        row = {"round": r, "peer": name, "core": core, **net_of_floor(raw, floor)}
-        rows.append(row)
-        log(f"  r{r} {name:<10} " + " ".join(f"{k.removesuffix('_ns')}={row[k]:.0f}" for k in raw))
+
+def measure_round(
+    runners: dict[str, Runner], calls: int, chunks: int, round_no: int
+) -> dict[str, dict[str, float]]:
+    """Every path, the programs interleaved in `chunks` slices (rotating their order), so a change of
+    the machine's load hits them alike; per program, the trimmed mean ns per run of each path."""
+    from sluice.dataplane.xdp.loader import XDP_PASS
+
+    out: dict[str, dict[str, float]] = {name: {} for name in runners}
+    per_chunk = max(1, calls // chunks)
+    jobs = [(fwd, path) for fwd in ("l2", "ipip") for path in PATHS] + [("", "not_vip")]
+    for fwd, path in jobs:
+        key = metric_key(fwd, path) if fwd else "not_vip_ns"
+        names = [n for n in runners if n != "reflector" or (fwd, path) == ("l2", "udp")]
+        for name in names:  # a flow exists before its hits are timed
+            if path in ("est", "udp") and runners[name].world is not None:
+                opener = "syn" if path == "est" else "udp"
+                time_path(runners[name].fd, _frames(opener, fwd, round_no, 1), verdict=runners[name].forwards)
+        durations: dict[str, list[int]] = {n: [] for n in names}
+        for c in range(chunks):
+            salt = (round_no * chunks + c) % 200
+            frames = _frames(path, fwd, salt if path == "new" else round_no, per_chunk)
+            for name in names[c % len(names) :] + names[: c % len(names)]:
+                runner = runners[name]
+                verdict = XDP_PASS if path == "not_vip" else runner.forwards
+                timing = time_path(runner.fd, frames, verdict=verdict, counter=_counter(runner, path, fwd))
+                durations[name] += timing.durations_ns
+        for name in names:
+            out[name][key] = trimmed_mean(durations[name])
+    return out
 
 
 @contextmanager
@@ -496,6 +468,12 @@ def run(sc: XdpPaths, n_rounds: int, log: Any = print) -> dict[str, Any]:
                 "reflector": loader.load_object(objects["reflector"], ("reflect",)),
                 "floor": loader.load_object(objects["floor"], ("sluice_pass",)),
             }
+            runners = {
+                "floor": Runner(plain["floor"].programs["sluice_pass"], None, loader.XDP_PASS),
+                "sluice": Runner(worlds["sluice"].prog, worlds["sluice"], loader.XDP_TX),
+                "before": Runner(worlds["before"].prog, worlds["before"], loader.XDP_TX),
+                "reflector": Runner(plain["reflector"].programs["reflect"], None, loader.XDP_TX),
+            }
         except Exception as exc:
             errors.append(f"setup: {type(exc).__name__}: {exc}")
             log(f"  ! xdp_paths setup: {exc}")
@@ -504,7 +482,28 @@ def run(sc: XdpPaths, n_rounds: int, log: Any = print) -> dict[str, Any]:
         try:
             with _pinned(lb_core):
                 for r in range(1, n_rounds + 1):
-                    _one_round(sc, r, worlds, plain, rows, errors, log, lb_core)
+                    try:
+                        raw = measure_round(runners, sc.calls, CHUNKS, r)
+                    except Exception as exc:  # one failed round must not sink the scenario
+                        errors.append(f"round {r}: {type(exc).__name__}: {exc}")
+                        log(f"  ! round {r}: {exc}")
+                        continue
+                    for name in PROGRAMS:
+                        row = {
+                            "round": r,
+                            "peer": name,
+                            "core": lb_core,
+                            **net_of_floor(raw[name], raw["floor"]),
+                        }
+                        rows.append(row)
+                        log(
+                            f"  r{r} {name:<10} "
+                            + " ".join(f"{k.removesuffix('_ns')}={row[k]:.0f}" for k in raw[name])
+                        )
+                    log(
+                        f"  r{r} floor      "
+                        + " ".join(f"{k.removesuffix('_ns')}={v:.0f}" for k, v in raw["floor"].items())
+                    )
         finally:
             for w in worlds.values():
                 w.close()

@@ -77,7 +77,7 @@ class XdpLimits:
 
     max_vips: int = 64
     max_backends: int = 4096
-    conntrack_entries: int = 65536  # per CPU (one table shared by all CPUs, an LRU list per CPU)
+    conntrack_entries: int = 65536  # one table for all CPUs (as many flows as the per-CPU table held)
 
 
 class Attacher:
@@ -191,7 +191,6 @@ class XdpPlane:
             "MAX_BACKENDS": max(self.limits.max_backends, 2 * sum(len(v.backends) for v in vips)),
             "MAGLEV_SIZE": max((v.maglev_table_size for v in vips), default=DEFAULT_TABLE_SIZE),
             "CT_SIZE": self.limits.conntrack_entries,
-            "CT_CPUS": loader.num_possible_cpus(),
         }
 
     def _ensure_loaded(self, defines: dict[str, int]) -> None:

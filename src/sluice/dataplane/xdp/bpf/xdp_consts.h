@@ -14,10 +14,7 @@
 #define MAGLEV_SIZE 65537 /* largest Maglev table size M of any VIP (a prime) */
 #endif
 #ifndef CT_SIZE
-#define CT_SIZE 65536 /* connection table entries per CPU (each CPU has its own LRU list) */
-#endif
-#ifndef CT_CPUS
-#define CT_CPUS 1 /* possible CPUs: the connection table holds CT_SIZE * CT_CPUS entries */
+#define CT_SIZE 65536 /* connection table entries (one table for all CPUs, LRU) */
 #endif
 
 /* Maglev slot and connection entries use this for "no backend". */

@@ -40,10 +40,10 @@ struct {
  * for all). Least recently used evicted, with the kernel's common LRU: each CPU takes free entries
  * from its own cache and touches the shared lists once per batch (BPF_F_NO_COMMON_LRU was measured
  * slower here: it rotates its list on every insert).
- * key struct flow_key (client -> VIP, network order), value struct ct_entry; bound CT_SIZE * CT_CPUS. */
+ * key struct flow_key (client -> VIP, network order), value struct ct_entry; bound CT_SIZE. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, CT_SIZE * CT_CPUS);
+	__uint(max_entries, CT_SIZE);
 	__type(key, struct flow_key);
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
