@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from importlib.machinery import ModuleSpec
@@ -247,3 +248,141 @@ def test_native_engine_without_the_extension_is_rejected_by_check(
     assert code == 2
     assert "engine: native needs the C extension" in err
     assert load_config(write(tmp_path, "engine: python\n" + GOOD)).engine == "python"
+
+
+# ---------------------------------------------------------------- values that are not values (issue 12.3)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("      connect: 3s", "      connect: .nan"),
+            "vips[0].timeouts.connect: a duration must be a finite",
+        ),
+        (
+            ("      connect: 3s", "      connect: .inf"),
+            "vips[0].timeouts.connect: a duration must be a finite",
+        ),
+        (("      idle: 350s", "      idle: -.inf"), "vips[0].timeouts.idle: a duration must be a finite"),
+        (
+            ("      idle: 350s", "      idle: 1.0e+300"),
+            "vips[0].timeouts.idle: a duration must be at most 604800s",
+        ),
+        (
+            ("      idle: 350s", "      idle: 99999999999999999999999m"),
+            "vips[0].timeouts.idle: a duration must be at most 604800s",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    drain_timeout: .nan"),
+            "vips[0].drain_timeout: a duration must be a finite",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    slow_start: .inf"),
+            "vips[0].slow_start: a duration must be a finite",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    health: {interval: .nan}"),
+            "vips[0].health.interval: a duration must be a finite",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    health: {timeout: .inf}"),
+            "vips[0].health.timeout: a duration must be a finite",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 10000\n    health: {jitter: .nan}"),
+            "vips[0].health.jitter:",
+        ),
+        (
+            (
+                "    max_connections: 10000",
+                "    max_connections: 10000\n    passive: {base_ejection_time: .inf}",
+            ),
+            "vips[0].passive.base_ejection_time: a duration must be a finite",
+        ),
+        (("vips:", "shutdown_timeout: .nan\nvips:"), "shutdown_timeout: a duration must be a finite"),
+        (
+            ("vips:", "shutdown_timeout: 1000000000000\nvips:"),
+            "shutdown_timeout: a duration must be at most 604800s",
+        ),
+        (
+            ("    maglev_table_size: 65537", "    maglev_table_size: 100000000000031"),
+            "vips[0].maglev_table_size: must be at most 1000003",
+        ),
+        (
+            ("    max_connections: 10000", "    max_connections: 100000000000"),
+            "vips[0].max_connections: Input should be less than or equal to 10000000",
+        ),
+        (
+            (
+                "    max_connections: 10000",
+                "    max_connections: 10000\n    udp: {max_sessions: 100000000000}",
+            ),
+            "vips[0].udp.max_sessions: Input should be less than or equal to 10000000",
+        ),
+    ],
+)
+def test_values_that_are_not_values_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], expected: str
+) -> None:
+    assert change[0] in GOOD
+    code, out, err = check(write(tmp_path, GOOD.replace(change[0], change[1], 1)), capsys)
+    assert code == 2 and expected in err, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_table_size_bound_is_checked_before_the_prime_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sluice.config.vip as vip_model
+
+    def no_prime_test(n: int) -> bool:
+        raise AssertionError(f"is_prime({n}) ran before the bound check")
+
+    monkeypatch.setattr(vip_model, "is_prime", no_prime_test)
+    for size in (10000000000000061, 1_000_033, 10**4000):
+        text = GOOD.replace("maglev_table_size: 65537", f"maglev_table_size: {size}")
+        with pytest.raises(ConfigError, match=r"vips\[0\]\.maglev_table_size: must be"):
+            load_config(write(tmp_path, text))
+
+
+def test_durations_are_finite_and_bounded() -> None:
+    assert parse_duration(604800) == 604800.0
+    for bad in (float("nan"), float("inf"), -float("inf"), 604800.5, "10081m", 10**400):
+        with pytest.raises(ValueError, match="duration must be"):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (GOOD.encode().replace(b"web", b"w\xffb"), "is not UTF-8 (byte 0xff at offset"),
+        (b"\xfe\xff\x00v", "is not UTF-8"),
+        (b"vips:\n  - name: " + b"9" * 5000 + b"\n", "invalid YAML"),
+        (b"x" * (4 * 1024 * 1024 + 1), "larger than 4 MiB"),
+    ],
+)
+def test_undecodable_or_huge_files_are_path_named_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors[0].startswith(f"{path}: ") and expected in info.value.errors[0]
+    code, _, err = check(path, capsys)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_a_device_is_not_read_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"^/dev/zero: larger than 4 MiB"):
+        load_config("/dev/zero")
+    with pytest.raises(ConfigError, match=r"^\(top level\): expected a mapping"):
+        load_config("/dev/null")
+    code, _, err = check(Path("/dev/zero"), capsys)
+    assert code == 2 and "/dev/zero: larger than 4 MiB" in err and "Traceback" not in err
+
+
+def test_a_directory_is_a_path_named_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path))}: cannot read"):
+        load_config(tmp_path)

@@ -13,16 +13,20 @@ from __future__ import annotations
 from sluice.config.announce import AnnounceOptions, BgpPeer
 from sluice.config.health import HealthCheck, PassiveEjection
 from sluice.config.loading import (
+    MAX_CONFIG_BYTES,
     NATIVE_ENGINE_MODULE,
     ConfigError,
     config_json_schema,
     load_config,
     parse_config,
+    parse_config_text,
+    read_config_text,
 )
 from sluice.config.model import AdminOptions, Config
 from sluice.config.values import (
     DEFAULT_TCP_IDLE_S,
     DEFAULT_UDP_IDLE_S,
+    MAX_DURATION_S,
     MAX_WORKERS,
     CheckType,
     Duration,
@@ -36,7 +40,16 @@ from sluice.config.values import (
     Workers,
     parse_duration,
 )
-from sluice.config.vip import Backend, DsrOptions, Timeouts, UdpOptions, Vip
+from sluice.config.vip import (
+    MAX_CONNECTIONS,
+    MAX_SESSIONS,
+    MAX_TABLE_SIZE,
+    Backend,
+    DsrOptions,
+    Timeouts,
+    UdpOptions,
+    Vip,
+)
 from sluice.core.endpoint import Endpoint
 from sluice.core.maglev import DEFAULT_TABLE_SIZE
 from sluice.core.scheduler import SchedulerName
@@ -45,6 +58,11 @@ __all__ = [
     "DEFAULT_TABLE_SIZE",
     "DEFAULT_TCP_IDLE_S",
     "DEFAULT_UDP_IDLE_S",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONNECTIONS",
+    "MAX_DURATION_S",
+    "MAX_SESSIONS",
+    "MAX_TABLE_SIZE",
     "MAX_WORKERS",
     "NATIVE_ENGINE_MODULE",
     "AdminOptions",
@@ -74,5 +92,7 @@ __all__ = [
     "config_json_schema",
     "load_config",
     "parse_config",
+    "parse_config_text",
     "parse_duration",
+    "read_config_text",
 ]

@@ -144,17 +144,52 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's safe loader when PyYAML was built with it (5-10x faster on big files), else PyYAML's."""
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file; raises ConfigError."""
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""Largest config file read (4 MiB); a bigger file, or a device such as /dev/zero, is refused."""
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: at most `MAX_CONFIG_BYTES`, UTF-8; raises a path-named ConfigError."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB, not read"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [f"{path}: is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line})"]
+        ) from None
+
+
+def parse_config_text(text: str, path: str | Path = "<config>") -> Config:
+    """YAML text -> a validated `Config`; raises ConfigError (YAML errors name `path`)."""
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
-    return parse_config(data)
+    except (ValueError, RecursionError, OverflowError) as exc:
+        # PyYAML raises ValueError for an integer of more than 4300 digits, RecursionError for deep nesting.
+        raise ConfigError([f"{path}: invalid YAML: {_one_line(exc)}"]) from None
+    try:
+        return parse_config(data)
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError, every message naming `path` or the
+    offending key. CPU-bound on a big file: a running server calls it off its event loop."""
+    return parse_config_text(read_config_text(path), path)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -43,23 +44,44 @@ EndpointField = Annotated[
     WithJsonSchema({"type": "string", "examples": ["127.0.0.1:8000", "[::1]:8000"]}),
 ]
 
+MAX_DURATION_S = 7 * 86400.0
+"""Longest duration any field accepts (one week, 604800 s): every timer and timeout is bounded."""
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
 def parse_duration(value: Any) -> float:
-    """``250ms``, ``3s``, ``5m`` or a bare number of seconds -> seconds."""
+    """``250ms``, ``3s``, ``5m`` or a bare number of seconds -> seconds: finite, positive and at most
+    `MAX_DURATION_S` (``.nan``, ``.inf`` and huge values are refused)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 3s, 250ms or 5m")
     if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
-        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+        seconds = _seconds(value)
+    elif isinstance(value, str) and len(value) <= 64 and (m := _DURATION.fullmatch(value.strip())):
+        seconds = _seconds(float(m.group(1)) * _UNIT_S[m.group(2)])
     else:
-        raise ValueError(f"expected a duration like 3s, 250ms or 5m, got {value!r}")
+        raise ValueError(f"expected a duration like 3s, 250ms or 5m, got {_short(value)}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration must be at most {MAX_DURATION_S:.0f}s (7 days), got {_short(value)}")
     return seconds
+
+
+def _seconds(value: float) -> float:
+    """A number as seconds; an int too large for a float is infinite (then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 Duration = Annotated[

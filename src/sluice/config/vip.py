@@ -31,6 +31,13 @@ from sluice.core.endpoint import Endpoint
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, is_prime
 from sluice.core.scheduler import SchedulerName
 
+MAX_TABLE_SIZE = 1_000_003
+"""Largest ``maglev_table_size`` accepted (a prime; what the XDP plane's table map is sized for)."""
+MAX_CONNECTIONS = 10_000_000
+"""Largest ``max_connections`` of one VIP."""
+MAX_SESSIONS = 10_000_000
+"""Largest ``udp.max_sessions`` of one VIP."""
+
 
 class Backend(FrozenModel):
     address: EndpointField
@@ -51,11 +58,11 @@ class Timeouts(FrozenModel):
 class UdpOptions(FrozenModel):
     hash: UdpHash = "five_tuple"
     """What picks the backend: the whole 5-tuple, or the source IP only (keeps RTP+RTCP together)."""
-    responses: int | None = Field(default=None, ge=1)
+    responses: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """End a session after this many reply datagrams (DNS: 1); unset = no limit."""
     per_packet: bool = False
     """No session: every datagram is balanced on its own."""
-    max_sessions: int = Field(default=65536, ge=1)
+    max_sessions: int = Field(default=65536, ge=1, le=MAX_SESSIONS)
     """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
 
 
@@ -93,10 +100,10 @@ class Vip(FrozenModel):
     """proxy: full proxy in user space; dsr: XDP Direct Server Return."""
     scheduler: SchedulerName = "maglev"
     maglev_table_size: int = DEFAULT_TABLE_SIZE
-    """Maglev lookup table size M (a prime, ideally >= 100 x number of backends)."""
+    """Maglev lookup table size M (a prime up to `MAX_TABLE_SIZE`, ideally >= 100 x number of backends)."""
     backends: tuple[Backend, ...]
     timeouts: Timeouts = Timeouts()
-    max_connections: int = Field(default=10000, ge=1)
+    max_connections: int = Field(default=10000, ge=1, le=MAX_CONNECTIONS)
     """Per VIP; beyond it new connections are refused and counted."""
     proxy_protocol: Annotated[ProxyProtocolVersion, BeforeValidator(yaml_off)] = "off"
     """PROXY protocol header sent to the backend carrying the client address."""
@@ -129,10 +136,11 @@ class Vip(FrozenModel):
     @field_validator("maglev_table_size")
     @classmethod
     def _prime(cls, v: int) -> int:
+        # The bound first: trial division of a 17-digit number takes minutes.
+        if v > MAX_TABLE_SIZE:
+            raise ValueError(f"must be at most {MAX_TABLE_SIZE}")
         if not is_prime(v):
             raise ValueError(f"must be a prime number, got {v}")
-        if v > 1_000_003:
-            raise ValueError("must be at most 1000003")
         return v
 
     @model_validator(mode="after")
