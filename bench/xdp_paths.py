@@ -1,29 +1,27 @@
 """The XDP program's cost per path, BPF_PROG_TEST_RUN one frame per run (part of ``--scenario xdp``).
 
-Programs, in alternating rounds, each loaded outside any interface with 1 VIP per (forwarding,
-protocol), 3 backends each and a 65,537-slot Maglev ring:
-
-- sluice:    the program of the working tree (bpf/sluice_xdp.bpf.c);
-- before:    the program as of BASELINE_COMMIT (its sources taken with ``git show`` into a temp dir and
-             compiled with the same flags), the figure the per-packet targets are held against;
-- reflector: bench/xdp_reflector.bpf.c ``reflect`` (MAC rewrite by sport % 3; IPv4/UDP only, so only
-             the UDP column), the bare XDP_TX program;
-and, first in every round, the floor: bpf/sluice_pass.bpf.c (returns XDP_PASS), what a run costs with
-no program work (the kernel's two clock reads around the run included), timed on every path's frames.
-A row shows its ns per packet minus the floor of the same round and path; the floor column is the
-floor's own figure (on the UDP frame).
+Programs, each loaded outside any interface with 1 VIP per (forwarding, protocol), 3 backends each
+and a 65,537-slot Maglev ring: sluice, the program of the working tree (bpf/sluice_xdp.bpf.c); before,
+the program as of BASELINE_COMMIT (its sources taken with ``git show`` into a temp dir, compiled with
+the same flags), what the per-packet targets are held against; reflector, bench/xdp_reflector.bpf.c
+``reflect`` (MAC rewrite by sport % 3, IPv4/UDP only, so only the UDP column), the bare XDP_TX
+program; and the floor, bpf/sluice_pass.bpf.c (returns XDP_PASS): what a run costs with no program
+work, the kernel's two clock reads around the run included. A row shows its ns per packet minus the
+floor's on the same path in the same round; the floor column is the floor's own figure (UDP frame).
 
 Paths, for l2 and ipip: a TCP SYN (same 5-tuple every run: Maglev, entry rewritten), established TCP
 (an ACK of a flow opened by a SYN: the connection-table hit), UDP of an existing flow (a hit), the SYN
-of a new 5-tuple every run (a new entry each time: the table fills and LRU evicts), and a packet to
+of a new 5-tuple every run (a new entry each time: the table fills, then LRU evicts), and a packet to
 no VIP (XDP_PASS).
 
-Method: repeat=1 runs, one per frame (loader.test_run_each). BPF_PROG_TEST_RUN with repeat > 1 reuses
-one buffer, so from the second run an ipip program sees its own encapsulated output and passes it: the
-old "XDP prog ns/pkt" of ipip timed the pass path. A figure is the mean of the kernel's per-run
-durations over the middle 90 % of CALLS runs. Every path checks that each run took it: every verdict
-is the expected one and the program's counters grew by one per run (forwarded + connection-table hits,
-+ new flows, or not-a-VIP passes).
+Method: repeat=1 runs, one per frame (loader.test_run_each): BPF_PROG_TEST_RUN with repeat > 1 reuses
+one buffer, so from the second run an ipip program sees its own encapsulated output and passes it (the
+old "XDP prog ns/pkt" of ipip timed the pass path). Per round and path, CALLS runs per program in
+CHUNKS slices, the programs interleaved slice by slice in rotating order, so the machine's load hits
+them alike; a figure is the mean of the kernel's per-run durations over the middle 90 %. Every slice
+checks that each run took the path: every verdict is the expected one (XDP_TX, or XDP_PASS for no
+VIP and the floor) and, for the sluice programs, the path's counter (ct_hits, new_flows or
+pass_not_vip) grew by exactly one per run.
 """
 
 from __future__ import annotations
