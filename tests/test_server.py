@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.config import Config
+from sluice.config import Config, load_config
 from sluice.server import Server
 from tests.support.loopback import Backend, Backends, Held, free_port, probe
 
@@ -216,15 +217,15 @@ def notifications(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         n.sock.close()
 
 
-def plain_config(path: Path, backends: list[Backend]) -> Path:
-    """One TCP VIP on a kernel-chosen port, no admin API."""
+def plain_config(path: Path, backends: list[Backend], port: int | None = None) -> Path:
+    """One TCP VIP on `port` (default: kernel-chosen), no admin API."""
     path.write_text(
         yaml.safe_dump(
             {
                 "vips": [
                     {
                         "name": "web",
-                        "listen": f"127.0.0.1:{free_port()}",
+                        "listen": f"127.0.0.1:{port or free_port()}",
                         "backends": [{"address": b.address} for b in backends],
                     }
                 ]
@@ -245,15 +246,15 @@ async def test_a_failing_reload_does_not_end_the_reload_task(
         assert await notifications.next() == "READY=1"
         assert server.controller is not None
         controller = server.controller
-        real_reload = controller.reload
+        real_load = server.load
         failures = ["an error no handler names"]
 
-        async def reload_failing_once(config_path: str | Path) -> Config:
+        def load_failing_once(config_path: Path) -> Config:
             if failures:
                 raise RuntimeError(failures.pop())
-            return await real_reload(config_path)
+            return real_load(config_path)
 
-        monkeypatch.setattr(controller, "reload", reload_failing_once)
+        monkeypatch.setattr(server, "load", load_failing_once)
         signal.raise_signal(signal.SIGHUP)
         assert await notifications.next() == "RELOADING=1"
         assert await notifications.next() == "READY=1"
@@ -274,3 +275,111 @@ async def test_a_failing_reload_does_not_end_the_reload_task(
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+
+
+@contextlib.asynccontextmanager
+async def in_process(path: Path, notifications: Notifications, **kw: Any) -> AsyncIterator[Server]:
+    """An in-process Server on `path`, READY; stopped with SIGTERM at the end."""
+    server = Server(path, **kw)
+    serving = asyncio.create_task(server.serve())
+    try:
+        assert await notifications.next() == "READY=1"
+        yield server
+        signal.raise_signal(signal.SIGTERM)
+        assert await notifications.next() == "STOPPING=1"
+        await asyncio.wait_for(serving, 10)
+    finally:
+        if not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+
+async def sighup(notifications: Notifications) -> None:
+    signal.raise_signal(signal.SIGHUP)
+    assert await notifications.next() == "RELOADING=1"
+    assert await notifications.next() == "READY=1"
+
+
+def _replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("breaks", "expected"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes().replace(b"web", b"w\xe9b")), "is not UTF-8 (byte 0xe9"),
+        (lambda p: p.write_text(p.read_text() + "shutdown_timeout: " + "9" * 5000 + "\n"), "invalid YAML"),
+        (
+            lambda p: p.write_text(
+                p.read_text().replace("name: web", "name: web\n  maglev_table_size: 10000000000000061")
+            ),
+            "must be at most 1000003",
+        ),
+        (
+            lambda p: p.write_text(p.read_text() + "shutdown_timeout: .nan\n"),
+            "shutdown_timeout: a duration must be a finite",
+        ),
+        (_replace_with_directory, "cannot read"),
+    ],
+)
+async def test_a_bad_file_is_one_logged_error_and_the_next_good_reload_applies(
+    tmp_path: Path,
+    backends: Backends,
+    notifications: Notifications,
+    caplog: pytest.LogCaptureFixture,
+    breaks: Any,
+    expected: str,
+) -> None:
+    b0, b1 = await backends.add(), await backends.add()
+    path = plain_config(tmp_path / "sluice.yaml", [b0])
+    async with in_process(path, notifications) as server:
+        assert server.controller is not None
+        breaks(path)
+        caplog.clear()
+        await sighup(notifications)
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert str(path) in errors[0].getMessage() and expected in errors[0].getMessage()
+        assert errors[0].exc_info is None  # a message, not a traceback
+        assert server.controller.reloads["invalid"] == 1
+
+        if path.is_dir():
+            path.rmdir()
+        plain_config(path, [b0, b1], server.controller.config.vip("web").listen.port)
+        await sighup(notifications)  # the reload task still listens, and applies the good file
+        assert [str(b.address) for b in server.controller.config.vip("web").backends] == [
+            b0.address,
+            b1.address,
+        ]
+        assert server.controller.reloads["ok"] == 1
+
+
+async def test_a_reload_reads_and_validates_off_the_event_loop(
+    tmp_path: Path, backends: Backends, notifications: Notifications
+) -> None:
+    """While a reload's parse runs (here: blocked until the test releases it), the event loop keeps
+    serving: the test's own coroutine runs, and a flow through the VIP is served."""
+    b0, b1 = await backends.add(), await backends.add()
+    path = plain_config(tmp_path / "sluice.yaml", [b0])
+    release, loading = threading.Event(), threading.Event()
+    released_while_loading: list[bool] = []
+
+    def load(config_path: Path) -> Config:
+        if loading.is_set():  # the reload (startup loads first, on the loop, before serving)
+            released_while_loading.append(release.wait(timeout=10))
+        loading.set()
+        return load_config(config_path)
+
+    async with in_process(path, notifications, load=load) as server:
+        assert server.controller is not None
+        port = server.controller.config.vip("web").listen.port
+        plain_config(path, [b0, b1], port)
+        signal.raise_signal(signal.SIGHUP)
+        assert await notifications.next() == "RELOADING=1"
+        assert await probe(port) == "b0"  # traffic flows while the new file is being validated
+        release.set()
+        assert await notifications.next() == "READY=1"
+        assert released_while_loading == [True]
+        assert len(server.controller.config.vip("web").backends) == 2

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sluice.config import Config, ConfigError, load_config
@@ -84,6 +85,9 @@ def metrics_sources(controller: Controller) -> Sources:
     return sources
 
 
+RELOAD_PARSE_TIMEOUT_S = 60.0
+"""Longest a reload may spend reading, parsing and validating the file (off the event loop)."""
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = signal.SIGHUP
 
@@ -91,15 +95,19 @@ RELOAD_SIGNAL = signal.SIGHUP
 class Server:
     """One sluice process, in the steps of uvicorn's ``Server``: `startup`, `main_loop`, `shutdown`.
 
-    SIGHUP (or ``POST /api/v1/reload``) reloads `config_path`; a bad file keeps the running config and
-    no reload failure ends the reload task. SIGTERM/SIGINT stop gracefully: take no new flows, let
+    SIGHUP (or ``POST /api/v1/reload``) reloads `config_path`: the file is read, parsed and validated
+    in a worker thread (`load`, bounded by `RELOAD_PARSE_TIMEOUT_S`) so traffic on the event loop
+    never waits for it; a bad file is one logged error, keeps the running config, and no reload
+    failure ends the reload task. SIGTERM/SIGINT stop gracefully: take no new flows, let
     established ones finish for up to ``shutdown_timeout``, then close them; a second stop signal
     closes everything at once. systemd is told READY=1 / RELOADING=1 / STOPPING=1 when NOTIFY_SOCKET
     is set.
     """
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, load: Callable[[Path], Config] = load_config) -> None:
         self.config_path = config_path
+        self.load = load
+        """Reads, parses and validates a config file (raises ConfigError); run off the loop on reloads."""
         self.config: Config | None = None
         """The config read at startup (its ``admin`` and ``announce`` blocks hold until a restart)."""
         self.controller: Controller | None = None
@@ -125,7 +133,7 @@ class Server:
     async def startup(self) -> None:
         """Load the config, start the data planes and the admin API, install the signal handlers,
         then tell systemd READY=1. If the admin API cannot start, the data planes close again."""
-        config = load_config(self.config_path)
+        config = self.load(self.config_path)
         token = _token(config)
         self.config = config
         controller = Controller(config, announcer=_announcer(config))
@@ -197,7 +205,7 @@ class Server:
         async with self._reload_lock:
             systemd.notify(systemd.reloading_message())
             try:
-                new = await controller.reload(self.config_path)
+                new = await self._load_and_apply(controller)
             finally:
                 systemd.notify("READY=1")
             if new.admin != started.admin:
@@ -205,6 +213,28 @@ class Server:
             if new.announce is not None and started.announce is None:
                 log.warning("the announce block was added; it takes effect at the next restart")
             return new
+
+    async def _load_and_apply(self, controller: Controller) -> Config:
+        """The file, loaded in a thread, then applied; `controller.reloads` counts the result."""
+        path = self.config_path
+        try:
+            config = await asyncio.wait_for(asyncio.to_thread(self.load, path), RELOAD_PARSE_TIMEOUT_S)
+        except ConfigError:
+            controller.reloads["invalid"] += 1
+            raise
+        except TimeoutError:
+            controller.reloads["invalid"] += 1
+            raise ConfigError(
+                [f"{path}: reading and validating took over {RELOAD_PARSE_TIMEOUT_S:.0f}s; not applied"]
+            ) from None
+        try:
+            await controller.apply(config)
+        except Exception:
+            controller.reloads["failed"] += 1
+            raise
+        controller.reloads["ok"] += 1
+        log.info("reloaded %s: %d VIPs", path, len(config.vips))
+        return config
 
     def request_reload(self) -> None:
         """Queue one reload (what SIGHUP does); requests made while one is queued fold into it."""
@@ -217,11 +247,11 @@ class Server:
             try:
                 await self.reload()
             except ConfigError as exc:
-                log.error("reload rejected, keeping the running config:\n%s", exc)
+                log.error("reload of %s rejected, keeping the running config: %s", self.config_path, exc)
             except OSError as exc:
-                log.error("reload failed while applying: %s", exc)
+                log.error("reload of %s failed while applying: %s", self.config_path, exc)
             except Exception:
-                log.exception("reload failed")
+                log.exception("reload of %s failed", self.config_path)
 
     def _stop_reloads(self) -> None:
         if self._reloader is not None:
