@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -346,3 +350,76 @@ def test_engine_close_joins_its_workers() -> None:
     assert set(os.listdir("/proc/self/task")) == before
     with pytest.raises(RuntimeError):
         engine.counters(0)
+
+
+# ---------------------------------------------------------------------------- out of descriptors
+
+ROOT = Path(__file__).resolve().parents[3]
+TIGHT_LB = """
+import asyncio, json, os, resource, sys
+from ipaddress import ip_address
+from sluice.config import Backend, Endpoint, Vip
+from sluice.dataplane.engine.listener import NativeTcpListener
+
+backend = Endpoint(ip_address("127.0.0.1"), int(sys.argv[1]))
+vip = Vip(name="lb", listen=Endpoint(ip_address("127.0.0.1"), 0), backends=(Backend(address=backend),))
+loop = asyncio.new_event_loop()
+lb = NativeTcpListener(vip, workers=1, use_splice=False)
+loop.run_until_complete(lb.start())
+fds = [int(fd) for fd in os.listdir("/proc/self/fd")]  # one of them is listdir's own, closed again
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+# room for 3 flows (2 sockets each), then accept4 fails with EMFILE
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(len(fds) - 1 + 6, max(fds) + 1), hard))
+print(lb.address[1], flush=True)
+for line in sys.stdin:
+    s = lb.stats
+    print(json.dumps({"flows": s.flows_total, "refused": dict(s.refused), "closed": dict(s.closed)}), flush=True)
+"""
+
+
+def test_out_of_descriptors_pauses_accepting_and_recovers() -> None:
+    async def scenario() -> None:
+        async with backends(1) as bs:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                TIGHT_LB,
+                str(bs[0].endpoint.port),
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert child.stdin is not None and child.stdout is not None
+            stdin, stdout = child.stdin, child.stdout
+
+            async def stats() -> dict[str, Any]:
+                stdin.write(b"stats\n")
+                await stdin.drain()
+                result: dict[str, Any] = json.loads(await stdout.readline())
+                return result
+
+            try:
+                address = ("127.0.0.1", int(await stdout.readline()))
+                served = await hold(address, 3)
+                waiting = []
+                for _ in range(5):  # no descriptor left for them: they wait, or are reset
+                    with contextlib.suppress(ConnectionResetError):
+                        waiting.append(await open_client(address))
+                assert (await stats())["flows"] == 3
+                for _, reader, writer in served:
+                    writer.write_eof()
+                    assert await reader.read() == b""
+                    await close_writer(writer)
+                for _, writer in waiting:
+                    await close_writer(writer)
+                ident, data, _ = await echo(address, b"after")  # accepting resumed
+                assert (ident, data) == (bs[0].ident, b"after")
+                final = await stats()
+                assert final["flows"] >= 4
+                assert final["flows"] + sum(final["refused"].values()) == 9, final  # each one counted once
+                assert set(final["refused"]) <= {"no_resources"}, final
+            finally:
+                stdin.close()
+                await child.wait()
+
+    run("asyncio", scenario())
