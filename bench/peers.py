@@ -132,10 +132,13 @@ def sluice_bin() -> str:
     return str(Path(sys.executable).parent / "sluice")
 
 
-def sluice_yaml(job: Job) -> str:
+def sluice_yaml(job: Job, engine: str = "native") -> str:
+    """The bench VIP; `engine` native runs with one worker thread, like the other peers' one worker."""
     idle = "350s" if job.proto == "tcp" else "120s"
     udp = f"    udp: {{responses: {job.udp_responses}}}\n" if job.proto == "udp" and job.udp_responses else ""
-    return f"""vips:
+    return f"""engine: {engine}
+workers: 1
+vips:
   - name: bench
     protocol: {job.proto}
     listen: {proc.HOST}:{job.port}
@@ -147,10 +150,10 @@ def sluice_yaml(job: Job) -> str:
 {udp}"""
 
 
-def _start_sluice(job: Job) -> subprocess.Popen[bytes]:
-    cfg = job.tmp / "sluice.yaml"
-    cfg.write_text(sluice_yaml(job))
-    return _launch([sluice_bin(), "run", str(cfg)], job, "sluice")
+def _start_sluice(job: Job, engine: str) -> subprocess.Popen[bytes]:
+    cfg = job.tmp / f"sluice-{engine}.yaml"
+    cfg.write_text(sluice_yaml(job, engine))
+    return _launch([sluice_bin(), "run", str(cfg)], job, f"sluice-{engine}")
 
 
 def _launch(cmd: list[str], job: Job, name: str) -> subprocess.Popen[bytes]:
@@ -166,7 +169,8 @@ STARTERS: dict[str, Starter] = {
     "haproxy": lambda job: _start_haproxy(job, tuned=False),
     "haproxy-splice": lambda job: _start_haproxy(job, tuned=True),
     "nginx": _start_nginx,
-    "sluice": _start_sluice,
+    "sluice": lambda job: _start_sluice(job, "native"),
+    "sluice-python": lambda job: _start_sluice(job, "python"),
     "direct": lambda job: None,
 }
 
@@ -174,12 +178,14 @@ LABELS = {
     "haproxy": "HAProxy 2.6 (mode tcp, nbthread 1, defaults)",
     "haproxy-splice": "HAProxy 2.6 tuned (splice-auto, bufsize 128k)",
     "nginx": "NGINX stream (1 worker)",
-    "sluice": "sluice (proxy data plane)",
+    "sluice": "sluice, native engine (workers: 1)",
+    "sluice-python": "sluice, python engine",
     "direct": "direct (no LB)",
 }
 
-TCP_PEERS = ("haproxy", "haproxy-splice", "nginx", "sluice", "direct")
-UDP_PEERS = ("nginx", "sluice", "direct")
+TCP_PEERS = ("haproxy", "haproxy-splice", "nginx", "sluice", "sluice-python", "direct")
+UDP_PEERS = ("nginx", "sluice-python", "direct")
+"""UDP runs on the python engine until the native engine's UDP part lands."""
 
 
 def start(name: str, proto: str, backend_port: int, tmp: Path, udp_responses: int | None = None) -> Running:

@@ -13,10 +13,11 @@ import sys
 import time
 from typing import Any
 
-from bench import anycast, control, maglev, proc, report, rounds, tcp, udp, xdp
+from bench import anycast, control, maglev, proc, report, rounds, syscalls, tcp, udp, xdp
 
 _ALL: tuple[type[rounds.Scenario], ...] = (
     *tcp.SCENARIOS,
+    *syscalls.SCENARIOS,
     *udp.SCENARIOS,
     maglev.MaglevBuild,
     anycast.AnycastFailover,
@@ -24,7 +25,12 @@ _ALL: tuple[type[rounds.Scenario], ...] = (
     xdp.XdpForwarding,
 )
 SCENARIOS: dict[str, type[rounds.Scenario]] = {sc.name: sc for sc in _ALL}
-NEEDS = {"tcp_bulk": ("iperf3",), "tcp_conn": ("wrk", "nginx"), "tcp_keepalive": ("wrk", "nginx")}
+NEEDS = {
+    "tcp_syscalls": ("strace", "nginx"),
+    "tcp_bulk": ("iperf3",),
+    "tcp_conn": ("wrk", "nginx"),
+    "tcp_keepalive": ("wrk", "nginx"),
+}
 LAYOUTS = {sc.name for sc in (*tcp.SCENARIOS, *udp.SCENARIOS)}  # scenarios --layout applies to
 
 

@@ -33,7 +33,7 @@ class _Udp(Scenario):
     targets = (
         Target(
             "sluice datagrams per LB CPU-second >= 1.0x NGINX",
-            "sluice",
+            "sluice-python",
             "dgram_per_lb_cpu_s",
             ">=",
             1.0,

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from sluice.config import Config, Endpoint, parse_config
 from sluice.control.controller import Controller
+from sluice.dataplane.proxy.plane import describe_engine
 from sluice.server import new_event_loop
 
 BACKENDS = 3
@@ -195,6 +196,7 @@ async def _demo(connections: int, live: bool, console: Console) -> bool:
     )
     controller = Controller(config)
     await controller.start()
+    console.print(f"sluice demo: {describe_engine(config)}")
     load = Load()
     try:
         tcp_vip, udp_vip = config.vips[0].listen, config.vips[1].listen
@@ -224,8 +226,8 @@ async def _demo(connections: int, live: bool, console: Console) -> bool:
             transport.close()
     ok = load.tcp_failed == 0 and load.udp_lost == 0
     summary = (
-        f"summary: {load.tcp_ok} TCP connections and {load.udp_ok} UDP round trips through sluice in "
-        f"{time.monotonic() - load.started:.1f}s; "
+        f"summary: {load.tcp_ok} TCP connections and {load.udp_ok} UDP round trips through sluice "
+        f"({describe_engine(config)}) in {time.monotonic() - load.started:.1f}s; "
     )
     summary += "no errors." if ok else f"errors: {dict(load.errors)}, UDP lost: {load.udp_lost}"
     console.print(summary)

@@ -30,7 +30,7 @@ from sluice.control.controller import BackendSnapshot, Controller, VipSnapshot
 from sluice.control.metrics import build_registry
 from sluice.server import metrics_sources
 from tests.support.admin import TOKEN, FakeController, backend
-from tests.support.loopback import Backend, Backends, Held, Load, free_port, vip_config, wait_for
+from tests.support.loopback import Backends, Held, Load, free_port, vip_config, wait_for
 from tests.support.privileged import needs
 
 STATIC = Path(page.__file__).parent / "static"
@@ -373,19 +373,6 @@ async def refused(vip_port: int) -> None:
     assert data == b"", data
 
 
-async def crash(backend: Backend) -> None:
-    """`backend.kill()` with no accept in flight. On Python 3.11, ``asyncio.Server.close()`` leaks a
-    connection accepted but not yet attached (``Server._attach`` asserts; a ResourceWarning later):
-    here a health check's. So: stop accepting, let the pending accepts attach, then kill."""
-    assert backend.server is not None
-    loop = asyncio.get_running_loop()
-    for sock in backend.server.sockets:
-        loop.remove_reader(sock.fileno())
-    for _ in range(3):  # a yield, not a wait: each pending accept task takes its first step
-        await asyncio.sleep(0)
-    await backend.kill()
-
-
 def _rgb(css: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", css)[:3])
 
@@ -457,7 +444,7 @@ async def test_status_page_in_a_browser(backends: Backends, tmp_path: Path) -> N
             assert shot.startswith(b"\x89PNG\r\n\x1a\n") and len(shot) > 10_000
 
             # a killed backend turns red within the check interval (+ the page's poll + margin)
-            await crash(b1)
+            await b1.kill()
             bound = INTERVAL * (FALL + 1) + TIMEOUT + REFRESH_S + 3.0
             down = await tab.until(
                 f"document.querySelector('tr[data-backend=\"{b1.address}\"]').dataset.state === 'down'",

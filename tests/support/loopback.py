@@ -59,8 +59,17 @@ class Backend:
             writer.close()
 
     async def kill(self) -> None:
-        """Stop listening and reset every open connection (a crashed server)."""
+        """Stop listening and reset every open connection (a crashed server).
+
+        On Python 3.11, ``asyncio.Server.close()`` leaks a connection accepted but not yet attached
+        (``Server._attach`` asserts, a ResourceWarning follows): so stop accepting first and let the
+        pending accepts attach, then close."""
         if self.server is not None:
+            loop = asyncio.get_running_loop()
+            for sock in self.server.sockets:
+                loop.remove_reader(sock.fileno())
+            for _ in range(3):  # a yield, not a wait: each pending accept task takes its first step
+                await asyncio.sleep(0)
             self.server.close()
             self.server = None
         for writer in list(self.writers):

@@ -8,8 +8,7 @@ import pytest
 
 from sluice.config import Backend, Endpoint, Vip
 from sluice.core.maglev import diff_tables
-from sluice.core.scheduler import MaglevScheduler, build_scheduler
-from sluice.dataplane.proxy.plane import maglev_slots_changed
+from sluice.core.scheduler import MaglevScheduler, build_scheduler, maglev_slots_changed
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.dataplane.proxy.udp import UdpListener
 

@@ -1,35 +1,89 @@
-"""ProxyPlane: one listener per proxy-mode VIP, started, updated and stopped from the config."""
+"""ProxyPlane: one listener per proxy-mode VIP, started, updated and stopped from the config.
+
+The config's `engine` picks who serves TCP VIPs: the native engine (C, `workers` threads) or the
+python one (asyncio). UDP VIPs run on the python engine until the native engine's UDP part lands.
+A reload that changes `engine` or `workers` applies to listeners it starts; running ones keep theirs.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 
-from sluice.config import Config, Endpoint, Vip
-from sluice.core.scheduler import maglev_slots_changed
+from sluice.config import Config, Endpoint, EngineName, Vip
+from sluice.dataplane import engine
 from sluice.dataplane.listener import Listener, ListenerFactory
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.dataplane.proxy.udp import UdpListener
 from sluice.dataplane.stats import VipStats
 
-__all__ = ["Listener", "ListenerFactory", "ProxyPlane", "maglev_slots_changed"]
-"""`Listener`, `ListenerFactory` and `maglev_slots_changed` are re-exported for older imports: their
-homes are `sluice.dataplane.listener` and `sluice.core.scheduler`."""
-
 log = logging.getLogger(__name__)
 
 
-def _default_factories() -> dict[str, ListenerFactory]:
-    return {"tcp": TcpListener, "udp": UdpListener}
+class EngineUnavailable(RuntimeError):
+    """`engine: native` was asked for and the extension is not built."""
+
+
+def resolve_engine(asked: EngineName | None, native_available: bool = engine.AVAILABLE) -> EngineName:
+    """The engine a config runs on: as asked, or native when unset and the extension is built."""
+    if asked == "native" and not native_available:
+        raise EngineUnavailable("engine: native, but the native engine extension is not built")
+    if asked is not None:
+        return asked
+    return "native" if native_available else "python"
+
+
+def factories_for(config: Config) -> dict[str, ListenerFactory]:
+    """Listener factories by protocol for `config`'s engine and worker count."""
+    if resolve_engine(config.engine) == "python":
+        return {"tcp": TcpListener, "udp": UdpListener}
+    workers = None if config.workers == "auto" else config.workers
+    return {"tcp": functools.partial(engine.NativeTcpListener, workers=workers), "udp": UdpListener}
+
+
+def describe_engine(config: Config) -> str:
+    """Who serves what, in words: "TCP on the native engine (2 workers), UDP on the python engine"."""
+    if resolve_engine(config.engine) == "python":
+        return "TCP and UDP on the python engine"
+    workers = len(os.sched_getaffinity(0)) if config.workers == "auto" else config.workers
+    return (
+        f"TCP on the native engine ({workers} worker{'s' if workers != 1 else ''}), UDP on the python engine"
+    )
 
 
 class ProxyPlane:
     """The `DataPlane` for VIPs with ``mode: proxy``."""
 
     def __init__(self, factories: dict[str, ListenerFactory] | None = None) -> None:
-        self._factories = factories if factories is not None else _default_factories()
+        self._fixed = factories
+        """Injected factories (tests); None: chosen from each config's engine and workers."""
+        self._factories = factories or {}
+        self._engine: tuple[EngineName, object] | None = None
         self._listeners: dict[str, tuple[Vip, Listener]] = {}
 
+    def _choose_factories(self, config: Config) -> None:
+        if self._fixed is not None:
+            return
+        chosen = (resolve_engine(config.engine), config.workers)
+        if chosen == self._engine:
+            return
+        if self._engine is None:
+            if config.engine is None and chosen[0] == "python":
+                log.warning("the native engine extension is not built: the python engine serves every VIP")
+            log.info("proxy engine: %s (workers: %s)", chosen[0], chosen[1])
+        else:
+            log.warning("proxy engine now %s (workers: %s): running listeners keep theirs", *chosen)
+        self._engine = chosen
+        self._factories = factories_for(config)
+
+    @property
+    def engine(self) -> EngineName | None:
+        """The engine new TCP listeners run on (None before the first apply, or with injected factories)."""
+        return None if self._engine is None else self._engine[0]
+
     async def apply(self, config: Config) -> None:
+        self._choose_factories(config)
         wanted = {v.name: v for v in config.vips if v.mode == "proxy"}
         for name in list(self._listeners):
             old, listener = self._listeners[name]
