@@ -80,6 +80,7 @@ def write_config(path: Path, vip_port: int, admin_port: int, backends: list[Back
 @contextlib.asynccontextmanager
 async def sluice(tmp_path: Path, backends: list[Backend], **top: Any) -> AsyncIterator[Sluice]:
     (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "token").chmod(0o600)
     config = tmp_path / "sluice.yaml"
     vip_port, admin_port = free_port(), free_port()
     write_config(config, vip_port, admin_port, backends, **top)

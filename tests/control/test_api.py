@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +135,7 @@ async def test_without_token_changes_only_over_the_unix_socket(tmp_path: Path) -
 def test_read_token(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
     assert read_token(path) == TOKEN
     path.write_text("short\n")
     with pytest.raises(TokenError, match="at least 16"):
@@ -143,6 +147,7 @@ def test_read_token(tmp_path: Path) -> None:
 def test_the_cli_client_reads_the_token_as_the_server_does(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(f"  {TOKEN}  \nsecond line\n")
+    path.chmod(0o600)
     assert read_token_file(path) == read_token(path) == TOKEN
     assert read_token_file(None) is None
     path.write_text("short\n")
@@ -150,3 +155,51 @@ def test_the_cli_client_reads_the_token_as_the_server_does(tmp_path: Path) -> No
         read_token_file(path)
     with pytest.raises(OSError, match="cannot read"):  # what `sluice backend` reports as unreadable
         read_token_file(tmp_path / "missing")
+
+
+async def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as bytes (headers a client library would refuse to send); the status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (b"Bearer \xff\xfe\xfd", 400),
+        ("Bearer t\u00f6ken-0123456789abcdef".encode(), 400),
+        (b"Bearer " + TOKEN.encode() + b"\xc3", 400),
+        (b"\xe2\x82\xac " + TOKEN.encode(), 400),
+        (b"Bearer", 401),
+        (b"Bearer ", 401),
+        (b"Basic dXNlcjpwYXNz", 401),
+        (b"bearer  wrong", 401),
+        (b" ", 401),
+    ],
+)
+async def test_a_malformed_authorization_header_is_400_or_401_and_one_log_line(
+    caplog: pytest.LogCaptureFixture, authorization: bytes, status: int
+) -> None:
+    fake, reloader = FakeController(), Reloader()
+    async with TestServer(build_app(fake, token=TOKEN, reload=reloader)) as server:
+        caplog.clear()
+        for path in (b"/api/v1/reload", b"/api/v1/vips/web/backends/127.0.0.1:9001/drain"):
+            request = (
+                b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                b"Authorization: " + authorization + b"\r\nContent-Length: 0\r\n\r\n"
+            )
+            answer, body = await raw_request(server.port, request)
+            assert answer == status, body
+            assert "error" in json.loads(body)
+    assert fake.calls == [] and reloader.count == 0
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(records) == 2, [r.getMessage() for r in records]  # one line per request
+    assert all(r.name == "sluice.control.api" and r.exc_info is None for r in records)
+    assert all("refused" in r.getMessage() for r in records)

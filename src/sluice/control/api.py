@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sluice import __version__
@@ -29,6 +28,7 @@ from sluice.control import page
 from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
 from sluice.control.token import TokenError as TokenError  # re-exported: the server reads the token here
 from sluice.control.token import read_token as read_token
+from sluice.control.token import token_matches
 from sluice.core.health import Admin
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _peer(request: web.Request) -> str:
+    return request.remote or "the Unix socket"
+
+
 @web.middleware
 async def _auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,9 +76,24 @@ async def _auth(
         return await handler(request)
     token = request.app[_TOKEN]
     if token:
-        given = request.headers.get("Authorization", "")
+        given = request.headers.get(hdrs.AUTHORIZATION, "")
+        if not (given.isascii() and given.isprintable()):
+            log.warning(
+                "admin API: %s %s from %s refused: the Authorization header is not printable ASCII",
+                request.method,
+                request.path,
+                _peer(request),
+            )
+            return _error(400, "the Authorization header must be printable ASCII: Bearer <token>")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer" or not token_matches(value.strip(), token):
+            log.warning(
+                "admin API: %s %s from %s refused: %s",
+                request.method,
+                request.path,
+                _peer(request),
+                "wrong bearer token" if scheme.lower() == "bearer" else "no bearer token",
+            )
             return _error(401, "a valid bearer token is needed for changes", **{"WWW-Authenticate": "Bearer"})
     elif not request.app[_UNIX]:
         return _error(403, "changes need admin.token_file, or the API on a Unix socket")

@@ -118,9 +118,10 @@ class ApiClient:
 
 
 def read_token_file(path: str | Path | None) -> str | None:
-    """The token of `--token-file` (None without one), validated as the server does; raises
+    """The token of `--token-file` (None without one), validated as the server does, except that a
+    file shared with group or others is used with a loud warning (the server refuses it); raises
     `TokenError` (an OSError)."""
-    return None if path is None else read_token(path)
+    return None if path is None else read_token(path, shared_ok=True)
 
 
 def _rate(now: dict[str, Any], before: dict[str, Any] | None, key: str, dt: float) -> str:
