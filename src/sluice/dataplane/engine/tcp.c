@@ -786,12 +786,18 @@ void tcp_on_listen(struct worker *w, struct worker_vip *wv)
         case EAGAIN:
             return;
         case EINTR:
-        case ECONNABORTED:
+        case ECONNABORTED: /* and the network errors accept(2) passes on for the new connection */
+        case EPROTO:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+        case ENETDOWN:
             continue;
-        case EMFILE:
-        case ENFILE:
-        case ENOBUFS:
-        case ENOMEM: { /* back off instead of spinning (the listen socket is level-triggered) */
+        default: { /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: back off instead of spinning (the listen
+                    * socket is level-triggered) */
             struct epoll_event ev = {.events = 0};
             ev.data.u64 = (uint64_t)H_LISTEN << 56 | wv->vip->id;
             (void)epoll_ctl(w->epfd, EPOLL_CTL_MOD, wv->listen_fd, &ev);
@@ -799,8 +805,6 @@ void tcp_on_listen(struct worker *w, struct worker_vip *wv)
             timer_arm(w, &wv->resume, w->now_us + ACCEPT_PAUSE_US);
             return;
         }
-        default:
-            return;
         }
     }
 }
