@@ -159,7 +159,7 @@ class NativeTcpListener:
     def stats(self) -> VipStats:
         """The counters, summed over the workers (fresh on every read while the VIP runs)."""
         if self._id is not None:
-            self._apply(self._engine.counters(self._id))
+            self._apply(self._engine.counters(self._id, -1, len(self._slots)))
         return self._stats
 
     @stats.setter
@@ -172,7 +172,7 @@ class NativeTcpListener:
         """One worker's share of the counters (a new object; the VIP must be running)."""
         assert self._id is not None, "not running"
         stats = VipStats()
-        self._fill(stats, self._engine.counters(self._id, worker))
+        self._fill(stats, self._engine.counters(self._id, worker, len(self._slots)))
         return stats
 
     @property

@@ -145,7 +145,8 @@ fail:
     return NULL;
 }
 
-static PyObject *read_counters(EngineObject *self, uint32_t id, int worker)
+/* The VIP's counters as Python values: every reason, and the first `used` backend slots (< 0: all). */
+static PyObject *read_counters(EngineObject *self, uint32_t id, int worker, int used)
 {
     struct vip *v = engine_vip(self->eng, id);
     if (v == NULL) {
@@ -165,7 +166,7 @@ static PyObject *read_counters(EngineObject *self, uint32_t id, int worker)
         PyMem_Free(out.backends);
         return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
     }
-    PyObject *result = counters_to_python(&out, slots);
+    PyObject *result = counters_to_python(&out, used >= 0 && (uint32_t)used < slots ? (uint32_t)used : slots);
     PyMem_Free(out.backends);
     return result;
 }
@@ -309,14 +310,14 @@ static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
 static PyObject *Engine_counters(EngineObject *self, PyObject *args)
 {
     unsigned int id;
-    int worker = -1;
-    if (!PyArg_ParseTuple(args, "I|i", &id, &worker) || check_open(self) < 0)
+    int worker = -1, used = -1;
+    if (!PyArg_ParseTuple(args, "I|ii", &id, &worker, &used) || check_open(self) < 0)
         return NULL;
     if (worker >= (int)self->workers) {
         PyErr_SetString(PyExc_ValueError, "no such worker");
         return NULL;
     }
-    return read_counters(self, id, worker);
+    return read_counters(self, id, worker, used);
 }
 
 static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
@@ -329,7 +330,7 @@ static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     engine_vip_remove(self->eng, id);
     Py_END_ALLOW_THREADS
-    PyObject *final = read_counters(self, id, -1);
+    PyObject *final = read_counters(self, id, -1, -1);
     Py_BEGIN_ALLOW_THREADS
     engine_vip_free(self->eng, id);
     Py_END_ALLOW_THREADS
@@ -348,7 +349,8 @@ static PyMethodDef Engine_methods[] = {
     {"stop_accepting", (PyCFunction)Engine_stop_accepting, METH_VARARGS, "stop_accepting(id)"},
     {"close_backend_flows", (PyCFunction)Engine_close_backend_flows, METH_VARARGS,
      "close_backend_flows(id, slot, reason index) -> flows closed"},
-    {"counters", (PyCFunction)Engine_counters, METH_VARARGS, "counters(id, worker=-1) -> the VIP's counters, summed over the workers (or one worker's)"},
+    {"counters", (PyCFunction)Engine_counters, METH_VARARGS, "counters(id, worker=-1, used=-1) -> the VIP's counters, summed over the workers (or one "
+     "worker's), backend slots below `used` only (-1: all)"},
     {"vip_remove", (PyCFunction)Engine_vip_remove, METH_VARARGS,
      "vip_remove(id) -> final counters (every flow closed: shutdown)"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the workers and free everything"},
