@@ -53,7 +53,8 @@ Measured over the steady window of each round (after a warm-up):
 - XDP program ns per packet: BPF_PROG_TEST_RUN of the attached program (sluice's or the reflector),
   one run per frame (repeat=1: a repeated run reuses the buffer, so an ipip program would time its own
   output's pass path) on TEST_RUNS copies of one of the load's frames, each run checked to return
-  XDP_TX; the mean of the kernel's per-run durations, its two clock reads included. Per path, against
+  XDP_TX; the mean of the kernel's per-run durations minus an empty program's timed in between (the
+  kernel's two clock reads around a run, ~150 ns here, are in both; the floor is in the json). Per path, against
   the program before the per-packet work of issue 14 and net of an empty program: bench/xdp_paths.py,
   run by this scenario after its rounds (its own json, xdp_paths.json, and table);
 - wake-ups: rescheduling + function-call IPIs received by the LB core (/proc/interrupts) per 1000
@@ -152,8 +153,8 @@ class XdpForwarding(Scenario):
         "a page before the program and XDP_TX hands a frame to the peer's NAPI: costs a real NIC "
         "does not have. XDP prog ns/pkt = BPF_PROG_TEST_RUN of the attached program, one run per "
         "frame (20k runs on one of the load's frames, each checked to return XDP_TX; the mean of the "
-        "kernel's per-run figures, its two clock reads included): the program alone, without veth "
-        "(per path: the xdp_paths table). IPIs = rescheduling + "
+        "kernel's per-run figures minus an empty program's timed in between): the program alone, "
+        "without veth (per path: the xdp_paths table). IPIs = rescheduling + "
         "function-call interrupts into core 0 (/proc/interrupts) per 1000 forwarded packets."
     )
     peer_names = PEERS
@@ -623,18 +624,20 @@ class Bench:
             time.sleep(0.2)  # let the backlogs drain into the counters
             end = self.sample()
             program_after = handle.counters() if handle is not None else None
-            prog_ns = self._program_ns(port) if peer in XDP_PEERS else None
+            prog_ns, prog_floor = self._program_ns(port) if peer in XDP_PEERS else (None, None)
         finally:
             self.deactivate(peer, handle)
         row = self._row(peer, begin, a, b, end, program_before, program_after)
         row["generator"] = json.loads(out)
         row["prog_ns_per_pkt"] = prog_ns
+        row["prog_floor_ns"] = prog_floor
         return row
 
-    def _program_ns(self, port: int) -> float:
+    def _program_ns(self, port: int) -> tuple[float, float]:
         """Mean ns per run of the XDP program attached to the LB's eth0 on one of the load's frames
         (BPF_PROG_TEST_RUN, one run per frame, TEST_RUNS runs, no veth around it): the program's own
-        cost. Every run must return XDP_TX (a repeated run would time ipip's pass path)."""
+        cost, net of an empty program's (the reflector object's ``pass``) timed in between; and that
+        floor. Every run must return XDP_TX (a repeated run would time ipip's pass path)."""
         from sluice.dataplane.xdp import loader
 
         links = json.loads(self.lab.ns("lb").run("ip", "-j", "link", "show", "eth0").stdout)
@@ -644,7 +647,13 @@ class Bench:
             data = rawgen.frame(
                 self.macs["lb"], self.macs["client"], dsr.CLIENT, dsr.VIP, FIRST_SPORT, port, PAYLOAD
             )
-            return xdp_paths.time_path(fd, [data] * TEST_RUNS, verdict=loader.XDP_TX).mean_ns
+            floor = loader.load_object(self.reflector, ("pass",))
+            try:
+                return xdp_paths.net_of_empty(
+                    fd, floor.programs["pass"], [data] * TEST_RUNS, verdict=loader.XDP_TX
+                )
+            finally:
+                floor.close()
         finally:
             os.close(fd)
 

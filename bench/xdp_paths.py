@@ -237,6 +237,22 @@ def time_path(
     return PathTiming(trimmed_mean(d), float(d[len(d) // 2]), len(d), counted, tuple(d))
 
 
+def net_of_empty(prog_fd: int, floor_fd: int, frames: list[bytes], *, verdict: int) -> tuple[float, float]:
+    """(ns per run of the program minus the empty program's, the empty program's), the two timed in
+    interleaved slices of `frames`; every program run must return `verdict`, every empty one XDP_PASS."""
+    from sluice.dataplane.xdp.loader import XDP_PASS
+
+    mine: list[int] = []
+    empty: list[int] = []
+    per_chunk = max(1, len(frames) // CHUNKS)
+    for c in range(0, len(frames), per_chunk):
+        part = frames[c : c + per_chunk]
+        mine += time_path(prog_fd, part, verdict=verdict).durations_ns
+        empty += time_path(floor_fd, part, verdict=XDP_PASS).durations_ns
+    floor = trimmed_mean(empty)
+    return trimmed_mean(mine) - floor, floor
+
+
 # ---------------------------------------------------------------- programs
 
 

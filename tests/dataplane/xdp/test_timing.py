@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from bench.xdp_paths import time_path
+from bench.xdp_paths import net_of_empty, time_path
 
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.loader import XDP_PASS, XDP_TX
 from tests.dataplane.xdp import packets as P
 from tests.dataplane.xdp.harness import World
-from tests.dataplane.xdp.test_scenarios import tcp_frame
+from tests.dataplane.xdp.test_scenarios import tcp_frame, udp_frame
 
 RUNS = 200
 
@@ -53,3 +53,15 @@ def test_a_run_off_the_timed_path_is_an_error(world: World) -> None:
     not_vip = tcp_frame(replace(v, addr="198.18.100.99"), 43003, P.TCP_SYN)
     with pytest.raises(RuntimeError, match=f"returned {XDP_PASS}, expected {XDP_TX}"):
         time_path(world.prog, [not_vip], verdict=XDP_TX)
+
+
+def test_net_of_empty_runs_both_programs_on_every_frame(world: World, pass_stub: loader.LoadedObject) -> None:
+    v = world.vips["v4udp"]
+    before = world.counters()
+    net, floor = net_of_empty(
+        world.prog, pass_stub.programs["sluice_pass"], [udp_frame(v, 43010)] * RUNS, verdict=XDP_TX
+    )
+    after = world.counters()
+    assert floor > 0 and net + floor > 0
+    assert after["vip.v4udp.packets"] - before["vip.v4udp.packets"] == RUNS
+    assert after["global.rx_packets"] - before["global.rx_packets"] == RUNS  # the stub ran the others

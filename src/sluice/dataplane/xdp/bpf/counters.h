@@ -14,12 +14,21 @@
 
 _Static_assert(sizeof(struct global_stats) == GSTAT_COUNT * sizeof(__u64), "global_stats: u64 fields only");
 
-/* Count one packet under a struct global_stats field index and return `verdict`. */
-static __always_inline int count_global(__u32 field, int verdict)
+/* This CPU's global counters, looked up once per packet (NULL counts nothing); counts the packet
+ * under rx_packets. */
+static __always_inline __u64 *count_rx(void)
 {
 	__u32 zero = 0;
 	__u64 *stats = bpf_map_lookup_elem(&global_stats, &zero);
 
+	if (stats)
+		stats[GSTAT(rx_packets)]++;
+	return stats;
+}
+
+/* Count one packet under a struct global_stats field index and return `verdict`. */
+static __always_inline int count_global(__u64 *stats, __u32 field, int verdict)
+{
 	if (stats && field < GSTAT_COUNT)
 		stats[field]++;
 	return verdict;
@@ -56,9 +65,9 @@ static __always_inline __u32 gstat_of(__u32 reason)
 }
 
 /* Count a packet parsing passed or dropped (enum parse_reason) and return `verdict`. */
-static __always_inline int count_parse_stop(__u32 reason, int verdict)
+static __always_inline int count_parse_stop(__u64 *stats, __u32 reason, int verdict)
 {
-	return count_global(gstat_of(reason), verdict);
+	return count_global(stats, gstat_of(reason), verdict);
 }
 
 /* Per VIP: the caller looks the VIP's counters up once per packet; NULL counts nothing. */

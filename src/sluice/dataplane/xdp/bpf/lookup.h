@@ -77,16 +77,19 @@ static __always_inline struct backend *conntrack_hit(struct ct_entry *entry, con
  * TCP SYN: always Maglev, (re)write the entry. Other TCP: the entry if usable, else a counted miss
  * and Maglev (the entry is rewritten). UDP: the entry unless idle longer than the VIP's timeout.
  * ICMP "too big": the entry if usable, else Maglev; never writes.
- * An existing entry is rewritten in place (an LRU update would take a free node and release the old
- * one); a new one is inserted. */
+ * A SYN inserts (replacing any entry of the tuple); an entry a later packet found expired or
+ * unusable is rewritten in place (an LRU update would take a free node and release the old one). */
 static __always_inline struct backend *pick_backend(const struct vip_meta *vip, struct packet *pkt,
 						     struct vip_stats *vs, __u32 *index, __u32 *hash,
 						     int *new_flow)
 {
-	struct ct_entry *entry = bpf_map_lookup_elem(&conntrack, &pkt->flow);
+	struct ct_entry *entry = 0;
 	struct backend *be;
 	int is_syn = pkt->flow.proto == PROTO_TCP &&
 		     (pkt->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
+
+	if (!is_syn) /* a SYN is nearly always a new flow: inserted without a lookup first */
+		entry = bpf_map_lookup_elem(&conntrack, &pkt->flow);
 
 	*new_flow = 0;
 	if (!is_syn) {

@@ -19,20 +19,20 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct vip_meta *vip;
 	struct vip_stats *vs;
 	struct backend *be;
+	__u64 *gs = count_rx();
 	__u32 reason = 0, index = NO_BACKEND, hash = 0;
 	int verdict, new_flow = 0;
 
-	count_global(GSTAT(rx_packets), 0);
 	verdict = parse_packet(ctx, &pkt, &reason);
 	if (verdict != PARSE_OK)
-		return count_parse_stop(reason, verdict);
+		return count_parse_stop(gs, reason, verdict);
 
 	__builtin_memcpy(vkey.addr, pkt.flow.dst, sizeof(vkey.addr));
 	vkey.port = pkt.flow.dport;
 	vkey.proto = pkt.flow.proto;
 	vip = bpf_map_lookup_elem(&vips, &vkey);
 	if (!vip)
-		return count_global(GSTAT(pass_not_vip), XDP_PASS);
+		return count_global(gs, GSTAT(pass_not_vip), XDP_PASS);
 	vs = vip_counters(vip->index);
 
 	be = pick_backend(vip, &pkt, vs, &index, &hash, &new_flow);
