@@ -7,7 +7,7 @@ engine runs (`sluice.dataplane.engine.AVAILABLE` is False)."""
 from setuptools import Extension, setup
 
 ENGINE_DIR = "src/sluice/dataplane/engine"
-ENGINE_SOURCES = ["loop.c", "tcp.c", "counters.c", "pick.c", "proxy_header.c", "module.c"]
+ENGINE_SOURCES = ["loop.c", "tcp.c", "vip.c", "counters.c", "pick.c", "proxy_header.c", "module.c"]
 
 setup(
     ext_modules=[

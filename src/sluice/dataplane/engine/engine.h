@@ -208,7 +208,7 @@ struct worker {
     uint32_t pool_used;      /* pool[0..pool_used) have been handed out at least once */
     struct conn *free_conns; /* returned ones, singly linked through next_again */
     struct conn *again;
-    struct conn *dead;       /* closed this iteration, returned to free_conns at its end */
+    struct conn *dead;       /* closed this iteration (linked through vprev), freed at its end */
     struct worker_vip **vips; /* max_vips entries, indexed by vip id */
     uint64_t rng;             /* xorshift state (random_two draws) */
     bool stop;
@@ -247,7 +247,10 @@ void tcp_stop_accepting(struct worker *w, struct worker_vip *wv);
 unsigned long tcp_close_backend_flows(struct worker *w, struct worker_vip *wv, uint32_t slot, enum closed_reason r);
 void tcp_vip_detach(struct worker *w, struct worker_vip *wv);
 
-/* tcp.c: the control side. Listen address: family AF_INET/AF_INET6 with `local` filled in. */
+/* A socket address as (family 4/6, raw address bytes, host-order port) (tcp.c). */
+void addr_of(const struct sockaddr_storage *ss, int *family, uint8_t ip[16], uint16_t *port);
+
+/* vip.c: the control side. Listen address: family AF_INET/AF_INET6 with `local` filled in. */
 struct vip_params {
     struct sockaddr_storage local;
     socklen_t local_len;
