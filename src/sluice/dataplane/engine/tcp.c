@@ -1,4 +1,18 @@
-/* tcp.c: the TCP full proxy: accept, PROXY handshake, connect with retries, splice/copy, close. */
+/* tcp.c: the TCP full proxy: accept, PROXY handshake, connect with retries, splice/copy, close.
+ *
+ * Everything here runs on one worker thread and touches only that worker's objects (engine.h).
+ *
+ * A client goes CONN_HANDSHAKE (only when the VIP accepts PROXY headers: read it within the connect
+ * timeout) -> CONN_CONNECTING (pick, non-blocking connect, send the PROXY header to the backend;
+ * on failure or timeout the next backend, at most MAX_CONNECT_TRIES) -> CONN_ESTABLISHED (two
+ * directions moving bytes, one idle timer) -> CONN_DEAD (closed; reused after this loop iteration).
+ * Each socket is registered in epoll once, edge-triggered; `readable`/`writable` remember what the
+ * last events said until a call returns EAGAIN.
+ *
+ * Counting, as tcp.py does: flows_total/active count flows that reached a backend, so
+ * flows_total == active + sum(closed); a client turned away before that is counted in refused
+ * (max_connections, bad_proxy_header, proxy_header_timeout, no_backend, connect_failed, client_gone,
+ * no_resources, proxy_header). bytes_to_backend / bytes_from_backend count bytes written out. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
