@@ -3,7 +3,7 @@ CPU per million packets, sluice XDP DSR against what a user would otherwise run.
 
 Peers, in alternating rounds (A B C D E, A B C D E, ...), all in the same lab and the same LB position:
 
-- xdp_native:   sluice's XDP DSR program (l2 forwarding, Maglev + per-CPU connection table), native XDP.
+- xdp_native:   sluice's XDP DSR program (l2 forwarding, Maglev + connection table), native XDP.
 - xdp_generic:  the same program in generic (skb) mode.
 - reflector:    a bare XDP_TX reflector (bench/xdp_reflector.bpf.c: MAC rewrite, sport % 3, XDP_TX),
                 native: the limit of the harness for anything in the LB position.

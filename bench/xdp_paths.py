@@ -2,7 +2,7 @@
 
 Programs, each loaded outside any interface with 1 VIP per (forwarding, protocol), 3 backends each
 and a 65,537-slot Maglev ring: sluice, the program of the working tree (bpf/sluice_xdp.bpf.c); before,
-the program as of BASELINE_COMMIT (its sources taken with ``git show`` into a temp dir, compiled with
+the program as of commit fb2c44b (BASELINE_COMMIT; its sources taken with git show into a temp dir, compiled with
 the same flags), what the per-packet targets are held against; reflector, bench/xdp_reflector.bpf.c
 ``reflect`` (MAC rewrite by sport % 3, IPv4/UDP only, so only the UDP column), the bare XDP_TX
 program; and the floor, bpf/sluice_pass.bpf.c (returns XDP_PASS): what a run costs with no program

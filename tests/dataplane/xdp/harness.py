@@ -192,7 +192,7 @@ class World:
 
 
 def pinned_cpu() -> Iterator[None]:
-    """Keep the test on one CPU: the connection table is per CPU, BPF_PROG_TEST_RUN runs where we are."""
+    """Keep the test on one CPU (BPF_PROG_TEST_RUN runs where we are; the counters are per CPU)."""
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(before)})
     try:
