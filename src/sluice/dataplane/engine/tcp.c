@@ -742,7 +742,6 @@ static void accepted(struct worker *w, struct worker_vip *wv, int fd, const stru
     c->fd[SIDE_CLIENT] = fd;
     c->state = CONN_HANDSHAKE;
     uint8_t ip[16];
-    int one = 1;
     addr_of(peer, &c->real.family, ip, &c->real.src_port);
     memcpy(c->real.src, ip, 16);
     if (v->local_wildcard) {
@@ -758,10 +757,7 @@ static void accepted(struct worker *w, struct worker_vip *wv, int fd, const stru
         memcpy(c->real.dst, v->local_addrs.dst, 16);
         c->real.dst_port = v->local_addrs.dst_port;
     }
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
-        refuse(w, c, REFUSED_CLIENT_GONE);
-        return;
-    }
+    /* TCP_NODELAY: inherited from the listening socket (vip.c), no setsockopt per connection */
     if (epoll_add(w, fd, CONN_EVENTS, H_CLIENT, c->gen[SIDE_CLIENT], c->index) < 0) {
         refuse(w, c, REFUSED_NO_RESOURCES);
         return;

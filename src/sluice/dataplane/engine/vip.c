@@ -1,6 +1,7 @@
 /* vip.c: VIPs on the control thread: listening sockets, per-worker state, commands to the workers. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -39,8 +40,10 @@ static int bind_listeners(struct engine *e, struct vip *v)
             return -errno;
         v->listen_fds[i] = fd;
         int one = 1;
+        /* accepted sockets inherit TCP_NODELAY from the listening one */
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
             return -errno;
         if (v->family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
             return -errno;
