@@ -109,6 +109,7 @@ struct conn {
     struct worker_vip *wv;
     int fd[2];        /* client, backend; -1 when none */
     bool readable[2], writable[2];
+    bool hup[2]; /* end of stream, reset or error reported on that side: read on to the end */
     struct direction dir[2]; /* dir[0]: client -> backend, dir[1]: backend -> client */
     struct timer timer;      /* handshake / connect timeout, then idle */
     uint64_t last_active_us;

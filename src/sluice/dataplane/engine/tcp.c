@@ -225,8 +225,8 @@ static struct conn *conn_get(struct worker *w, struct worker_vip *wv)
     return c;
 }
 
-/* The connection's sockets are closed and its movers released: forget it (freed at the end of
- * this loop iteration, so events of this batch still find it dead, never reused). */
+/* The connection is counted out (release_slot) and its sockets are closed: forget it (freed at the
+ * end of this loop iteration, so events of this batch still find it dead, never reused). */
 static void conn_put(struct worker *w, struct conn *c)
 {
     struct worker_vip *wv = c->wv;
@@ -239,7 +239,6 @@ static void conn_put(struct worker *w, struct conn *c)
         wv->conns = c->vnext;
     if (c->vnext != NULL)
         c->vnext->vprev = c->vprev;
-    atomic_fetch_sub_explicit(&wv->vip->conns, 1, memory_order_relaxed);
     c->state = CONN_DEAD;
     c->wv = NULL;
     c->vprev = w->dead; /* the dead list reuses vprev */
@@ -267,7 +266,15 @@ void tcp_reap(struct worker *w)
     w->dead = keep;
 }
 
-/* ------------------------------------------------------------------ ending a connection */
+/* ------------------------------------------------------------------ ending a connection
+ *
+ * Counters and the max_connections count change BEFORE the sockets close: a client that sees its
+ * connection end may read the counters (or connect again) at once, from another thread. */
+
+static void release_slot(struct conn *c)
+{
+    atomic_fetch_sub_explicit(&c->wv->vip->conns, 1, memory_order_relaxed);
+}
 
 /* Drop the backend attempt in progress (its socket, its scheduler count). */
 static void drop_backend(struct worker *w, struct conn *c)
@@ -292,6 +299,7 @@ static void refuse(struct worker *w, struct conn *c, enum refused_reason reason)
     if (c->table != NULL)
         drop_backend(w, c);
     CTR_ADD(wv->counters.refused[reason], 1);
+    release_slot(c);
     movers_release(wv, c);
     reset_close(c->fd[SIDE_CLIENT]);
     c->fd[SIDE_CLIENT] = -1;
@@ -303,6 +311,7 @@ static void abandon(struct worker *w, struct conn *c)
 {
     if (c->table != NULL)
         drop_backend(w, c);
+    release_slot(c);
     movers_release(c->wv, c);
     reset_close(c->fd[SIDE_CLIENT]);
     c->fd[SIDE_CLIENT] = -1;
@@ -313,6 +322,12 @@ static void abandon(struct worker *w, struct conn *c)
 static void close_flow(struct worker *w, struct conn *c, enum closed_reason reason, bool reset)
 {
     struct worker_vip *wv = c->wv;
+    CTR_ADD(wv->counters.active, -1);
+    CTR_ADD(wv->counters.closed[reason], 1);
+    CTR_ADD(wv->counters.backends[c->slot].active, -1);
+    if (c->sched_counted)
+        wv->sched_active[c->slot]--;
+    release_slot(c);
     movers_release(wv, c);
     for (int s = 0; s < 2; s++) {
         if (reset)
@@ -321,11 +336,6 @@ static void close_flow(struct worker *w, struct conn *c, enum closed_reason reas
             close(c->fd[s]);
         c->fd[s] = -1;
     }
-    CTR_ADD(wv->counters.active, -1);
-    CTR_ADD(wv->counters.closed[reason], 1);
-    CTR_ADD(wv->counters.backends[c->slot].active, -1);
-    if (c->sched_counted)
-        wv->sched_active[c->slot]--;
     conn_put(w, c);
 }
 
@@ -408,15 +418,15 @@ static int dir_pump(struct worker *w, struct conn *c, int i)
         buf_give(wv, d);
         if (d->eof) {
             if (!d->done) {
+                if (c->dir[1 - i].done) { /* the last direction: close sends its FIN (counted first) */
+                    close_flow(w, c, CLOSED_DONE, false);
+                    return -1;
+                }
                 if (shutdown(c->fd[dst], SHUT_WR) < 0 && errno != ENOTCONN) {
                     abort_flow(w, c, dst, errno);
                     return -1;
                 }
                 d->done = true;
-                if (c->dir[1 - i].done) {
-                    close_flow(w, c, CLOSED_DONE, false);
-                    return -1;
-                }
             }
             return 0;
         }
@@ -444,6 +454,8 @@ static int dir_pump(struct worker *w, struct conn *c, int i)
             continue;
         }
         d->held = (uint32_t)n;
+        if (d->pipe_r < 0 && (uint32_t)n < wv->vip->buffer_size && !c->hup[src])
+            c->readable[src] = false; /* a short recv emptied the receive queue: new bytes raise an event */
         CTR_ADD(wv->counters.buffered, n);
         if (n > CTR_LOAD(wv->counters.peak))
             CTR_SET(wv->counters.peak, n);
@@ -572,7 +584,7 @@ static void connect_next(struct worker *w, struct conn *c)
         c->current = idx;
         c->sched_counted = true;
         wv->sched_active[b->slot]++;
-        c->readable[SIDE_BACKEND] = c->writable[SIDE_BACKEND] = false;
+        c->readable[SIDE_BACKEND] = c->writable[SIDE_BACKEND] = c->hup[SIDE_BACKEND] = false;
         c->out_sent = 0;
         int one = 1;
         if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
@@ -676,6 +688,8 @@ void tcp_on_event(struct worker *w, struct conn *c, enum side s, uint32_t events
 {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->readable[s] = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        c->hup[s] = true;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
         c->writable[s] = true;
     switch (c->state) {
