@@ -354,7 +354,7 @@ class SluiceWorld:
             meta = VipMeta(
                 index=index,
                 maglev_size=M,
-                udp_idle_ns=3600 * 10**9,
+                idle_ns=3600 * 10**9,
                 fwd=FWD_IPIP if fwd == "ipip" else FWD_L2,
             )
             meta.src_mac[:] = mac_bytes(LB_MAC)

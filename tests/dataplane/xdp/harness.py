@@ -55,7 +55,7 @@ class TVip:
     fwd: int
     backends: list[TBackend]
     outer: str = "0.0.0.0/32"
-    udp_idle_s: float = 1.0
+    idle_s: float = 1.0
     maglev_size: int = M
     slots: list[int] = field(default_factory=list)  # backend index per Maglev slot
 
@@ -137,9 +137,7 @@ class World:
             self.add_vip(v)
 
     def add_vip(self, v: TVip) -> None:
-        meta = VipMeta(
-            index=v.index, maglev_size=v.maglev_size, udp_idle_ns=int(v.udp_idle_s * 1e9), fwd=v.fwd
-        )
+        meta = VipMeta(index=v.index, maglev_size=v.maglev_size, idle_ns=int(v.idle_s * 1e9), fwd=v.fwd)
         meta.src_mac[:] = P.mac(LB_MAC)
         prefix, mask = v.outer_prefix_and_mask()
         meta.outer_src[:] = prefix

@@ -74,21 +74,30 @@ def _ipip(frame: bytes, vip_name: str, src: str, sport: int, vlan: int | None = 
 
 
 def _icmp4_too_big(
-    quoted_src: str, quoted_sport: int, client_port: int, *, proto: int = IPPROTO_TCP, cut: int | None = None
+    quoted_src: str,
+    quoted_sport: int,
+    client_port: int,
+    *,
+    proto: int = IPPROTO_TCP,
+    cut: int | None = None,
+    outer_dst: str | None = None,
 ) -> bytes:
-    """A router's "fragmentation needed" about the backend's reply quoted_src:quoted_sport -> client."""
+    """A router's "fragmentation needed" about the backend's reply quoted_src:quoted_sport -> client,
+    addressed to `outer_dst` (default: the reply's source, as a router sends it)."""
     l4 = (
         P.tcp(quoted_sport, client_port, P.TCP_ACK)
         if proto == IPPROTO_TCP
         else P.udp(quoted_sport, client_port)
     )
     quoted = P.ipv4(quoted_src, CLIENT4, proto, l4)[: 28 if cut is None else cut]
-    return e4(P.ipv4("198.18.0.1", quoted_src, 1, P.icmp(3, 4, 1400, quoted)))
+    return e4(P.ipv4("198.18.0.1", outer_dst or quoted_src, 1, P.icmp(3, 4, 1400, quoted)))
 
 
-def _icmp6_too_big(quoted_src: str, quoted_sport: int, client_port: int) -> bytes:
+def _icmp6_too_big(
+    quoted_src: str, quoted_sport: int, client_port: int, *, outer_dst: str | None = None
+) -> bytes:
     quoted = P.ipv6(quoted_src, CLIENT6, IPPROTO_TCP, P.tcp(quoted_sport, client_port, P.TCP_ACK))[:48]
-    return e6(P.ipv6("2001:db8:1::1", quoted_src, 58, P.icmp(2, 0, 1280, quoted)))
+    return e6(P.ipv6("2001:db8:1::1", outer_dst or quoted_src, 58, P.icmp(2, 0, 1280, quoted)))
 
 
 def _cases() -> list[Case]:
@@ -277,6 +286,44 @@ def _cases() -> list[Case]:
     add(Case("icmp frag-needed about another address", f, XDP_PASS, None, "global.pass_not_vip"))
     f = e4(P.ipv4("198.18.0.1", V4.addr, 1, P.icmp(3, 1, 0, P.ipv4(V4.addr, CLIENT4, 6, P.tcp(80, 1))[:28])))
     add(Case("icmp host unreachable is not forwarded", f, XDP_PASS, None, "global.pass_icmp_other"))
+    # issue 12.12: only ICMP addressed to the VIP itself is redirected
+    f = _icmp4_too_big(V4.addr, 80, 40037, outer_dst="198.18.0.2")
+    add(Case("icmp frag-needed to the lb's own address", f, XDP_PASS, None, "global.pass_not_vip"))
+    f = _icmp4_too_big(V4.addr, 80, 40038, outer_dst="198.18.7.7")
+    add(Case("icmp frag-needed to another host", f, XDP_PASS, None, "global.pass_not_vip"))
+    f = _icmp6_too_big(V6.addr, 80, 40039, outer_dst="2001:db8::2")
+    add(Case("icmpv6 too-big to the lb's own address", f, XDP_PASS, None, "global.pass_not_vip"))
+    # issue 12.13: every header checked against the IP length
+    f = e4(P.ipv4(CLIENT4, V4.addr, IPPROTO_TCP, P.tcp(40040, 80, P.TCP_ACK, b"x" * 40), tot_len=30))
+    add(
+        Case("ipv4 total length shorter than ip + tcp headers", f, XDP_DROP, None, "global.drop_truncated_l4")
+    )
+    f = e4(P.ipv4(CLIENT4, U4.addr, IPPROTO_UDP, P.udp(40041, 53, b"q" * 8), tot_len=24))
+    add(
+        Case("ipv4 total length shorter than ip + udp headers", f, XDP_DROP, None, "global.drop_truncated_l4")
+    )
+    f = e4(P.ipv4(CLIENT4, U4.addr, IPPROTO_UDP, P.udp(40042, 53, b"query", length=200)))
+    add(Case("udp length beyond the datagram", f, XDP_DROP, None, "global.drop_bad_l4"))
+    f = e4(P.ipv4(CLIENT4, U4.addr, IPPROTO_UDP, P.udp(40043, 53, b"query"), tot_len=30) + b"\0" * 8)
+    add(Case("udp length beyond the ip packet (frame padded)", f, XDP_DROP, None, "global.drop_bad_l4"))
+    f = e4(P.ipv4(CLIENT4, V4.addr, IPPROTO_TCP, P.tcp(40044, 80, P.TCP_ACK, doff=15)))
+    add(Case("tcp data offset beyond the packet", f, XDP_DROP, None, "global.drop_bad_l4"))
+    f = e6(P.ipv6(CLIENT6, V6.addr, IPPROTO_TCP, P.tcp(40045, 80, P.TCP_ACK, doff=8)))
+    add(Case("tcp data offset beyond the ipv6 payload", f, XDP_DROP, None, "global.drop_bad_l4"))
+    f = e6(P.ipv6(CLIENT6, V6.addr, IPPROTO_TCP, P.tcp(40046, 80), payload_len=12) + b"\0" * 8)
+    add(
+        Case("ipv6 payload length shorter than the tcp header", f, XDP_DROP, None, "global.drop_truncated_l4")
+    )
+    f = e4(P.ipv4(CLIENT4, V4.addr, IPPROTO_TCP, P.tcp(40047, 80, P.TCP_ACK, b"data", doff=6)))
+    add(
+        Case(
+            "tcp options within the packet are fine",
+            f,
+            XDP_TX,
+            _l2(f, "v4tcp", CLIENT4, 40047),
+            "vip.v4tcp.packets",
+        )
+    )
     add(
         Case(
             "vip without backends",

@@ -383,7 +383,7 @@ async def test_plane_owns_the_coarse_clock(instance: str, tmp_path: Path) -> Non
         value = clock.lookup(ctypes.c_uint32(0))
         assert value is not None and value.value == 5_250_000_000
         (meta,) = [m for _k, m in plane.maps.vips.items() if m.index == vip_index(plane, "dns")]
-        assert meta.udp_idle_ns == int((30 + CLOCK_PERIOD_S) * 1e9)  # timeouts: idle 30s
+        assert meta.idle_ns == int((30 + CLOCK_PERIOD_S) * 1e9)  # timeouts: idle 30s
     finally:
         await plane.close(detach=False)
     fd = loader.obj_get(plane.pin_dir / "coarse_clock")

@@ -88,14 +88,44 @@ def test_udp_entry_older_than_idle_timeout_is_rehashed(world: World) -> None:
     entry = world.maps.conntrack.lookup(flow_key(CLIENT4, v.addr, 5000, v.port, v.proto))
     assert entry is not None and entry.backend == hashed.index
     c = world.counters()
-    assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.udp_expired"], c["vip.v4udp.new_flows"]) == (1, 1, 1)
+    assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.expired"], c["vip.v4udp.new_flows"]) == (1, 1, 1)
 
 
-def test_tcp_entries_do_not_expire(world: World) -> None:
+def test_tcp_entry_expires_after_the_idle_timeout(world: World) -> None:
+    """Issue 15.4: a TCP entry idle longer than the VIP's idle timeout is not used (a client port
+    reused much later must not meet a stale entry): Maglev decides again and the entry is rewritten."""
+    v = world.vips["v4tcp"]  # idle timeout 1 s
+    first = model_backend(v, CLIENT4, 5001)
+    t = 2000 * S
+    world.maps.set_clock(t)
+    world.run(tcp_frame(v, 5001, P.TCP_SYN))
+    world.write_slots(v, rotate(v))
+    moved = model_backend(v, CLIENT4, 5001)
+    t += S  # idle exactly the timeout: still the entry's backend
+    world.maps.set_clock(t)
+    assert dst_mac(world.run(tcp_frame(v, 5001, P.TCP_ACK)).data) == first.mac
+    t += S + 1  # idle longer than the timeout
+    world.maps.set_clock(t)
+    assert dst_mac(world.run(tcp_frame(v, 5001, P.TCP_ACK)).data) == moved.mac
+    entry = world.maps.conntrack.lookup(flow_key(CLIENT4, v.addr, 5001, v.port, v.proto))
+    assert entry is not None and (entry.backend, entry.last_seen_ns) == (moved.index, t)
+    c = world.counters()
+    assert (c["vip.v4tcp.ct_hits"], c["vip.v4tcp.expired"], c["vip.v4tcp.ct_misses"]) == (1, 1, 1)
+
+
+def test_syn_never_uses_the_entry_of_a_backend_without_slots(world: World) -> None:
+    """A backend that is down or at weight 0 has no Maglev slots; its fresh entries still serve their
+    established flow, but a SYN of the same tuple always goes where Maglev says."""
     v = world.vips["v4tcp"]
-    other = next(b for b in v.backends if b != model_backend(v, CLIENT4, 5001))
-    _ct_write(world, v, 5001, other.index, 1)
-    assert dst_mac(world.run(tcp_frame(v, 5001, P.TCP_ACK)).data) == other.mac
+    idle = v.backends[0]
+    world.write_slots(v, [b.index for b in v.backends[1:]] * 7)
+    world.maps.set_clock(3000 * S)
+    _ct_write(world, v, 5004, idle.index, 3000 * S)
+    assert dst_mac(world.run(tcp_frame(v, 5004, P.TCP_ACK)).data) == idle.mac  # established: kept
+    r = world.run(tcp_frame(v, 5004, P.TCP_SYN))
+    assert dst_mac(r.data) == model_backend(v, CLIENT4, 5004).mac != idle.mac
+    entry = world.maps.conntrack.lookup(flow_key(CLIENT4, v.addr, 5004, v.port, v.proto))
+    assert entry is not None and entry.backend != idle.index
 
 
 def test_entry_of_removed_backend_is_rehashed(world: World) -> None:
@@ -225,7 +255,7 @@ def test_udp_idle_expiry_follows_the_coarse_clock(world: World) -> None:
     world.maps.set_clock(t)
     assert dst_mac(world.run(udp_frame(v, 5020)).data) == moved.mac
     c = world.counters()
-    assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.udp_expired"], c["vip.v4udp.new_flows"]) == (3, 1, 2)
+    assert (c["vip.v4udp.ct_hits"], c["vip.v4udp.expired"], c["vip.v4udp.new_flows"]) == (3, 1, 2)
 
 
 def test_entries_are_stamped_with_the_coarse_clock(world: World) -> None:

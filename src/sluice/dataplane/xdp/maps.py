@@ -61,7 +61,7 @@ class VipMeta(ctypes.Structure):
     _fields_ = (
         ("index", _u32),
         ("maglev_size", _u32),
-        ("udp_idle_ns", _u64),
+        ("idle_ns", _u64),
         ("fwd", _u8),
         ("flags", _u8),
         ("src_mac", _u8 * 6),
@@ -119,7 +119,7 @@ class VipStatsC(ctypes.Structure):
             "new_flows",
             "ct_hits",
             "ct_misses",
-            "udp_expired",
+            "expired",
             "icmp_forwarded",
             "drop_no_backend",
             "drop_encap",

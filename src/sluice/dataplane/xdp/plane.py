@@ -13,10 +13,10 @@ maps, so the connection table keeps pointing at the right backends.
 
 The clock: while the plane runs it writes CLOCK_MONOTONIC into the program's coarse_clock map every
 CLOCK_PERIOD_S, and the program stamps connection entries with that value instead of reading the clock
-source per packet. A UDP VIP's idle timeout is written one period longer (udp_idle_ns), so a flow never
-expires early because of the coarse clock and at most two periods late. close() writes 0: the program
+source per packet. A VIP's idle timeout (TCP and UDP alike) is written one period longer (idle_ns), so
+a flow never expires early because of the coarse clock and at most two periods late. close() writes 0: the program
 then reads bpf_ktime_get_ns() again (a process that died without close() leaves the clock stopped:
-UDP entries stop expiring, forwarding is unaffected).
+entries stop expiring, forwarding is unaffected).
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class XdpPlane:
         meta = VipMeta(
             index=index,
             maglev_size=vip.maglev_table_size,
-            udp_idle_ns=int((vip.idle_timeout_s + CLOCK_PERIOD_S) * 1e9),
+            idle_ns=int((vip.idle_timeout_s + CLOCK_PERIOD_S) * 1e9),
             fwd=FWD_IPIP if vip.dsr.forwarding == "ipip" else FWD_L2,
         )
         meta.src_mac[:] = mac_bytes(self.neighbours.interface(vip.dsr.interface).mac)

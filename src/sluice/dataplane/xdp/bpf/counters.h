@@ -50,6 +50,8 @@ static __always_inline __u32 gstat_of(__u32 reason)
 		return GSTAT(pass_ipv6_ext);
 	case REASON_PASS_ICMP_OTHER:
 		return GSTAT(pass_icmp_other);
+	case REASON_PASS_NOT_VIP:
+		return GSTAT(pass_not_vip);
 	case REASON_DROP_TRUNCATED_L2:
 		return GSTAT(drop_truncated_l2);
 	case REASON_DROP_TRUNCATED_L3:
@@ -88,10 +90,10 @@ static __always_inline void count_ct_miss(struct vip_stats *vs)
 		vs->ct_misses++;
 }
 
-static __always_inline void count_udp_expired(struct vip_stats *vs)
+static __always_inline void count_expired(struct vip_stats *vs)
 {
 	if (vs)
-		vs->udp_expired++;
+		vs->expired++;
 }
 
 /* The VIP's Maglev slot was empty: count, return XDP_DROP. */

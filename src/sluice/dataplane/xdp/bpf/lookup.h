@@ -57,9 +57,9 @@ static __always_inline struct backend *conntrack_hit(struct ct_entry *entry, con
 	struct backend *be;
 	__u64 now = coarse_now();
 
-	if (pkt->flow.proto == PROTO_UDP && !pkt->is_icmp && now > entry->last_seen_ns &&
-	    now - entry->last_seen_ns > vip->udp_idle_ns) {
-		count_udp_expired(vs);
+	if (!pkt->is_icmp && now > entry->last_seen_ns &&
+	    now - entry->last_seen_ns > vip->idle_ns) {
+		count_expired(vs);
 		return 0;
 	}
 	*index = entry->backend;
@@ -74,8 +74,10 @@ static __always_inline struct backend *conntrack_hit(struct ct_entry *entry, con
 }
 
 /* Pick the backend for `pkt` and keep the connection table current; *hash is the flow hash.
- * TCP SYN: always Maglev, (re)write the entry. Other TCP: the entry if usable, else a counted miss
- * and Maglev (the entry is rewritten). UDP: the entry unless idle longer than the VIP's timeout.
+ * TCP SYN: always Maglev, (re)write the entry: a SYN never uses an entry, so a backend that is down
+ * or at weight 0 (no Maglev slots) gets no new flow from an old entry. Other TCP: the entry if usable
+ * (backend slot active, idle no longer than the VIP's timeout), else a counted miss and Maglev (the
+ * entry is rewritten). UDP: the entry unless idle longer than the VIP's timeout.
  * ICMP "too big": the entry if usable, else Maglev; never writes.
  * A SYN inserts (replacing any entry of the tuple); an entry a later packet found expired or
  * unusable is rewritten in place (an LRU update would take a free node and release the old one). */

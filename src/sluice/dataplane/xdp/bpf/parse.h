@@ -29,6 +29,7 @@ enum parse_reason {
 	REASON_PASS_IPV4_OPTIONS,
 	REASON_PASS_IPV6_EXT,
 	REASON_PASS_ICMP_OTHER,
+	REASON_PASS_NOT_VIP,
 	REASON_DROP_TRUNCATED_L2,
 	REASON_DROP_TRUNCATED_L3,
 	REASON_DROP_BAD_L3,
@@ -79,16 +80,20 @@ static __always_inline int ipv6_ext_header(__u8 nexthdr)
 	return 0;
 }
 
-/* Ports of a TCP/UDP header at `l4`; fills flow ports and (TCP) flags. */
-static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct packet *pkt, __u32 *reason)
+/* Ports of a TCP/UDP header at `l4`; fills flow ports and (TCP) flags. `l4_len` is what the IP header
+ * says follows it (IPv4 total length or IPv6 payload length, minus the IP header; the caller checked
+ * it lies within the frame): every header is checked against it too, so bytes past the IP packet
+ * (Ethernet padding, garbage) are never read as a header. */
+static __always_inline int parse_l4(void *l4, void *end, __u32 l4_len, __u8 proto, struct packet *pkt,
+				    __u32 *reason)
 {
 	if (proto == PROTO_TCP) {
 		struct tcphdr *tcp = l4;
-		if ((void *)(tcp + 1) > end) {
+		if ((void *)(tcp + 1) > end || l4_len < sizeof(*tcp)) {
 			*reason = REASON_DROP_TRUNCATED_L4;
 			return XDP_DROP;
 		}
-		if (tcp->doff < 5) {
+		if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4_len) {
 			*reason = REASON_DROP_BAD_L4;
 			return XDP_DROP;
 		}
@@ -97,11 +102,13 @@ static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pack
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
 	} else {
 		struct udphdr *udp = l4;
-		if ((void *)(udp + 1) > end) {
+		__u32 udp_len;
+		if ((void *)(udp + 1) > end || l4_len < sizeof(*udp)) {
 			*reason = REASON_DROP_TRUNCATED_L4;
 			return XDP_DROP;
 		}
-		if (bpf_ntohs(udp->len) < sizeof(*udp)) {
+		udp_len = bpf_ntohs(udp->len);
+		if (udp_len < sizeof(*udp) || udp_len > l4_len) {
 			*reason = REASON_DROP_BAD_L4;
 			return XDP_DROP;
 		}
@@ -113,8 +120,9 @@ static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pack
 }
 
 /* The quoted header of an ICMP error is the backend's reply (VIP -> client): reverse it so the
- * flow reads client -> VIP. Only the first 8 bytes of the quoted L4 header exist: ports only. */
-static __always_inline int parse_quoted_ports(void *l4, void *end, __u8 proto, struct packet *pkt,
+ * flow reads client -> VIP. Only the first 8 bytes of the quoted L4 header exist: ports only.
+ * `avail` is what the IP length leaves from `l4` on. */
+static __always_inline int parse_quoted_ports(void *l4, void *end, __u32 avail, __u8 proto, struct packet *pkt,
 					      __u32 *reason)
 {
 	__be16 *ports = l4;
@@ -122,7 +130,7 @@ static __always_inline int parse_quoted_ports(void *l4, void *end, __u8 proto, s
 		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
-	if ((void *)(ports + 2) > end) {
+	if ((void *)(ports + 2) > end || avail < 4) {
 		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
@@ -133,12 +141,16 @@ static __always_inline int parse_quoted_ports(void *l4, void *end, __u8 proto, s
 	return PARSE_OK;
 }
 
-static __always_inline int parse_icmp4(void *l4, void *end, struct packet *pkt, __u32 *reason)
+/* ICMP "fragmentation needed" about a VIP flow. Only one addressed to the VIP itself (outer
+ * destination == the quoted packet's source, which is the VIP of the flow) is taken: one addressed to
+ * the LB's own address or to another host passes untouched (REASON_PASS_NOT_VIP). */
+static __always_inline int parse_icmp4(void *l4, void *end, __u32 l4_len, __be32 outer_dst, struct packet *pkt,
+				       __u32 *reason)
 {
 	struct icmp_header *icmp = l4;
 	struct iphdr *inner;
 
-	if ((void *)(icmp + 1) > end) {
+	if ((void *)(icmp + 1) > end || l4_len < sizeof(*icmp)) {
 		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
@@ -147,7 +159,7 @@ static __always_inline int parse_icmp4(void *l4, void *end, struct packet *pkt, 
 		return XDP_PASS;
 	}
 	inner = (void *)(icmp + 1);
-	if ((void *)(inner + 1) > end) {
+	if ((void *)(inner + 1) > end || l4_len < sizeof(*icmp) + sizeof(*inner)) {
 		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
@@ -155,17 +167,30 @@ static __always_inline int parse_icmp4(void *l4, void *end, struct packet *pkt, 
 		*reason = REASON_PASS_ICMP_OTHER;
 		return XDP_PASS;
 	}
+	if (inner->saddr != outer_dst) {
+		*reason = REASON_PASS_NOT_VIP;
+		return XDP_PASS;
+	}
 	ipv4_mapped(pkt->flow.src, inner->daddr);
 	ipv4_mapped(pkt->flow.dst, inner->saddr);
-	return parse_quoted_ports(inner + 1, end, inner->protocol, pkt, reason);
+	return parse_quoted_ports(inner + 1, end, l4_len - sizeof(*icmp) - sizeof(*inner), inner->protocol, pkt,
+				  reason);
 }
 
-static __always_inline int parse_icmp6(void *l4, void *end, struct packet *pkt, __u32 *reason)
+static __always_inline int same_addr6(const struct in6_addr *a, const struct in6_addr *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* ICMPv6 "packet too big" about a VIP flow; as parse_icmp4, only one addressed to the VIP. */
+static __always_inline int parse_icmp6(void *l4, void *end, __u32 l4_len, const struct in6_addr *outer_dst,
+				       struct packet *pkt, __u32 *reason)
 {
 	struct icmp_header *icmp = l4;
 	struct ipv6hdr *inner;
 
-	if ((void *)(icmp + 1) > end) {
+	if ((void *)(icmp + 1) > end || l4_len < sizeof(*icmp)) {
 		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
@@ -174,13 +199,18 @@ static __always_inline int parse_icmp6(void *l4, void *end, struct packet *pkt, 
 		return XDP_PASS;
 	}
 	inner = (void *)(icmp + 1);
-	if ((void *)(inner + 1) > end) {
+	if ((void *)(inner + 1) > end || l4_len < sizeof(*icmp) + sizeof(*inner)) {
 		*reason = REASON_DROP_TRUNCATED_L4;
 		return XDP_DROP;
 	}
+	if (!same_addr6(&inner->saddr, outer_dst)) {
+		*reason = REASON_PASS_NOT_VIP;
+		return XDP_PASS;
+	}
 	__builtin_memcpy(pkt->flow.src, &inner->daddr, 16);
 	__builtin_memcpy(pkt->flow.dst, &inner->saddr, 16);
-	return parse_quoted_ports(inner + 1, end, inner->nexthdr, pkt, reason);
+	return parse_quoted_ports(inner + 1, end, l4_len - sizeof(*icmp) - sizeof(*inner), inner->nexthdr, pkt,
+				  reason);
 }
 
 /* The IPv4 header at `l3`, if sluice handles it: PARSE_OK with *out set. Truncated or malformed ->
@@ -251,9 +281,9 @@ static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt, _
 	switch (ip->protocol) {
 	case PROTO_TCP:
 	case PROTO_UDP:
-		return parse_l4(ip + 1, end, ip->protocol, pkt, reason);
+		return parse_l4(ip + 1, end, pkt->ip_len - sizeof(*ip), ip->protocol, pkt, reason);
 	case PROTO_ICMP:
-		return parse_icmp4(ip + 1, end, pkt, reason);
+		return parse_icmp4(ip + 1, end, pkt->ip_len - sizeof(*ip), ip->daddr, pkt, reason);
 	}
 	*reason = REASON_PASS_OTHER_PROTO;
 	return XDP_PASS;
@@ -273,9 +303,9 @@ static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt, _
 	switch (ip6->nexthdr) {
 	case PROTO_TCP:
 	case PROTO_UDP:
-		return parse_l4(ip6 + 1, end, ip6->nexthdr, pkt, reason);
+		return parse_l4(ip6 + 1, end, pkt->ip_len - sizeof(*ip6), ip6->nexthdr, pkt, reason);
 	case PROTO_ICMPV6:
-		return parse_icmp6(ip6 + 1, end, pkt, reason);
+		return parse_icmp6(ip6 + 1, end, pkt->ip_len - sizeof(*ip6), &ip6->daddr, pkt, reason);
 	}
 	*reason = ipv6_ext_header(ip6->nexthdr) ? REASON_PASS_IPV6_EXT : REASON_PASS_OTHER_PROTO;
 	return XDP_PASS;

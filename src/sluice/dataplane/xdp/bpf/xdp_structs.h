@@ -37,7 +37,7 @@ struct vip_key {
 struct vip_meta {
 	__u32 index;           /* 0..MAX_VIPS-1: row of the Maglev array and of vip_stats */
 	__u32 maglev_size;     /* this VIP's prime M (<= MAGLEV_SIZE) */
-	__u64 udp_idle_ns;     /* UDP connection entries older than this are re-hashed */
+	__u64 idle_ns;         /* connection entries (TCP and UDP) idle longer than this are re-hashed */
 	__u8 fwd;              /* FWD_L2 / FWD_IPIP */
 	__u8 flags;            /* reserved, 0 */
 	__u8 src_mac[6];       /* source MAC of forwarded frames: the LB interface's */
@@ -70,9 +70,10 @@ struct global_stats {
 	__u64 pass_icmp_other;     /* ICMP that is not "fragmentation needed"/"packet too big" about TCP/UDP */
 	__u64 drop_truncated_l2;   /* Ethernet or 802.1Q header cut short */
 	__u64 drop_truncated_l3;   /* IPv4/IPv6 header cut short, or total length beyond the frame */
-	__u64 drop_bad_l3;         /* wrong IP version, ihl < 5, total length < header */
-	__u64 drop_truncated_l4;   /* TCP/UDP/ICMP header (or ICMP's quoted header) cut short */
-	__u64 drop_bad_l4;         /* TCP data offset < 5, UDP length < 8 */
+	__u64 drop_bad_l3;         /* wrong IP version, ihl < 5, total length < IP header */
+	__u64 drop_truncated_l4;   /* TCP/UDP/ICMP header (or ICMP's quoted header) cut short by the frame or
+	                            * the IP length (IPv4 total length / IPv6 payload length) */
+	__u64 drop_bad_l4;         /* TCP data offset < 5 or beyond the IP packet, UDP length < 8 or beyond it */
 };
 
 /* Per VIP counters (per CPU). */
@@ -81,8 +82,8 @@ struct vip_stats {
 	__u64 bytes;            /* frame bytes as received (before encapsulation) */
 	__u64 new_flows;        /* TCP SYNs and new/expired UDP flows */
 	__u64 ct_hits;          /* packets that used their connection entry */
-	__u64 ct_misses;        /* TCP non-SYN without a usable entry (fell back to Maglev) */
-	__u64 udp_expired;      /* UDP entries ignored because idle longer than udp_idle_ns */
+	__u64 ct_misses;        /* TCP non-SYN without a usable entry (none, expired, removed backend): Maglev */
+	__u64 expired;          /* entries ignored because idle longer than idle_ns (TCP and UDP) */
 	__u64 icmp_forwarded;   /* "too big" ICMP sent to the flow's backend */
 	__u64 drop_no_backend;  /* the Maglev slot is empty (no backend with weight) */
 	__u64 drop_encap;       /* encapsulation impossible (adjust_head failed, oversize) */
