@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sluice.config import parse_config
 from sluice.control.monitor import Monitor
 from sluice.core.health import State
@@ -141,3 +143,101 @@ async def test_counter_reset_is_not_a_negative_delta() -> None:
     clock.t = 0.3
     await mon.step()
     assert mon.record("web", ep(9001)).health.connect_failures == 1
+
+
+async def test_udp_replies_clear_the_streak_of_isolated_refusals() -> None:
+    """The issue's nsd: a refusal now and then, each followed by dozens of replies, stays up."""
+    stats = {"dns": VipStats()}
+    mon, clock, _ = monitor(stats)
+    mon.configure(
+        make_config(backends=2, name="dns", protocol="udp", passive={"consecutive_failures": 3}, health=None)
+    )
+    await mon.step()
+    a = stats["dns"].backend("127.0.0.1:9001")
+    for i in range(1, 21):
+        a.connect_errors["refused"] += 1  # ICMP port unreachable: the UDP plane's failed "connect"
+        clock.t = i * 1.0
+        assert await mon.step() == []
+        a.datagrams_from_backend += 40
+        a.datagrams_to_backend += 41
+        clock.t = i * 1.0 + 0.5
+        assert await mon.step() == []
+        assert not mon.record("dns", ep(9001)).health.suspect
+    assert mon.record("dns", ep(9001)).health.state is State.UP
+    # without replies the refusals still eject it (the other backend stays)
+    a.connect_errors["refused"] += 3
+    clock.t = 30.0
+    changes = await mon.step()
+    assert [(str(c.backend), c.transition.new) for c in changes] == [("127.0.0.1:9001", State.EJECTED)]
+
+
+async def test_replies_counter_reset_is_not_a_negative_delta() -> None:
+    stats = {"dns": VipStats()}
+    mon, clock, _ = monitor(stats)
+    mon.configure(make_config(backends=2, name="dns", protocol="udp", passive={"consecutive_failures": 5}))
+    stats["dns"].backend("127.0.0.1:9001").datagrams_from_backend = 100
+    await mon.step()
+    stats["dns"] = VipStats()  # the listener was recreated
+    b = stats["dns"].backend("127.0.0.1:9001")
+    b.connect_errors["refused"], b.datagrams_from_backend = 2, 1
+    clock.t = 0.3
+    await mon.step()
+    assert not mon.record("dns", ep(9001)).health.suspect  # the one reply after the reset counts
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+async def test_a_single_backend_is_never_ejected(protocol: str) -> None:
+    stats = {"web": VipStats()}
+    mon, clock, _ = monitor(stats)
+    passive = {"consecutive_failures": 2, "max_ejected_percent": 100}
+    mon.configure(make_config(backends=1, protocol=protocol, passive=passive, health=None))
+    await mon.step()
+    b = stats["web"].backend("127.0.0.1:9001")
+    for i in range(1, 41):
+        b.connect_errors["refused"] += 10
+        clock.t = i * 0.25
+        assert await mon.step() == []
+    health = mon.record("web", ep(9001)).health
+    assert health.state is State.UP and health.suspect
+
+
+async def test_the_last_usable_backend_is_not_ejected_while_the_others_are_out() -> None:
+    stats = {"web": VipStats()}
+    mon, clock, checks = monitor(stats)
+    passive = {"consecutive_failures": 2, "max_ejected_percent": 100, "base_ejection_time": 100}
+    mon.configure(make_config(backends=3, passive=passive))
+    await mon.step()
+    a, b = stats["web"].backend("127.0.0.1:9001"), stats["web"].backend("127.0.0.1:9002")
+    checks.down.add(ep(9003))
+    await run_until(mon, clock, 2.0)  # fall 2: down at the second failed check
+    assert mon.record("web", ep(9003)).health.state is State.DOWN
+    a.connect_errors["refused"] += 2
+    b.connect_errors["refused"] += 2
+    clock.t = 2.25
+    changes = await mon.step()
+    # both are past the threshold; the first is ejected, the second is then the last usable one
+    assert [(str(ch.backend), ch.transition.new) for ch in changes] == [("127.0.0.1:9001", State.EJECTED)]
+    assert mon.record("web", ep(9002)).health.state is State.UP
+    # a backend at weight 0 takes no new flows: it does not count as the usable one left
+    config = parse_config(
+        {
+            "vips": [
+                {
+                    "name": "web",
+                    "listen": "127.0.0.1:8000",
+                    "backends": [
+                        {"address": "127.0.0.1:9001"},
+                        {"address": "127.0.0.1:9002"},
+                        {"address": "127.0.0.1:9004", "weight": 0},
+                    ],
+                    "passive": passive,
+                }
+            ]
+        }
+    )
+    mon.configure(config)
+    stats["web"].backend("127.0.0.1:9004")
+    b.connect_errors["refused"] += 5
+    clock.t = 2.5
+    assert await mon.step() == []
+    assert mon.record("web", ep(9002)).health.state is State.UP

@@ -12,6 +12,7 @@ from sluice.core.health import (
     Event,
     PassivePolicy,
     State,
+    ejection_budget,
     format_table,
     slow_start_factor,
 )
@@ -127,6 +128,29 @@ def test_passive_respects_the_ejection_budget_and_disabled_policy() -> None:
     assert h.state is State.UP and h.suspect
     off = checked_up(passive=None)
     assert off.on_traffic(0, 100, now=1.0) is None and not off.suspect
+
+
+@pytest.mark.parametrize(
+    ("backends", "usable", "ejected", "percent", "budget"),
+    [
+        (1, 1, 0, 50, 0),  # the only backend is the last usable one: never ejected
+        (1, 1, 0, 100, 0),
+        (2, 2, 0, 50, 1),
+        (2, 1, 1, 100, 0),  # one ejected, the other is the last usable one
+        (2, 1, 0, 100, 0),  # the other is down (active checks): this one is the last usable one
+        (3, 3, 0, 100, 2),
+        (3, 3, 0, 10, 1),  # rounds down, but one is always allowed while another stays usable
+        (10, 10, 0, 50, 5),
+        (10, 7, 3, 50, 2),
+        (10, 7, 6, 50, 0),  # more ejected than the percentage (a reload shrank it): none more
+        (4, 4, 0, 0, 0),  # 0 % disables ejection
+        (3, 0, 0, 100, 0),  # nothing usable (all down): nothing to eject
+    ],
+)
+def test_ejection_budget_never_takes_the_last_usable_backend(
+    backends: int, usable: int, ejected: int, percent: int, budget: int
+) -> None:
+    assert ejection_budget(backends, usable, ejected, percent) == budget
 
 
 def test_passive_ignored_for_unusable_backends() -> None:

@@ -2,9 +2,13 @@
 
 One `BackendHealth` per (VIP, backend). Every `step()`:
 
-1. passive: reads the data plane's `BackendStats.connect_ok` / ``connect_errors`` and hands the
-   deltas since the last step to each backend (no coupling beyond the counters the data plane keeps
-   anyway); the ejection budget (``max_ejected_percent``) is enforced here;
+1. passive: reads the data plane's `BackendStats` and hands the deltas since the last step to each
+   backend (no coupling beyond the counters every engine keeps anyway): successes are
+   ``connect_ok`` (TCP connects established) plus ``datagrams_from_backend`` (UDP replies: UDP has
+   no connect, a reply is the backend's proof of life), failures the sum of ``connect_errors``
+   (failed connects; for UDP, ICMP port unreachable as ``refused``); the VIP's ejection budget
+   (`core.health.ejection_budget`: ``max_ejected_percent``, never the last usable backend) is
+   enforced here;
 2. runs the checks that are due, concurrently, each bounded by its ``timeout``; a check is due
    ``interval`` (moved by up to ``jitter`` x interval) after the previous one started;
 3. returns the transitions, after logging each once and counting it.
@@ -26,7 +30,7 @@ from typing import Final
 
 from sluice.checks import CHECKERS, Checker, CheckResult
 from sluice.config import CheckType, Config, Endpoint, HealthCheck, Vip
-from sluice.core.health import Admin, BackendHealth, PassivePolicy, State, Transition
+from sluice.core.health import Admin, BackendHealth, PassivePolicy, State, Transition, ejection_budget
 from sluice.dataplane.stats import VipStats
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,8 @@ class BackendRecord:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     seen_ok: int = 0
     """connect_ok at the last passive read."""
+    seen_replies: int = 0
+    """datagrams_from_backend at the last passive read."""
     seen_failed: int = 0
     """Sum of connect_errors at the last passive read."""
 
@@ -91,6 +97,12 @@ class _VipChecks:
     spec: HealthCheck
     checker: Checker
     backends: dict[Endpoint, BackendRecord]
+
+
+def _delta(now: int, seen: int) -> int:
+    """Growth of a counter since it was `seen`; one that went backwards was reset (listener
+    recreated): count from zero."""
+    return now - seen if now >= seen else now
 
 
 def _passive_policy(vip: Vip) -> PassivePolicy | None:
@@ -161,6 +173,7 @@ class Monitor:
         bstats = vip_stats.backends.get(str(record.address)) if vip_stats is not None else None
         if bstats is not None:
             record.seen_ok = bstats.connect_ok
+            record.seen_replies = bstats.datagrams_from_backend
             record.seen_failed = sum(bstats.connect_errors.values())
 
     # ------------------------------------------------------------ views and admin
@@ -243,10 +256,10 @@ class Monitor:
                 if bstats is None:
                     continue
                 ok_now, failed_now = bstats.connect_ok, sum(bstats.connect_errors.values())
-                # A counter that went backwards was reset (listener recreated): count from zero.
-                ok = ok_now - r.seen_ok if ok_now >= r.seen_ok else ok_now
-                failed = failed_now - r.seen_failed if failed_now >= r.seen_failed else failed_now
-                r.seen_ok, r.seen_failed = ok_now, failed_now
+                replies_now = bstats.datagrams_from_backend
+                ok = _delta(ok_now, r.seen_ok) + _delta(replies_now, r.seen_replies)
+                failed = _delta(failed_now, r.seen_failed)
+                r.seen_ok, r.seen_failed, r.seen_replies = ok_now, failed_now, replies_now
                 t = r.health.on_traffic(ok, failed, now, may_eject=budget > 0)
                 if t is not None and t.new is State.EJECTED:
                     budget -= 1
@@ -256,12 +269,12 @@ class Monitor:
 
     @staticmethod
     def _ejection_budget(v: _VipChecks) -> int:
-        if v.vip.passive is None or v.vip.passive.max_ejected_percent == 0:
+        if v.vip.passive is None:
             return 0
-        n = len(v.backends)
-        limit = max(1, n * v.vip.passive.max_ejected_percent // 100)
+        in_use = {b.address for b in v.vip.backends if b.weight > 0}
+        usable = sum(1 for r in v.backends.values() if r.health.usable and r.address in in_use)
         ejected = sum(1 for r in v.backends.values() if r.health.operational is State.EJECTED)
-        return limit - ejected
+        return ejection_budget(len(v.backends), usable, ejected, v.vip.passive.max_ejected_percent)
 
     def _note(self, record: BackendRecord, t: Transition | None) -> BackendTransition | None:
         if t is None:

@@ -23,10 +23,14 @@ state and `ADMIN_TRANSITIONS` does the same for the admin dimension. `format_tab
 - A failing check is ``fail``, or ``fall`` once `fall` failures in a row are seen. A backend starts
   ``up`` (a fresh sluice serves at once), and the very first check decides: if it fails, that is
   already a ``fall``.
-- Passive: the shell hands in how many connects succeeded and failed since the last call. A
-  successful connect clears the failure streak (when one interval holds both, the successes win:
-  a backend that still accepts connections is not ejected); failures extend it, and a streak of
-  `consecutive_failures` is ``eject``. The n-th ejection in a row lasts n x `base_ejection_s`
+- Passive: the shell hands in how many flows the backend served and how many it failed since the
+  last call. Served means a TCP connect established, or a UDP reply received (UDP has no connect:
+  a reply is its proof of life); failed means a connect refused / reset / timed out, or a UDP
+  ICMP port unreachable. A success clears the failure streak (when one interval holds both, the
+  successes win: a backend that still answers is not ejected); failures extend it, and a streak of
+  `consecutive_failures` is ``eject`` when the VIP's ejection budget (`ejection_budget`) allows:
+  at most `max_ejected_percent` of its backends, and never its last usable one (passive ejection
+  alone never takes a VIP dark; active checks still can). The n-th ejection in a row lasts n x `base_ejection_s`
   (at most `max_ejection_s`); after `max_ejection_s` of good service the count starts over.
   An ejected backend comes back (``readmit``) with the first passing active check after its
   ejection time (with check type ``none`` the shell feeds a pass every interval).
@@ -52,6 +56,7 @@ __all__ = [
     "PassivePolicy",
     "State",
     "Transition",
+    "ejection_budget",
     "format_table",
     "slow_start_factor",
 ]
@@ -83,7 +88,7 @@ class Event(StrEnum):
     FALL = "fall"
     """An active check failed and `fall` failures in a row are reached (or the very first check failed)."""
     EJECT = "eject"
-    """Passive: `consecutive_failures` failed connects in a row."""
+    """Passive: `consecutive_failures` failures in a row, within the VIP's ejection budget."""
     READMIT = "readmit"
     """A passing check after the ejection time is over."""
     SET_ACTIVE = "set_active"
@@ -169,6 +174,21 @@ def slow_start_factor(now: float, usable_since: float | None, slow_start_s: floa
     return max(SLOW_START_MIN, elapsed / slow_start_s)
 
 
+def ejection_budget(backends: int, usable: int, ejected: int, max_ejected_percent: int) -> int:
+    """How many more of a VIP's backends passive ejection may take out now (0 or more).
+
+    `backends` in the VIP, `usable` of them in use now (usable and not at weight 0), `ejected` of
+    them ejected now. At most `max_ejected_percent` of `backends` (rounded down, but at least one)
+    are ejected at once, and the last usable backend never is: with one usable backend left an
+    ejection would refuse every new flow (``no_backend``), which is worse than a backend that
+    fails some of them. 0 percent disables ejection.
+    """
+    if max_ejected_percent <= 0 or backends <= 0:
+        return 0
+    limit = max(1, backends * max_ejected_percent // 100)
+    return max(0, min(limit - ejected, usable - 1))
+
+
 @dataclass(frozen=True, slots=True)
 class PassivePolicy:
     consecutive_failures: int
@@ -201,7 +221,7 @@ class BackendHealth:
         self.checked = False
         """At least one check result has been seen."""
         self.connect_failures = 0
-        """Passive: failed connects in a row."""
+        """Passive: failures in a row (no success in between)."""
         self.ejections = 0
         """Ejections in a row (sets the length of the next one)."""
         self.ejected_until: float | None = None
@@ -255,10 +275,11 @@ class BackendHealth:
     def on_traffic(
         self, connects_ok: int, connects_failed: int, now: float, may_eject: bool = True
     ) -> Transition | None:
-        """Passive: connect successes/failures the data plane counted since the last call.
+        """Passive: successes (TCP connects established, UDP replies received) and failures (failed
+        connects, UDP ICMP port unreachable) the data plane counted since the last call.
 
-        `may_eject` is the shell's ejection budget (max_ejected_percent); without it the streak
-        keeps growing and the backend stays suspect.
+        `may_eject` is the VIP's ejection budget (`ejection_budget`) not spent yet; without it the
+        streak keeps growing and the backend stays suspect.
         """
         policy = self.passive
         if policy is None or self.admin is not Admin.ACTIVE or self.operational not in USABLE:
@@ -279,7 +300,7 @@ class BackendHealth:
         self.ejections += 1
         length = min(policy.base_ejection_s * self.ejections, policy.max_ejection_s)
         self.ejected_until = now + length
-        detail = f"{self.connect_failures} failed connects in a row; ejected for {length:g}s"
+        detail = f"{self.connect_failures} failures in a row; ejected for {length:g}s"
         self.connect_failures = 0
         return self._operational_event(Event.EJECT, now, detail)
 
