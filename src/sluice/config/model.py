@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import (
+    Field,
     field_validator,
 )
 
@@ -54,6 +55,10 @@ class Config(FrozenModel):
     when the extension is importable, else python."""
     workers: Workers = "auto"
     """Engine worker threads (1..256); auto = CPUs available to the process."""
+    instance: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_@+.-]{0,62}$")
+    """Name of this sluice's XDP state: its maps are pinned in /sys/fs/bpf/sluice/<instance>/, and two
+    processes with the same instance are refused. Unset = the dsr interfaces' names, sorted, joined
+    by "+" (e.g. ``eth0``): one instance per interface set, as one XDP program per interface."""
 
     @field_validator("vips")
     @classmethod

@@ -77,6 +77,10 @@ class DsrOptions(FrozenModel):
     """ipip: destination MAC of the encapsulated packets (the router towards the backends)."""
     outer_source: str | None = None
     """ipip: prefix (e.g. 198.19.0.0/16) the outer source address is taken from, flow bits mixed in."""
+    attach: Literal["auto", "native", "generic"] = "auto"
+    """How the XDP program is attached to `interface`: native (in the driver), generic (after the
+    kernel built its packet buffer: works everywhere, slower), auto = native, else generic (logged).
+    VIPs on one interface must agree."""
 
     @model_validator(mode="after")
     def _ipip_needs(self) -> Self:
