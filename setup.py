@@ -7,7 +7,7 @@ engine runs (`sluice.dataplane.engine.AVAILABLE` is False)."""
 from setuptools import Extension, setup
 
 ENGINE_DIR = "src/sluice/dataplane/engine"
-ENGINE_SOURCES = ["loop.c", "tcp.c", "vip.c", "counters.c", "pick.c", "proxy_header.c", "module.c"]
+ENGINE_SOURCES = ["loop.c", "tcp.c", "udp.c", "vip.c", "counters.c", "pick.c", "proxy_header.c", "module.c"]
 
 setup(
     ext_modules=[
@@ -17,7 +17,7 @@ setup(
             [f"{ENGINE_DIR}/{name}" for name in ENGINE_SOURCES],
             depends=[
                 f"{ENGINE_DIR}/{h}"
-                for h in ("engine.h", "counters.h", "reasons.h", "pick.h", "proxy_header.h")
+                for h in ("engine.h", "udp.h", "counters.h", "reasons.h", "pick.h", "proxy_header.h")
             ],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-pthread"],
             extra_link_args=["-pthread"],

@@ -64,6 +64,10 @@ class UdpOptions(FrozenModel):
     """No session: every datagram is balanced on its own."""
     max_sessions: int = Field(default=65536, ge=1, le=MAX_SESSIONS)
     """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
+    receive_buffer: int | None = Field(default=None, ge=4096, le=2**31 - 1)
+    """Bytes of the listen socket's receive buffer (SO_RCVBUF, capped by net.core.rmem_max); unset =
+    4 MiB. Datagrams the kernel drops at a full buffer are counted (native engine: dropped
+    ``kernel_overflow``)."""
 
 
 class DsrOptions(FrozenModel):

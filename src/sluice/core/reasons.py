@@ -50,5 +50,6 @@ DROPPED: Final = (
     "backend_refused",  # ICMP port unreachable from the backend
     "no_backend",
     "unknown_source",  # a reply from an address that is not the session's backend
+    "kernel_overflow",  # dropped by the kernel at a full listen socket (SO_RXQ_OVFL, native engine)
 )
 """Why a datagram was dropped after it was received (other errno names may appear, in lower case)."""

@@ -1,12 +1,20 @@
-"""The UDP proxy on real sockets (127.0.0.0/8 and ::1): sessions, stickiness, DNS, limits, floods."""
+"""The UDP proxy on real sockets (127.0.0.0/8 and ::1): sessions, stickiness, DNS, limits, floods.
+
+Every test runs on both engines: the python one (`UdpListener`) and the native one
+(`NativeUdpListener`, one worker; the asyncio loop only drives the test's clients and backends).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
+import os
+import resource
 import socket
 import struct
+from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any, cast
 
@@ -20,14 +28,17 @@ from sluice.config import Endpoint, Timeouts, UdpOptions
 from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.proxy import udp as udp_module
-from sluice.dataplane.proxy.udp import UdpListener
-from tests.dataplane.proxy.helpers import run
+from tests.dataplane.proxy import udp_helpers
+from tests.dataplane.proxy.helpers import needs_native_engine, run
 from tests.dataplane.proxy.udp_helpers import (
+    ENGINES,
     LOOPS,
     Address,
     Client,
     EchoBackend,
     echo_backends,
+    held_fds,
+    make_listener,
     make_vip,
     serving,
     udp_socket,
@@ -39,6 +50,18 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 UDP_SEGMENT = 103  # linux/udp.h: send one buffer as several datagrams (GSO)
 
 by_loop = pytest.mark.parametrize("loop", LOOPS)
+
+
+@pytest.fixture(autouse=True, params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test once per engine: `make_listener` / `serving` build that engine's listener."""
+    if request.param == "native":
+        needs_native_engine()
+    udp_helpers.engine_under_test["name"] = request.param
+    try:
+        yield request.param
+    finally:
+        udp_helpers.engine_under_test["name"] = "python"
 
 
 def name_of(reply: bytes) -> str:
@@ -91,7 +114,7 @@ def test_500_clients_stick_to_the_backend_sluice_flow_names(loop: str) -> None:
                 sent = sum(len(f"c{i}:{seq}") for i in range(500) for seq in range(10))
                 assert sum(s.bytes_to_backend for s in per_backend) == sent
                 assert sum(s.bytes_from_backend for s in per_backend) == sent + 5000 * len("b0|")
-                assert upstream_sockets([b.endpoint for b in backends], held=lb.quarantined_fds) == 500
+                assert upstream_sockets([b.endpoint for b in backends], held=held_fds(lb)) == 500
             finally:
                 for client in clients:
                     client.close()
@@ -141,8 +164,8 @@ def test_dns_through_the_vip_ends_each_session_with_its_answer(loop: str) -> Non
                     answer = await dns.asyncquery.udp(query, lb.address[0], port=lb.address[1], timeout=2)
                     assert [r.address for r in answer.answer[0]] == ["198.18.0.53"]
                     assert answer.id == query.id
-                    assert lb.stats.sessions == 0  # freed right after the answer
-                    assert upstream_sockets([endpoint], held=lb.quarantined_fds) == 0
+                    await wait_for(lambda: lb.stats.sessions == 0)  # freed right after the answer
+                    assert upstream_sockets([endpoint], held=held_fds(lb)) == 0
                 assert lb.stats.flows_total == 3
                 assert lb.stats.closed["responses"] == 3
                 assert server.queries == 3
@@ -169,7 +192,7 @@ def test_an_idle_session_expires_on_time() -> None:
                     elapsed = asyncio.get_running_loop().time() - started
                     assert 0.15 <= elapsed < 1.5
                     assert lb.stats.closed["idle_timeout"] == 1
-                    assert upstream_sockets([backends[0].endpoint], held=lb.quarantined_fds) == 0
+                    assert upstream_sockets([backends[0].endpoint], held=held_fds(lb)) == 0
                     reply, _ = await client.request(b"again")  # a new session
                     assert reply == b"b0|again"
                     assert lb.stats.flows_total == 2
@@ -190,13 +213,13 @@ def test_a_full_table_evicts_the_least_recently_used_session() -> None:
                         await client.request(b"x")
                     assert lb.stats.sessions == 3
                     assert lb.stats.evictions == lb.stats.closed["evicted"] == 2
-                    assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 3
+                    assert upstream_sockets(endpoints, held=held_fds(lb)) == 3
                     reply, source = await clients[0].request(b"back")  # evicted: a new session
                     assert reply.endswith(b"|back") and source == lb.address
                     assert (lb.stats.flows_total, lb.stats.evictions, lb.stats.sessions) == (6, 3, 3)
                     lb.update(make_vip(endpoints, udp=UdpOptions(max_sessions=1)))  # applies at once
                     assert (lb.stats.evictions, lb.stats.sessions) == (5, 1)
-                    assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 1
+                    assert upstream_sockets(endpoints, held=held_fds(lb)) == 1
                 finally:
                     for client in clients:
                         client.close()
@@ -222,7 +245,7 @@ def test_a_flood_of_spoofed_sources_stays_bounded(loop: str) -> None:
                         reply, source = await legit.request(b"legit %d" % start)
                         assert reply.endswith(b"|legit %d" % start) and source == lb.address
                         assert lb.stats.sessions == 200
-                        assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 200
+                        assert upstream_sockets(endpoints, held=held_fds(lb)) == 200
                     assert lb.stats.flows_total == 3000 + 12  # the legit client was evicted each round
                     assert lb.stats.evictions == lb.stats.flows_total - 200
                     assert not lb.stats.dropped and not lb.stats.refused
@@ -262,8 +285,8 @@ def test_a_backend_that_goes_away_is_replaced_on_the_next_datagram(loop: str) ->
                     assert lb.stats.rebalanced == 1
                     assert lb.stats.sessions == 1
                     assert (dead_stats.active, lb.stats.backends[str(live.endpoint)].active) == (0, 1)
-                    assert upstream_sockets([dead.endpoint], held=lb.quarantined_fds) == 0
-                    assert upstream_sockets([live.endpoint], held=lb.quarantined_fds) == 1
+                    assert upstream_sockets([dead.endpoint], held=held_fds(lb)) == 0
+                    assert upstream_sockets([live.endpoint], held=held_fds(lb)) == 1
                 finally:
                     client.close()
 
@@ -298,9 +321,32 @@ def test_a_send_refused_by_a_gone_backend_is_retried_on_another(loop: str) -> No
     run(loop, scenario())
 
 
-def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def descriptors_exhausted() -> Iterator[None]:
+    """No descriptor can be made in this process (RLIMIT_NOFILE at the highest open one, the holes
+    below it filled) until the block ends: socket() fails with EMFILE, as on a full LB."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 1, hard)
+        )
+        with contextlib.suppress(OSError):
+            for _ in range(100_000):  # bounded: at most the holes below the limit
+                fillers.append(os.dup(0))
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(
+    monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
     """EMFILE when a session needs its upstream socket: a new session is refused and a session that
-    must move is closed, both counted under ``no_resources`` (TCP's name for the same failure)."""
+    must move is closed, both counted under ``no_resources`` (TCP's name for the same failure).
+    Python engine: its socket factory fails; native: the process is out of descriptors."""
     real = udp_module.upstream_socket
     failing = False
 
@@ -315,20 +361,26 @@ def test_no_socket_for_a_session_counts_no_resources_as_tcp_does(monkeypatch: py
         nonlocal failing
         async with echo_backends(1) as backends, serving(make_vip([backends[0].endpoint])) as lb:
             old, new = await Client.open(lb.address), await Client.open(lb.address)
+            stats = lb.stats  # read before: the native listener's read needs no descriptor, python's neither
             try:
                 await old.request(b"one")
-                failing = True
-                new.send(b"refused")
-                await wait_for(lambda: lb.stats.refused["no_resources"] == 1)
                 backends[0].close()
                 old.send(b"lost")  # reaches the closed port; ICMP comes back
                 await wait_for(
                     lambda: lb.stats.backends[str(backends[0].endpoint)].connect_errors["refused"] == 1
                 )
-                old.send(b"moved")  # the session must move, and no socket can be made
-                await wait_for(lambda: lb.stats.closed["no_resources"] == 1)
+                with contextlib.ExitStack() as stack:
+                    failing = True
+                    if engine == "native":
+                        stack.enter_context(descriptors_exhausted())
+                    new.send(b"refused")
+                    await wait_for(lambda: lb.stats.refused["no_resources"] == 1)
+                    old.send(b"moved")  # the session must move, and no socket can be made
+                    await wait_for(lambda: lb.stats.closed["no_resources"] == 1)
+                    failing = False
                 assert lb.stats.sessions == 0
                 assert dict(lb.stats.refused) == {"no_resources": 1}
+                assert stats is lb.stats
             finally:
                 old.close()
                 new.close()
@@ -350,7 +402,7 @@ def test_update_moves_only_the_sessions_of_removed_backends() -> None:
                     for old, new in zip(before, after, strict=True):
                         assert new == old if old != "b0" else new in {"b1", "b2"}
                     assert lb.stats.rebalanced == before.count("b0")
-                    assert upstream_sockets([endpoints[0]], held=lb.quarantined_fds) == 0
+                    assert upstream_sockets([endpoints[0]], held=held_fds(lb)) == 0
                     newcomers = [await Client.open(lb.address) for _ in range(10)]
                     try:
                         assert "b0" not in [name_of((await c.request(b"n"))[0]) for c in newcomers]
@@ -460,7 +512,7 @@ def test_proxy_v2_header_before_every_datagram(host: str) -> None:
 
 def test_proxy_v1_cannot_carry_udp() -> None:
     with pytest.raises(ValueError, match="v1"):
-        UdpListener(make_vip([EchoBackend("b").endpoint], proxy_protocol="v1"))
+        make_listener(make_vip([EchoBackend("b").endpoint], proxy_protocol="v1"))
 
 
 # ------------------------------------------------------------------------- sizes, garbage, GRO
@@ -562,15 +614,15 @@ def test_close_releases_the_address_and_every_socket() -> None:
     async def scenario() -> None:
         async with echo_backends(1) as backends:
             endpoints = [backends[0].endpoint]
-            lb = UdpListener(make_vip(endpoints))
+            lb = make_listener(make_vip(endpoints))
             await lb.start()
             clients = [await Client.open(lb.address) for _ in range(5)]
             try:
                 for client in clients:
                     await client.request(b"x")
-                assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 5
+                assert upstream_sockets(endpoints, held=held_fds(lb)) == 5
                 await lb.close()
-                assert upstream_sockets(endpoints, held=lb.quarantined_fds) == 0
+                assert upstream_sockets(endpoints, held=held_fds(lb)) == 0
                 assert lb.stats.closed["shutdown"] == 5 and lb.stats.sessions == 0
                 udp_socket(lb.address).close()  # the VIP port is free again
             finally:
@@ -595,7 +647,7 @@ def test_a_closed_sessions_port_is_held_so_late_replies_reach_nobody() -> None:
         backend.setblocking(False)
         endpoint = Endpoint(ip_address("127.0.0.1"), backend.getsockname()[1])
         vip = make_vip([endpoint], udp=UdpOptions(responses=1))
-        listener = UdpListener(vip, port_quarantine_s=0.5)
+        listener = make_listener(vip, port_quarantine_s=0.5)
         await listener.start()
         first, second = await Client.open(listener.address), await Client.open(listener.address)
         try:

@@ -1,4 +1,5 @@
-"""Helpers for the UDP proxy tests: echo backends that say who they are, clients (loops: `helpers.run`)."""
+"""Helpers for the UDP proxy tests: echo backends that say who they are, clients (loops: `helpers.run`),
+and the listener of the engine under test (python `UdpListener` or native `NativeUdpListener`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from ipaddress import ip_address
 from typing import Any
 
 from sluice.config import Backend, Endpoint, Vip
+from sluice.dataplane.engine import NativeUdpListener
 from sluice.dataplane.proxy.udp import UdpListener
 
 Address = tuple[Any, ...]
 
 LOOPS = ("uvloop", "asyncio")  # the loop kinds of `helpers.run`
+ENGINES = ("python", "native")
+Listener = UdpListener | NativeUdpListener
+engine_under_test = {"name": "python"}
+"""The engine `make_listener` and `serving` use (the tests' autouse fixture sets it)."""
 REPLY_TIMEOUT = 5.0  # seconds a test waits for one datagram it expects (generous: CI shares 2 cores)
 
 
@@ -30,9 +36,23 @@ def make_vip(backends: Sequence[Endpoint], *, listen: str = "127.0.0.1", **field
     )
 
 
+def make_listener(vip: Vip, **kwargs: Any) -> Listener:
+    """A listener of the engine under test (native: one worker unless `workers` says otherwise)."""
+    if engine_under_test["name"] == "native":
+        kwargs.setdefault("workers", 1)
+        return NativeUdpListener(vip, **kwargs)
+    return UdpListener(vip, **kwargs)
+
+
+def held_fds(listener: Listener) -> frozenset[int]:
+    """Upstream sockets of closed sessions the listener still holds (quarantine, native: reuse pool)."""
+    pooled = listener.pooled_fds if isinstance(listener, NativeUdpListener) else frozenset()
+    return listener.quarantined_fds | pooled
+
+
 @contextlib.asynccontextmanager
-async def serving(vip: Vip) -> AsyncIterator[UdpListener]:
-    listener = UdpListener(vip)
+async def serving(vip: Vip, **kwargs: Any) -> AsyncIterator[Listener]:
+    listener = make_listener(vip, **kwargs)
     await listener.start()
     try:
         yield listener

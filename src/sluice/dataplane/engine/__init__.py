@@ -7,5 +7,6 @@ serves every VIP.
 from __future__ import annotations
 
 from sluice.dataplane.engine.listener import AVAILABLE, NativeTcpListener
+from sluice.dataplane.engine.udp_listener import NativeUdpListener
 
-__all__ = ["AVAILABLE", "NativeTcpListener"]
+__all__ = ["AVAILABLE", "NativeTcpListener", "NativeUdpListener"]

@@ -77,6 +77,11 @@ struct eng_table {
     uint32_t max_connections;
     int proxy_out;    /* 0 off, 1 v1, 2 v2 */
     int accept_proxy; /* 0/1 */
+    /* UDP VIPs (udp.c) */
+    uint32_t udp_max_sessions; /* all workers */
+    uint32_t udp_responses;    /* 0: no limit */
+    bool udp_per_packet;
+    bool udp_source_ip;
 };
 
 /* n backends, m Maglev slots, room for `workers` round robin states; refs = 1. NULL on ENOMEM. */
@@ -135,6 +140,7 @@ struct conn {
 /* ------------------------------------------------------------------ VIPs */
 
 struct vip;
+struct udp_wv;
 /* A VIP inside one worker. Allocated and freed by the control thread, used only by its worker. */
 struct worker_vip {
     struct vip *vip;
@@ -153,6 +159,7 @@ struct worker_vip {
     uint32_t n_free_pipes;
     uint8_t **free_bufs;
     uint32_t n_free_bufs;
+    struct udp_wv *udp; /* UDP VIPs: sessions and upstream sockets (udp.h); NULL for TCP */
 };
 
 struct vip {
@@ -170,6 +177,12 @@ struct vip {
     struct eng_table *table; /* the control thread's reference */
     struct worker_vip *per_worker;
     int *listen_fds; /* workers entries; each handed to its worker at VIP add */
+    /* UDP VIPs (udp.c) */
+    bool udp;
+    bool gro;                /* every listen socket reads GRO-coalesced datagrams */
+    uint32_t receive_buffer; /* SO_RCVBUF of the listen sockets */
+    uint32_t held_max;       /* held upstream sockets per worker */
+    uint64_t quarantine_us;  /* port quarantine of a closed session's upstream socket */
 };
 
 /* ------------------------------------------------------------------ workers and commands */
@@ -181,6 +194,7 @@ enum command_kind {
     CMD_CLOSE_BACKEND_FLOWS,
     CMD_VIP_REMOVE,
     CMD_SHUTDOWN,
+    CMD_UDP_HELD, /* list the held upstream sockets (udp.c) */
 };
 
 /* Lives on the control thread's stack while every worker applies it. */
@@ -191,6 +205,11 @@ struct command {
     uint32_t slot;           /* CLOSE_BACKEND_FLOWS */
     enum closed_reason reason;
     atomic_ulong result; /* CLOSE_BACKEND_FLOWS: flows closed, all workers */
+    /* UDP_HELD: up to fds_cap entries written, result counts all (workers append under held_lock) */
+    int *fds;
+    uint8_t *fd_quarantined;
+    uint32_t fds_cap;
+    pthread_mutex_t *held_lock;
 };
 
 struct engine;
@@ -213,6 +232,7 @@ struct worker {
     struct worker_vip **vips; /* max_vips entries, indexed by vip id */
     uint64_t rng;             /* xorshift state (random_two draws) */
     bool stop;
+    void *udp_scratch; /* recvmmsg/sendmmsg buffers, made at the first UDP VIP (udp.c) */
 };
 
 struct engine {
@@ -227,7 +247,8 @@ struct engine {
 };
 
 /* epoll data: kind << 56 | gen << 32 | id */
-enum handle_kind { H_COMMAND = 1, H_LISTEN = 2, H_CLIENT = 3, H_BACKEND = 4 };
+enum handle_kind { H_COMMAND = 1, H_LISTEN = 2, H_CLIENT = 3, H_BACKEND = 4, H_UDP_LISTEN = 5, H_UDP_UP = 6 };
+/* UDP handles: gen = vip id, id = 0 (listen) or the upstream socket's index (udp.c) */
 
 /* loop.c */
 struct engine *engine_new(unsigned workers, uint32_t conns_per_worker, uint32_t max_vips, int *err);
@@ -258,6 +279,10 @@ struct vip_params {
     bool use_splice;
     uint32_t buffer_size; /* 0: the default of the mover */
     uint32_t backend_slots;
+    bool udp;                /* a UDP VIP (udp.c): the fields below */
+    uint32_t receive_buffer; /* 0: UDP_RCVBUF_DEFAULT */
+    uint32_t held_max;       /* 0: UDP_HELD_MAX_DEFAULT */
+    uint64_t quarantine_us;
 };
 /* Binds the listening sockets (errors: -errno, nothing left behind) and starts the VIP on every worker.
  * Takes over `table`'s reference. */

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "udp.h"
 
 #define EVENTS_PER_WAIT 256
 
@@ -197,6 +198,11 @@ void worker_ack(struct worker *w, struct command *cmd)
 static void apply_command(struct worker *w, struct command *cmd)
 {
     struct worker_vip *wv = cmd->vip ? &cmd->vip->per_worker[w->index] : NULL;
+    if (wv != NULL && wv->udp != NULL) { /* a UDP VIP: udp.c applies every command */
+        udp_command(w, wv, cmd);
+        worker_ack(w, cmd);
+        return;
+    }
     switch (cmd->kind) {
     case CMD_VIP_ADD:
         tcp_vip_attach(w, wv);
@@ -215,6 +221,8 @@ static void apply_command(struct worker *w, struct command *cmd)
         break;
     case CMD_SHUTDOWN:
         w->stop = true;
+        break;
+    case CMD_UDP_HELD:
         break;
     }
     worker_ack(w, cmd);
@@ -253,6 +261,10 @@ static void dispatch(struct worker *w, const struct epoll_event *ev)
             tcp_on_event(w, c, s, ev->events);
         break;
     }
+    case H_UDP_LISTEN:
+    case H_UDP_UP:
+        udp_on_event(w, kind, gen, id);
+        break;
     }
 }
 
@@ -284,6 +296,7 @@ static void worker_free(struct worker *w)
         close(w->evfd);
     free(w->pool);
     free(w->vips);
+    udp_worker_free(w);
 }
 
 static int worker_init(struct engine *e, struct worker *w, unsigned index, uint32_t conns)

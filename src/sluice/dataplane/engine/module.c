@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "udp.h"
 
 typedef struct {
     PyObject_HEAD struct engine *eng;
@@ -42,20 +43,24 @@ static int parse_sockaddr(const char *host, int port, struct sockaddr_storage *s
 }
 
 /* (kind, backends[(host, port, weight, slot)], maglev slots (int32 bytes), connect_timeout s,
- *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy) -> a new table (refs 1). */
+ *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy[, udp max_sessions, udp responses
+ *  (0: no limit), udp per_packet, udp hash source_ip]) -> a new table (refs 1). */
 static struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backend_slots)
 {
-    int kind, max_conns, proxy_out, accept_proxy;
+    int kind, max_conns, proxy_out, accept_proxy, per_packet = 0, source_ip = 0;
+    unsigned int udp_max_sessions = 65536, udp_responses = 0;
     PyObject *backends;
     Py_buffer slots;
     double connect_s, idle_s;
-    if (!PyArg_ParseTuple(spec, "iO!y*ddiip", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
-                          &max_conns, &proxy_out, &accept_proxy))
+    if (!PyArg_ParseTuple(spec, "iO!y*ddiip|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
+                          &max_conns, &proxy_out, &accept_proxy, &udp_max_sessions, &udp_responses, &per_packet,
+                          &source_ip))
         return NULL;
     struct eng_table *t = NULL;
     Py_ssize_t n = PyList_GET_SIZE(backends);
     if (kind < SCHED_MAGLEV || kind > SCHED_RANDOM_TWO || slots.len % 4 != 0 || max_conns < 1 ||
-        proxy_out < 0 || proxy_out > 2 || connect_s < 0 || idle_s < 0 || n < 0 || n > (Py_ssize_t)backend_slots) {
+        proxy_out < 0 || proxy_out > 2 || connect_s < 0 || idle_s < 0 || n < 0 || n > (Py_ssize_t)backend_slots ||
+        udp_max_sessions < 1) {
         PyErr_SetString(PyExc_ValueError, "bad table");
         goto out;
     }
@@ -93,6 +98,10 @@ static struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t
     t->max_connections = (uint32_t)max_conns;
     t->proxy_out = proxy_out;
     t->accept_proxy = accept_proxy;
+    t->udp_max_sessions = udp_max_sessions;
+    t->udp_responses = udp_responses;
+    t->udp_per_packet = per_packet;
+    t->udp_source_ip = source_ip;
     goto out;
 fail:
     table_unref(t);
@@ -228,19 +237,26 @@ static PyObject *Engine_close(EngineObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *Engine_vip_add(EngineObject *self, PyObject *args)
 {
     const char *host;
-    int port, use_splice;
-    unsigned int buffer_size, backend_slots;
+    int port, use_splice, udp = 0;
+    unsigned int buffer_size, backend_slots, receive_buffer = 0, held_max = 0;
+    double quarantine_s = 2.0;
     PyObject *spec;
-    if (!PyArg_ParseTuple(args, "sipIIO!", &host, &port, &use_splice, &buffer_size, &backend_slots,
-                          &PyTuple_Type, &spec))
+    if (!PyArg_ParseTuple(args, "sipIIO!|pIId", &host, &port, &use_splice, &buffer_size, &backend_slots,
+                          &PyTuple_Type, &spec, &udp, &receive_buffer, &held_max, &quarantine_s))
         return NULL;
+    if (!(quarantine_s >= 0 && quarantine_s <= 3600) || receive_buffer > (unsigned)INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "quarantine_s 0..3600, receive_buffer <= INT_MAX");
+        return NULL;
+    }
     if (check_open(self) < 0)
         return NULL;
     if (backend_slots < 1) {
         PyErr_SetString(PyExc_ValueError, "backend_slots must be >= 1");
         return NULL;
     }
-    struct vip_params p = {.use_splice = use_splice, .buffer_size = buffer_size, .backend_slots = backend_slots};
+    struct vip_params p = {.use_splice = use_splice, .buffer_size = buffer_size, .backend_slots = backend_slots,
+                           .udp = udp, .receive_buffer = receive_buffer, .held_max = held_max,
+                           .quarantine_us = (uint64_t)(quarantine_s * 1e6)};
     if (parse_sockaddr(host, port, &p.local, &p.local_len) < 0)
         return NULL;
     struct eng_table *t = table_from(self, spec, backend_slots);
@@ -337,6 +353,162 @@ static PyObject *Engine_vip_remove(EngineObject *self, PyObject *args)
     return final;
 }
 
+/* ------------------------------------------------------------------ UDP VIPs */
+
+static struct vip *udp_vip(EngineObject *self, unsigned int id)
+{
+    struct vip *v = engine_vip(self->eng, id);
+    if (v == NULL || !v->udp) {
+        PyErr_Format(PyExc_KeyError, "no UDP VIP %u", id);
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *Engine_udp_counters(EngineObject *self, PyObject *args)
+{
+    unsigned int id;
+    int worker = -1, used = -1;
+    if (!PyArg_ParseTuple(args, "I|ii", &id, &worker, &used) || check_open(self) < 0)
+        return NULL;
+    if (worker >= (int)self->workers) {
+        PyErr_SetString(PyExc_ValueError, "no such worker");
+        return NULL;
+    }
+    struct vip *v = udp_vip(self, id);
+    if (v == NULL)
+        return NULL;
+    uint32_t slots = v->backend_slots;
+    struct udp_counters out;
+    memset(&out, 0, sizeof(out));
+    out.datagrams_to = PyMem_Calloc(slots, sizeof(uint64_t));
+    out.datagrams_from = PyMem_Calloc(slots, sizeof(uint64_t));
+    PyObject *dropped = NULL, *errnos = NULL, *datagrams = NULL, *result = NULL;
+    if (out.datagrams_to == NULL || out.datagrams_from == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = engine_udp_counters(self->eng, id, worker, &out);
+    Py_END_ALLOW_THREADS
+    if (err < 0) {
+        PyErr_Format(PyExc_KeyError, "no UDP VIP %u", id);
+        goto out;
+    }
+    uint32_t n = used >= 0 && (uint32_t)used < slots ? (uint32_t)used : slots;
+    dropped = PyTuple_New(DROPPED__COUNT);
+    errnos = PyDict_New();
+    datagrams = PyTuple_New(n);
+    if (dropped == NULL || errnos == NULL || datagrams == NULL)
+        goto out;
+    for (int i = 0; i < DROPPED__COUNT; i++)
+        PyTuple_SET_ITEM(dropped, i, PyLong_FromUnsignedLongLong(out.dropped[i]));
+    for (int e = 0; e < UDP_ERRNO_MAX; e++) {
+        if (out.dropped_errno[e] == 0)
+            continue;
+        PyObject *k = PyLong_FromLong(e), *c = PyLong_FromUnsignedLongLong(out.dropped_errno[e]);
+        int rc = k && c ? PyDict_SetItem(errnos, k, c) : -1;
+        Py_XDECREF(k);
+        Py_XDECREF(c);
+        if (rc < 0)
+            goto out;
+    }
+    for (uint32_t s = 0; s < n; s++) {
+        PyObject *pair = Py_BuildValue("(KK)", (unsigned long long)out.datagrams_to[s],
+                                       (unsigned long long)out.datagrams_from[s]);
+        if (pair == NULL)
+            goto out;
+        PyTuple_SET_ITEM(datagrams, s, pair);
+    }
+    result = Py_BuildValue("(LKKOOO)", (long long)out.sessions, (unsigned long long)out.evictions,
+                           (unsigned long long)out.rebalanced, dropped, errnos, datagrams);
+out:
+    Py_XDECREF(dropped);
+    Py_XDECREF(errnos);
+    Py_XDECREF(datagrams);
+    PyMem_Free(out.datagrams_to);
+    PyMem_Free(out.datagrams_from);
+    return result;
+}
+
+static PyObject *Engine_udp_held(EngineObject *self, PyObject *args)
+{
+    unsigned int id;
+    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
+        return NULL;
+    struct vip *v = udp_vip(self, id);
+    if (v == NULL)
+        return NULL;
+    uint32_t cap = v->held_max * self->workers;
+    int *fds = PyMem_Calloc(cap ? cap : 1, sizeof(int));
+    uint8_t *quarantined = PyMem_Calloc(cap ? cap : 1, 1);
+    PyObject *list = NULL;
+    if (fds == NULL || quarantined == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = engine_udp_held(self->eng, id, fds, quarantined, cap);
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        PyErr_Format(PyExc_KeyError, "no UDP VIP %u", id);
+        goto out;
+    }
+    if ((uint32_t)n > cap)
+        n = (int)cap;
+    list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) {
+        PyObject *one = Py_BuildValue("(iO)", fds[i], quarantined[i] ? Py_True : Py_False);
+        if (one == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, one);
+    }
+out:
+    PyMem_Free(fds);
+    PyMem_Free(quarantined);
+    return list;
+}
+
+static PyObject *Engine_udp_gro(EngineObject *self, PyObject *args)
+{
+    unsigned int id;
+    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
+        return NULL;
+    struct vip *v = udp_vip(self, id);
+    if (v == NULL)
+        return NULL;
+    return PyBool_FromLong(v->gro);
+}
+
+/* vip_remove in two steps, so a UDP VIP's counters can be read in between. */
+static PyObject *Engine_vip_detach(EngineObject *self, PyObject *args)
+{
+    unsigned int id;
+    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
+        return NULL;
+    if (engine_vip(self->eng, id) == NULL)
+        return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
+    Py_BEGIN_ALLOW_THREADS
+    engine_vip_remove(self->eng, id);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_vip_free(EngineObject *self, PyObject *args)
+{
+    unsigned int id;
+    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    engine_vip_free(self->eng, id);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *Engine_get_workers(EngineObject *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromUnsignedLong(self->workers);
@@ -353,6 +525,15 @@ static PyMethodDef Engine_methods[] = {
      "worker's), backend slots below `used` only (-1: all)"},
     {"vip_remove", (PyCFunction)Engine_vip_remove, METH_VARARGS,
      "vip_remove(id) -> final counters (every flow closed: shutdown)"},
+    {"udp_counters", (PyCFunction)Engine_udp_counters, METH_VARARGS,
+     "udp_counters(id, worker=-1, used=-1) -> (sessions, evictions, rebalanced, dropped, {errno: n}, "
+     "((datagrams to, from) per backend slot below `used`))"},
+    {"udp_held", (PyCFunction)Engine_udp_held, METH_VARARGS,
+     "udp_held(id) -> [(fd, quarantined)] of the held upstream sockets, every worker"},
+    {"vip_detach", (PyCFunction)Engine_vip_detach, METH_VARARGS,
+     "vip_detach(id): vip_remove's first step (every flow closed: shutdown; counters stay readable)"},
+    {"vip_free", (PyCFunction)Engine_vip_free, METH_VARARGS, "vip_free(id): vip_remove's last step"},
+    {"udp_gro", (PyCFunction)Engine_udp_gro, METH_VARARGS, "udp_gro(id) -> the listen sockets read UDP_GRO"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the workers and free everything"},
     {NULL, NULL, 0, NULL},
 };
@@ -417,6 +598,7 @@ PyMODINIT_FUNC PyInit__engine(void)
         add_owned(m, "REFUSED", names_tuple(refused_names, REFUSED__COUNT)) < 0 ||
         add_owned(m, "CLOSED", names_tuple(closed_names, CLOSED__COUNT)) < 0 ||
         add_owned(m, "CONNECT_ERRORS", names_tuple(connect_error_names, CONNECT_ERROR__COUNT)) < 0 ||
+        add_owned(m, "DROPPED", names_tuple(dropped_names, DROPPED__COUNT)) < 0 ||
         add_owned(m, "SCHEDULERS", names_tuple(sched_names, 4)) < 0 ||
         PyModule_AddIntConstant(m, "PROXY_HEADER_MAX", PROXY_HEADER_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PIPE_SIZE", PIPE_SIZE_DEFAULT) < 0 ||

@@ -37,13 +37,24 @@
     X(RESET, "reset")                                                                                        \
     X(OTHER, "other")
 
+#define DROPPED_REASONS(X)                                                                                   \
+    X(TRUNCATED, "truncated")                                                                                \
+    X(TOO_LARGE, "too_large")                                                                                \
+    X(SEND_BUFFER_FULL, "send_buffer_full")                                                                  \
+    X(BACKEND_REFUSED, "backend_refused")                                                                    \
+    X(NO_BACKEND, "no_backend")                                                                              \
+    X(UNKNOWN_SOURCE, "unknown_source")                                                                      \
+    X(KERNEL_OVERFLOW, "kernel_overflow")
+
 #define REASON_ENUM_REFUSED(name, str) REFUSED_##name,
 #define REASON_ENUM_CLOSED(name, str) CLOSED_##name,
 #define REASON_ENUM_CONNECT(name, str) CONNECT_ERROR_##name,
+#define REASON_ENUM_DROPPED(name, str) DROPPED_##name,
 
 enum refused_reason { REFUSED_REASONS(REASON_ENUM_REFUSED) REFUSED__COUNT };
 enum closed_reason { CLOSED_REASONS(REASON_ENUM_CLOSED) CLOSED__COUNT };
 enum connect_error { CONNECT_ERRORS(REASON_ENUM_CONNECT) CONNECT_ERROR__COUNT };
+enum dropped_reason { DROPPED_REASONS(REASON_ENUM_DROPPED) DROPPED__COUNT };
 
 /* The python strings, indexed by the enums (counters.c). */
 extern const char *const refused_names[REFUSED__COUNT];

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "udp.h"
 
 static void vip_free(struct engine *e, struct vip *v)
 {
@@ -24,6 +25,7 @@ static void vip_free(struct engine *e, struct vip *v)
             free(wv->free_pipes);
             free(wv->free_pipe_caps);
             free(wv->free_bufs);
+            udp_wv_free(wv);
         }
     }
     free(v->per_worker);
@@ -35,6 +37,12 @@ static void vip_free(struct engine *e, struct vip *v)
 static int bind_listeners(struct engine *e, struct vip *v)
 {
     for (unsigned i = 0; i < e->n_workers; i++) {
+        if (v->udp) {
+            int err = udp_bind_listener(v, i, &v->listen_fds[i]);
+            if (err < 0)
+                return err;
+            continue;
+        }
         int fd = socket(v->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
             return -errno;
@@ -94,6 +102,10 @@ int engine_vip_add(struct engine *e, const struct vip_params *p, struct eng_tabl
     v->pipe_size = p->buffer_size ? p->buffer_size : PIPE_SIZE_DEFAULT;
     v->buffer_size = p->buffer_size ? p->buffer_size : COPY_BUFFER_SIZE_DEFAULT;
     v->backend_slots = p->backend_slots;
+    v->udp = v->gro = p->udp;
+    v->receive_buffer = p->receive_buffer;
+    v->held_max = p->held_max ? p->held_max : UDP_HELD_MAX_DEFAULT;
+    v->quarantine_us = p->quarantine_us;
     atomic_init(&v->conns, 0);
     v->listen_fds = malloc(sizeof(int) * e->n_workers);
     v->per_worker = calloc(e->n_workers, sizeof(*v->per_worker));
@@ -113,6 +125,8 @@ int engine_vip_add(struct engine *e, const struct vip_params *p, struct eng_tabl
         wv->free_bufs = calloc(POOL_FREE_MAX, sizeof(*wv->free_bufs));
         if (!wv->counters.backends || !wv->sched_active || !wv->active_scratch || !wv->free_pipes ||
             !wv->free_pipe_caps || !wv->free_bufs)
+            goto fail;
+        if (p->udp && udp_wv_new(wv, p->backend_slots) < 0)
             goto fail;
     }
     err = bind_listeners(e, v);

@@ -1,0 +1,128 @@
+/* udp.h: the UDP full proxy's objects (sessions, upstream sockets, counters) and its worker/control API.
+ *
+ * Ownership and threads
+ * - `struct udp_wv` (one per worker and UDP VIP) is allocated by the control thread at VIP add (with
+ *   its counters), filled in and used only by its worker from CMD_VIP_ADD to CMD_VIP_REMOVE, freed by
+ *   the control thread with the VIP. Sessions and upstream sockets live in it, owned by the worker.
+ * - Sessions: malloc'ed when none is free, kept on a free list after they end (no allocation once
+ *   warm). Bound: the worker's share of udp.max_sessions (max(1, max_sessions / workers)).
+ * - Upstream sockets (`struct udp_sock`): one connected socket per session, added to epoll once.
+ *   A closed session's socket is *held*: for the port quarantine nobody may use it (replies still
+ *   arriving are read and discarded), then it waits, still connected to its backend, for a new
+ *   session to that backend (no socket/connect/close per session once warm). At most `held_max`
+ *   are held; beyond it the oldest is closed.
+ * - Scratch buffers for recvmmsg/sendmmsg: one set per worker (`worker.udp_scratch`), freed with it.
+ */
+#ifndef SLUICE_ENGINE_UDP_H
+#define SLUICE_ENGINE_UDP_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "engine.h"
+
+#define UDP_BATCH 32              /* datagrams per recvmmsg / sendmmsg */
+#define UDP_BUFFER 65536          /* bytes per datagram slot: > any UDP payload, >= one GRO read */
+#define UDP_LISTEN_ROUNDS 4       /* recvmmsg calls per readable event of a listen socket */
+#define UDP_RCVBUF_DEFAULT (4 << 20) /* listen SO_RCVBUF asked without udp.receive_buffer (udp.py) */
+#define UDP_HELD_MAX_DEFAULT 4096 /* held upstream sockets per worker and VIP */
+#define UDP_EXCLUDE_MAX 8         /* backends one session remembers as refusing it */
+#define UDP_ERRNO_MAX 134         /* dropped datagrams counted per errno below this (others: EIO's) */
+#define UDP_HEADER_MAX 56         /* a PROXY v2 UDP header is at most 52 bytes */
+
+/* Per worker and VIP, written by the worker only (CTR_*), summed by the control thread. */
+struct udp_counters {
+    int64_t sessions;
+    uint64_t evictions;
+    uint64_t rebalanced;
+    uint64_t dropped[DROPPED__COUNT];
+    uint64_t dropped_errno[UDP_ERRNO_MAX]; /* other errnos: python shows errno.errorcode[e].lower() */
+    uint64_t *datagrams_to;   /* backend_slots entries */
+    uint64_t *datagrams_from; /* backend_slots entries */
+};
+
+struct udp_session;
+struct udp_sock {
+    int fd;
+    uint32_t index;              /* in udp_wv.socks; the epoll id */
+    int32_t slot;                /* backend slot it is connected to, -1 unconnected (per_packet) */
+    int family;                  /* AF_INET / AF_INET6 */
+    struct udp_session *session; /* NULL while held */
+    uint64_t release_us;         /* held: reusable from then on */
+    struct udp_sock *hprev, *hnext; /* held: the VIP's list, oldest first */
+    struct udp_sock *sprev, *snext; /* held and connected: its slot's list, oldest first */
+};
+
+struct udp_session {
+    struct udp_session *hnext;        /* hash chain */
+    struct udp_session *lprev, *lnext; /* LRU list: lru.lnext is the least recently used */
+    struct sockaddr_storage client;
+    socklen_t client_len;
+    uint32_t key;                     /* hash of the client address (bucket) */
+    uint8_t client_ip16[16];          /* client IP in the flow key's form */
+    uint16_t client_port;
+    uint32_t flow_hash;               /* of session_flow (core/udp_session.py) */
+    struct udp_sock *sock;
+    int32_t slot;                     /* backend counter slot, -1 for per_packet */
+    uint32_t excluded[UDP_EXCLUDE_MAX]; /* slots that refused this session */
+    uint8_t n_excluded;
+    bool stale;                       /* backend refused or removed: rebalance on the next datagram */
+    uint64_t last_us;
+    uint64_t requests, replies;
+    uint8_t header[UDP_HEADER_MAX];
+    uint8_t header_len;
+};
+
+struct slot_list {
+    struct udp_sock *head, *tail;
+};
+
+struct udp_wv {
+    struct udp_counters counters;
+    uint32_t backend_slots;
+    /* worker side */
+    int listen_fd;
+    bool accepting;
+    uint32_t max_sessions; /* this worker's share */
+    struct udp_session **buckets;
+    uint32_t n_buckets;    /* power of two */
+    struct udp_session lru; /* sentinel */
+    uint32_t n_sessions;
+    struct udp_session *free_sessions;
+    struct udp_sock **socks;
+    uint32_t n_socks, cap_socks;
+    uint32_t *free_index; /* indexes of socks[] without a socket */
+    uint32_t n_free_index;
+    struct udp_sock held; /* sentinel of the held list */
+    uint32_t n_held;
+    struct slot_list *slot_held; /* backend_slots entries */
+    int32_t *slot_index;         /* backend_slots entries: index in the current table, -1 none */
+    struct timer idle;
+    uint32_t seq; /* per_packet: the datagram counter of per_packet_flow */
+    uint64_t seed; /* of the bucket hash (a flood cannot aim at one chain) */
+    uint8_t vip_ip16[16];
+    uint16_t vip_port;
+    struct worker_vip *wv;
+};
+
+extern const char *const dropped_names[DROPPED__COUNT];
+
+/* udp.c, control side (vip.c) */
+int udp_wv_new(struct worker_vip *wv, uint32_t backend_slots);   /* -ENOMEM */
+void udp_wv_free(struct worker_vip *wv);
+int udp_bind_listener(struct vip *v, unsigned index, int *fd_out); /* -errno */
+
+/* udp.c, worker side (loop.c) */
+void udp_command(struct worker *w, struct worker_vip *wv, struct command *cmd);
+void udp_on_event(struct worker *w, enum handle_kind kind, uint32_t vip_id, uint32_t index);
+void udp_worker_free(struct worker *w);
+
+/* udp.c, control side (module.c). Sums one worker's (worker >= 0) or every worker's counters;
+ * `to` and `from` hold the VIP's backend_slots entries. -ENOENT when the VIP is unknown or not UDP. */
+int engine_udp_counters(struct engine *e, uint32_t id, int worker, struct udp_counters *out);
+/* Fills fds / quarantined (cap entries) with the held upstream sockets of every worker; their number
+ * (may exceed cap: only cap written), -ENOENT. */
+int engine_udp_held(struct engine *e, uint32_t id, int *fds, uint8_t *quarantined, uint32_t cap);
+
+#endif

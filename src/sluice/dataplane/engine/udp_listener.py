@@ -1,0 +1,229 @@
+"""NativeUdpListener: one UDP VIP served by the native engine (udp.c), with the surface of `UdpListener`.
+
+The behaviour is the python engine's (dataplane/proxy/udp.py, decisions from core/udp_session.py):
+sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-unreachable rebalance,
+``per_packet``, ``hash: source_ip``, PROXY v2 per datagram, the same counters and reasons. What differs:
+
+- Every worker has its own SO_REUSEPORT listen socket (the kernel keeps one client address on one
+  worker) and its own session table; `udp.max_sessions` is split, each worker holds at most
+  ``max(1, max_sessions // workers)`` sessions.
+- A closed session's upstream socket is held: for the port quarantine (`port_quarantine_s`) nobody
+  uses it (a late reply reaches nobody), then it waits, still connected, for the next session to that
+  backend, so a warm DNS VIP makes no socket()/connect()/close() per request. At most `held_max` per
+  worker are held. `quarantined_fds` are the held ones still in quarantine, `pooled_fds` the others.
+- Kernel drops at a full listen socket (SO_RXQ_OVFL) are counted as ``dropped["kernel_overflow"]``;
+  the listen sockets' receive buffer is ``udp.receive_buffer`` (default 4 MiB).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Final
+
+from sluice.config import Endpoint, Vip
+from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.engine.listener import BACKEND_SLOTS, _table_spec, engine_for
+from sluice.dataplane.stats import VipStats
+
+if TYPE_CHECKING:
+    from sluice.dataplane.engine._engine import Counters, UdpCounters, UdpTableSpec
+
+PORT_QUARANTINE_S: Final = 2.0
+"""Seconds a closed session's upstream socket is held before another session may use it (udp.py's)."""
+HELD_MAX: Final = 4096
+"""Held upstream sockets per worker at most (quarantined or waiting for reuse); the oldest beyond it
+is closed."""
+
+
+def check_udp_vip(vip: Vip) -> None:
+    """What `UdpListener` refuses, refused the same way."""
+    if vip.protocol != "udp":
+        raise ValueError(f"vip {vip.name}: NativeUdpListener serves protocol udp, not {vip.protocol}")
+    if vip.proxy_protocol == "v1":
+        raise ValueError(f"vip {vip.name}: PROXY protocol v1 cannot carry UDP; use v2")
+    if vip.udp.per_packet and len({b.address.family_v6 for b in vip.backends}) > 1:
+        raise ValueError(f"vip {vip.name}: udp.per_packet needs every backend in one address family")
+
+
+def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> UdpTableSpec:
+    udp = vip.udp
+    base = _table_spec(vip, scheduler, slots)
+    return (*base[:8], udp.max_sessions, udp.responses or 0, udp.per_packet, udp.hash == "source_ip")
+
+
+class NativeUdpListener:
+    """One UDP VIP on the native engine (`workers`: None = one worker per CPU)."""
+
+    def __init__(
+        self,
+        vip: Vip,
+        *,
+        port_quarantine_s: float = PORT_QUARANTINE_S,
+        held_max: int = HELD_MAX,
+        workers: int | None = None,
+    ) -> None:
+        check_udp_vip(vip)
+        self.vip = vip
+        self._quarantine_s = port_quarantine_s
+        self._held_max = held_max
+        self._engine = engine_for(workers)
+        self._stats = VipStats()
+        self._slots: dict[Endpoint, int] = {}
+        """Counter slot of every backend Endpoint ever seen (stable: a session keeps its slot)."""
+        self._scheduler = self._build_scheduler(vip)
+        self._id: int | None = None
+        self._address: tuple[str, int] | None = None
+        self._gro = False
+
+    # ------------------------------------------------------------------ Listener interface
+
+    async def start(self) -> None:
+        vip = self.vip
+        spec = _udp_table_spec(vip, self._scheduler, self._slots)
+        self._id, port = self._engine.vip_add(
+            vip.listen.host,
+            vip.listen.port,
+            False,
+            0,
+            BACKEND_SLOTS,
+            spec,
+            True,
+            vip.udp.receive_buffer or 0,
+            self._held_max,
+            self._quarantine_s,
+        )
+        self._address = (vip.listen.host, port)
+        self._gro = self._engine.udp_gro(self._id)
+
+    def update(self, vip: Vip) -> None:
+        if (vip.listen, vip.protocol) != (self.vip.listen, self.vip.protocol):
+            raise ValueError("update() cannot move a listener: stop it and start a new one")
+        check_udp_vip(vip)
+        old = self.vip
+        self.vip = vip
+        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
+            old.scheduler,
+            old.backends,
+            old.maglev_table_size,
+        ):
+            old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
+            self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
+        if self._id is not None:  # limits apply at once: always a new table
+            self._engine.vip_update(self._id, _udp_table_spec(vip, self._scheduler, self._slots))
+
+    async def stop_accepting(self) -> None:
+        """Open no new sessions; datagrams of existing sessions still flow."""
+        if self._id is not None:
+            self._engine.stop_accepting(self._id)
+
+    async def close(self) -> None:
+        """End every session (``shutdown``), close every socket, keep the final counters."""
+        if self._id is not None:
+            vip_id, self._id = self._id, None
+            self._engine.vip_detach(vip_id)
+            try:
+                self._fill(self._stats, self._engine.counters(vip_id), self._engine.udp_counters(vip_id))
+            finally:
+                self._engine.vip_free(vip_id)
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """End the sessions on `backend` in every worker; their next datagram opens a new session."""
+        slot = self._slots.get(backend)
+        if self._id is None or slot is None:
+            return 0
+        from sluice.dataplane.engine import _engine
+
+        return self._engine.close_backend_flows(self._id, slot, _engine.CLOSED.index(reason))
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def stats(self) -> VipStats:
+        """The counters, summed over the workers (fresh on every read while the VIP runs)."""
+        if self._id is not None:
+            used = len(self._slots)
+            self._fill(
+                self._stats,
+                self._engine.counters(self._id, -1, used),
+                self._engine.udp_counters(self._id, -1, used),
+            )
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: VipStats) -> None:
+        self._stats = stats
+
+    def worker_stats(self, worker: int) -> VipStats:
+        """One worker's share of the counters (a new object; the VIP must be running)."""
+        assert self._id is not None, "not running"
+        stats = VipStats()
+        used = len(self._slots)
+        self._fill(
+            stats,
+            self._engine.counters(self._id, worker, used),
+            self._engine.udp_counters(self._id, worker, used),
+        )
+        return stats
+
+    @property
+    def workers(self) -> int:
+        return self._engine.workers
+
+    @property
+    def gro(self) -> bool:
+        """True when the listen sockets read GRO-coalesced datagrams."""
+        return self._gro
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): the port the kernel chose when the VIP says port 0."""
+        assert self._address is not None, "not started"
+        return self._address
+
+    @property
+    def quarantined_fds(self) -> frozenset[int]:
+        """Descriptors of closed sessions' upstream sockets still in the port quarantine."""
+        return frozenset(fd for fd, quarantined in self._held() if quarantined)
+
+    @property
+    def pooled_fds(self) -> frozenset[int]:
+        """Descriptors of held upstream sockets past the quarantine, waiting for a new session."""
+        return frozenset(fd for fd, quarantined in self._held() if not quarantined)
+
+    # ------------------------------------------------------------------ internals
+
+    def _held(self) -> list[tuple[int, bool]]:
+        return [] if self._id is None else self._engine.udp_held(self._id)
+
+    def _build_scheduler(self, vip: Vip) -> Scheduler:
+        for backend in vip.backends:
+            if backend.address not in self._slots:
+                if len(self._slots) >= BACKEND_SLOTS:
+                    raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
+                self._slots[backend.address] = len(self._slots)
+                self._stats.backend(str(backend.address))
+        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+
+    def _fill(self, stats: VipStats, counters: Counters, udp: UdpCounters) -> None:
+        from sluice.dataplane.engine import _engine
+
+        active, flows_total, refused, closed, _, _, backends = counters
+        sessions, evictions, rebalanced, dropped, errnos, datagrams = udp
+        stats.active, stats.flows_total, stats.sessions = active, flows_total, sessions
+        stats.evictions, stats.rebalanced = evictions, rebalanced
+        stats.refused.clear()
+        stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
+        stats.closed.clear()
+        stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
+        stats.dropped.clear()
+        stats.dropped.update({name: n for name, n in zip(_engine.DROPPED, dropped, strict=True) if n})
+        for code, n in errnos.items():
+            stats.dropped[errno.errorcode.get(code, "os_error").lower()] += n
+        for endpoint, slot in self._slots.items():
+            b = stats.backend(str(endpoint))
+            active_b, flows_b, _, _, errors, to_backend, from_backend = backends[slot]
+            b.active, b.flows_total = active_b, flows_b
+            b.connect_errors.clear()
+            b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})
+            b.bytes_to_backend, b.bytes_from_backend = to_backend, from_backend
+            b.datagrams_to_backend, b.datagrams_from_backend = datagrams[slot]
