@@ -241,3 +241,25 @@ async def test_the_last_usable_backend_is_not_ejected_while_the_others_are_out()
     clock.t = 2.5
     assert await mon.step() == []
     assert mon.record("web", ep(9002)).health.state is State.UP
+
+
+async def test_a_backend_at_runtime_weight_zero_is_not_the_usable_one_left() -> None:
+    stats = {"web": VipStats()}
+    clock, checks = FakeClock(), ScriptedChecks()
+    runtime = {ep(9002): 0}
+    mon = Monitor(
+        lambda: stats,
+        clock=clock,
+        checkers=checks.registry(),
+        runtime_weights=lambda vip, backend: runtime.get(backend),
+    )
+    mon.configure(make_config(backends=2, passive={"consecutive_failures": 2, "max_ejected_percent": 100}))
+    await mon.step()
+    stats["web"].backend("127.0.0.1:9001").connect_errors["refused"] += 5
+    clock.t = 0.25
+    assert await mon.step() == []
+    assert mon.record("web", ep(9001)).health.state is State.UP
+    runtime[ep(9002)] = 3  # back in use: now 9001 may go
+    clock.t = 0.5
+    changes = await mon.step()
+    assert [(str(c.backend), c.transition.new) for c in changes] == [("127.0.0.1:9001", State.EJECTED)]

@@ -17,8 +17,10 @@ import pytest
 
 from sluice.config import Config, Endpoint, parse_config
 from sluice.control.controller import Controller
+from sluice.control.monitor import Monitor
 from sluice.core.health import State
 from sluice.dataplane import engine
+from tests.support.fakes import FakeClock, FakePlane, ScriptedChecks, ep, make_config
 from tests.support.loopback import IO_TIMEOUT_S, Backends, free_port, probe, wait_for
 
 WAIT_S = 5.0
@@ -227,3 +229,27 @@ async def test_single_backend_tcp_vip_is_never_emptied_by_passive_ejection(
         await b0.start()
         assert await probe(port) == "b0"  # the VIP was never dark
         assert controller.monitor.transitions[("web", b0.address, State.EJECTED)] == 0
+
+
+async def test_controller_tells_the_monitor_its_runtime_weights() -> None:
+    """A backend the operator set to weight 0 takes no new flows: the other one is the last usable
+    one and is not ejected (the controller's runtime weights reach the monitor's budget)."""
+    plane, clock, checks = FakePlane(), FakeClock(), ScriptedChecks()
+    holder: list[Controller] = []
+    monitor = Monitor(lambda: holder[0].stats(), clock=clock, checkers=checks.registry())
+    cfg = make_config(backends=2, passive={"consecutive_failures": 2, "max_ejected_percent": 100})
+    controller = Controller(cfg, {"proxy": lambda: plane}, monitor=monitor, clock=clock)
+    holder.append(controller)
+    await controller.apply(cfg)
+    await controller.set_weight("web", ep(9002), 0)
+    await controller.on_health(await monitor.step())
+    plane.vip_stats["web"].backend("127.0.0.1:9001").connect_errors["refused"] += 5
+    clock.t = 0.25
+    await controller.on_health(await monitor.step())
+    assert monitor.record("web", ep(9001)).health.state is State.UP
+    assert plane.weights() == {"127.0.0.1:9001": 1, "127.0.0.1:9002": 0}
+    await controller.set_weight("web", ep(9002), 1)
+    clock.t = 0.5
+    await controller.on_health(await monitor.step())
+    assert monitor.record("web", ep(9001)).health.state is State.EJECTED
+    assert plane.weights() == {"127.0.0.1:9001": 0, "127.0.0.1:9002": 1}

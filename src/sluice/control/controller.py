@@ -154,6 +154,8 @@ class Controller:
         self.clock = clock
         self.monitor = monitor if monitor is not None else Monitor(self.stats, clock=clock)
         self._weights: dict[tuple[str, Endpoint], int] = {}
+        # passive ejection never takes the last backend that takes new flows: weight 0 ones do not
+        self.monitor.runtime_weights = lambda vip, backend: self._weights.get((vip, backend))
         self._drains: dict[tuple[str, Endpoint], asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._monitor_task: asyncio.Task[None] | None = None

@@ -43,6 +43,12 @@ LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 CheckerFactory = Callable[[HealthCheck], Checker]
 StatsSource = Callable[[], Mapping[str, VipStats]]
+RuntimeWeights = Callable[[str, Endpoint], int | None]
+"""(VIP name, backend) -> the operator's runtime weight of that backend, None without one."""
+
+
+def _no_runtime_weights(vip: str, backend: Endpoint) -> int | None:
+    return None
 
 
 @dataclass
@@ -121,8 +127,12 @@ class Monitor:
         checkers: Mapping[CheckType, CheckerFactory] = CHECKERS,
         rng: random.Random | None = None,
         passive_interval_s: float = PASSIVE_INTERVAL_S,
+        runtime_weights: RuntimeWeights = _no_runtime_weights,
     ) -> None:
         self._stats = stats
+        self.runtime_weights = runtime_weights
+        """Runtime weights (the controller's): a backend at weight 0 takes no new flows, so it does
+        not count as a usable backend left when the ejection budget is computed."""
         self.clock = clock
         self._checkers = checkers
         self._rng = rng or random.Random()
@@ -267,11 +277,14 @@ class Monitor:
                     out.append(bt)
         return out
 
-    @staticmethod
-    def _ejection_budget(v: _VipChecks) -> int:
+    def _ejection_budget(self, v: _VipChecks) -> int:
         if v.vip.passive is None:
             return 0
-        in_use = {b.address for b in v.vip.backends if b.weight > 0}
+        in_use = set()
+        for b in v.vip.backends:
+            runtime = self.runtime_weights(v.vip.name, b.address)
+            if (b.weight if runtime is None else runtime) > 0:
+                in_use.add(b.address)
         usable = sum(1 for r in v.backends.values() if r.health.usable and r.address in in_use)
         ejected = sum(1 for r in v.backends.values() if r.health.operational is State.EJECTED)
         return ejection_budget(len(v.backends), usable, ejected, v.vip.passive.max_ejected_percent)
