@@ -84,13 +84,15 @@ class HealthCheck(FrozenModel):
 
 
 class PassiveEjection(FrozenModel):
-    """Ejection from what the data plane sees (connect refused / reset / timeout); ``passive: off`` disables."""
+    """Ejection from what the data plane sees (connect refused / reset / timeout; for UDP, ICMP port
+    unreachable, while each reply from the backend counts as a success); ``passive: off`` disables."""
 
     consecutive_failures: int = Field(default=5, ge=1, le=100000)
-    """Failed connects in a row (no successful connect in between) that eject a backend."""
+    """Failures in a row (no established connect or UDP reply in between) that eject a backend."""
     base_ejection_time: Duration = 10.0
     """Seconds of the first ejection; the n-th ejection in a row lasts n times as long."""
     max_ejection_time: Duration = 300.0
     """Upper bound of one ejection (seconds)."""
     max_ejected_percent: int = Field(default=50, ge=0, le=100)
-    """At most this share of a VIP's backends is ejected at once (one is always allowed)."""
+    """At most this share of a VIP's backends is ejected at once (rounded down, but one is allowed);
+    the last usable backend is never ejected (passive ejection alone never takes a VIP dark)."""
