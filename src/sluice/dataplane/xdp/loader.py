@@ -229,17 +229,36 @@ def prog_fd_by_id(prog_id: int) -> int:
 # ---------------------------------------------------------------- bpffs and pins
 
 
-def ensure_bpffs() -> None:
-    """Mount the BPF filesystem on /sys/fs/bpf if it is not mounted."""
+def _own_mount_namespace() -> bool:
+    """Whether this process runs in a mount namespace of its own (not PID 1's), as under
+    ``ip netns exec`` (which unshares one to remount /sys); unknown counts as own."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return True
+
+
+def ensure_bpffs() -> bool:
+    """Mount the BPF filesystem on /sys/fs/bpf if it is not mounted; True if the mount is private to
+    this process's mount namespace (it and its pins vanish when the process exits: one warning)."""
     with open("/proc/mounts") as f:
         if any(line.split()[1:3] == [str(BPFFS), "bpf"] for line in f):
-            return
+            return False
     proc = subprocess.run(
         ["mount", "-t", "bpf", "bpf", str(BPFFS)], capture_output=True, text=True, timeout=10, check=False
     )
     if proc.returncode != 0:
         raise BpfError(0, f"cannot mount bpffs on {BPFFS}: {proc.stderr.strip()}")
-    log.info("mounted bpffs on %s", BPFFS)
+    if not _own_mount_namespace():
+        log.info("mounted bpffs on %s", BPFFS)
+        return False
+    log.warning(
+        "mounted a private bpffs on %s (this mount namespace had none, as under `ip netns exec`): the "
+        "pinned maps and the connection table vanish when sluice exits; to keep them across restarts run "
+        "sluice with `nsenter --net=/run/netns/<name>` instead (README: Direct Server Return with XDP)",
+        BPFFS,
+    )
+    return True
 
 
 def pin_dir(instance: str) -> Path:

@@ -8,8 +8,11 @@ program consistent at every moment: backends, then Maglev rows, then the VIP ent
 Every write goes through one asyncio.Lock: apply() and the periodic MAC refresh (which re-applies
 the latest config while some backend has no MAC) never interleave over the maps or the slots.
 
-The maps are pinned (see loader.py): a restarted process finds its VIP and backend slots in the pinned
-maps, so the connection table keeps pointing at the right backends.
+The maps are pinned (see loader.py) in /sys/fs/bpf/sluice/<instance>/ (instance.py: the config's
+``instance:``, else the dsr interfaces), locked while the plane runs: a restarted process finds its VIP
+and backend slots in the pinned maps, so the connection table keeps pointing at the right backends,
+and a second process with the same instance is refused. Each interface is attached as its VIPs'
+``dsr.attach`` says; `status()` tells which mode is in use.
 
 The clock: while the plane runs it writes CLOCK_MONOTONIC into the program's coarse_clock map every
 CLOCK_PERIOD_S, and the program stamps connection entries with that value instead of reading the clock
@@ -28,19 +31,27 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from sluice.config import Config, Vip
-from sluice.core.flow import FiveTuple, flow_hash
-from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
-from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.core.flow import FiveTuple
+from sluice.core.maglev import DEFAULT_TABLE_SIZE, build_table, count_slots_changed
+from sluice.dataplane.stats import VipStats
 from sluice.dataplane.xdp import build, loader
+from sluice.dataplane.xdp.instance import (
+    Attacher,
+    AttachSetting,
+    InstanceInUse,
+    PinLock,
+    XdpConfigError,
+    attach_settings,
+    default_instance,
+)
 from sluice.dataplane.xdp.maps import (
     BACKEND_F_ACTIVE,
     FAMILY_V4,
@@ -54,21 +65,35 @@ from sluice.dataplane.xdp.maps import (
     XdpMaps,
     addr16,
     be16,
-    flow_key,
     mac_bytes,
     vip_key,
 )
 from sluice.dataplane.xdp.neighbours import Neighbours, NetlinkNeighbours
+from sluice.dataplane.xdp.vipstate import (
+    PROTO_NUMBERS,
+    VipState,
+    check_vip,
+    flow_backend,
+    identity_of,
+    key_tuple,
+    raw_counters,
+    vip_stats,
+)
+
+__all__ = [
+    "CLOCK_PERIOD_S",
+    "PROTO_NUMBERS",
+    "Attacher",
+    "InstanceInUse",
+    "XdpConfigError",
+    "XdpLimits",
+    "XdpPlane",
+]
 
 log = logging.getLogger(__name__)
 
 PROGRAM: Final = "sluice_xdp"
-PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
 CLOCK_PERIOD_S: Final = 0.25  # seconds between two writes of the coarse clock
-
-
-class XdpConfigError(ValueError):
-    """A dsr VIP the XDP plane cannot serve as configured (the message names the VIP)."""
 
 
 @dataclass(frozen=True)
@@ -80,89 +105,36 @@ class XdpLimits:
     conntrack_entries: int = 65536  # one table for all CPUs (as many flows as the per-CPU table held)
 
 
-class Attacher:
-    """Attach/detach through loader.py (tests pass a recording fake)."""
-
-    def attach(self, ifindex: int, prog_fd: int, mode: loader.AttachMode) -> loader.AttachMode:
-        return loader.attach_xdp(ifindex, prog_fd, mode)
-
-    def detach(self, ifindex: int, mode: loader.AttachMode) -> None:
-        loader.detach_xdp(ifindex, mode)
-
-
-@dataclass
-class _VipState:
-    name: str
-    index: int
-    key: tuple[bytes, int, int]
-    backend_slots: dict[str, int] = field(default_factory=dict)  # identity -> backend index
-    row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now (backend slot ids)
-    table: MaglevTable | None = None  # the Maglev table `row` was written from
-    slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
-    protocol: str = "tcp"
-
-
-def _identity_of(entry: BackendEntry) -> str:
-    raw = bytes(entry.addr)
-    ip: IPv4Address | IPv6Address = (
-        IPv4Address(raw[12:]) if raw[:12] == b"\0" * 10 + b"\xff\xff" else IPv6Address(raw)
-    )
-    port = socket.ntohs(entry.port)
-    return f"[{ip}]:{port}" if isinstance(ip, IPv6Address) else f"{ip}:{port}"
-
-
-def _key_tuple(vip: Vip) -> tuple[bytes, int, int]:
-    return addr16(vip.listen.ip), vip.listen.port, PROTO_NUMBERS[vip.protocol]
-
-
-def _check_vip(vip: Vip) -> None:
-    assert vip.dsr is not None
-    where = f"vips[{vip.name}]"
-    for b in vip.backends:
-        if b.address.port != vip.listen.port:
-            raise XdpConfigError(
-                f"{where}: backend {b.address} must listen on the VIP port "
-                f"{vip.listen.port} (DSR cannot remap ports)"
-            )
-    if vip.dsr.forwarding == "ipip":
-        assert vip.dsr.outer_source is not None
-        outer = ip_network(vip.dsr.outer_source)
-        for b in vip.backends:
-            if b.address.ip.version != outer.version:
-                raise XdpConfigError(
-                    f"{where}: backend {b.address} and outer_source {outer} differ in family"
-                )
-    elif any(b.address.ip.version != vip.listen.ip.version for b in vip.backends):
-        raise XdpConfigError(f"{where}: l2 forwarding needs backends of the VIP's address family")
-
-
 class XdpPlane:
     """DataPlane for dsr VIPs (proxy VIPs in the config are ignored: another plane serves them)."""
 
     def __init__(
         self,
-        instance: str = "default",
+        instance: str | None = None,
         *,
         neighbours: Neighbours | None = None,
         attacher: Attacher | None = None,
-        attach_mode: loader.AttachMode = "native",
+        attach_mode: AttachSetting | None = None,
         limits: XdpLimits | None = None,
         cache_dir: Path | None = None,
         refresh_interval_s: float = 30.0,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
+        # None until the first apply: then the config's `instance:` or the dsr interfaces (instance.py)
         self.instance = instance
         self.neighbours: Neighbours = neighbours or NetlinkNeighbours()
         self.attacher = attacher or Attacher()
-        self.attach_mode: loader.AttachMode = attach_mode
+        self.attach_mode = attach_mode  # None: each interface as its VIPs' dsr.attach says
+        self._lock: PinLock | None = None
+        self._private_bpffs = False
         self.limits = limits or XdpLimits()
         self.cache_dir = cache_dir
         self.refresh_interval_s = refresh_interval_s
         self._obj: loader.LoadedObject | None = None
         self._maps: XdpMaps | None = None
         self._defines: dict[str, int] = {}
-        self._vips: dict[tuple[bytes, int, int], _VipState] = {}
-        self._attached: dict[str, tuple[int, loader.AttachMode]] = {}
+        self._vips: dict[tuple[bytes, int, int], VipState] = {}
+        self._attached: dict[str, tuple[int, loader.AttachMode, AttachSetting]] = {}
         self._config: Config | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.clock_ns = clock_ns  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
@@ -175,7 +147,21 @@ class XdpPlane:
 
     @property
     def pin_dir(self) -> Path:
+        if self.instance is None:
+            raise RuntimeError("XdpPlane: the instance is known after the first apply()")
         return loader.pin_dir(self.instance)
+
+    def _choose_instance(self, config: Config, vips: Sequence[Vip]) -> None:
+        wanted = config.instance or default_instance(v.dsr.interface for v in vips if v.dsr is not None)
+        if self.instance is None:
+            self.instance = wanted
+        elif config.instance is not None and wanted != self.instance and self._lock is not None:
+            log.warning(
+                "instance %s -> %s: applies at the next start (the pins stay in %s)",
+                self.instance,
+                wanted,
+                self.pin_dir,
+            )
 
     @property
     def maps(self) -> XdpMaps:
@@ -201,24 +187,25 @@ class XdpPlane:
             self._close_object()
             self._vips.clear()
         path = build.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
+        if self._lock is None:
+            self._private_bpffs = loader.ensure_bpffs()
+            self._lock = PinLock(str(self.instance), self.pin_dir)
         self._obj = loader.load_object(path, (PROGRAM,), pins=self.pin_dir)
         self._maps = XdpMaps.from_fds(self._obj.maps)
         self._maps.set_clock(self.clock_ns())
         self._defines = dict(defines)
         self._recover()
-        for ifname, (ifindex, _mode) in list(self._attached.items()):
-            self._attached[ifname] = (
-                ifindex,
-                self.attacher.attach(ifindex, self._obj.programs[PROGRAM], self.attach_mode),
-            )
+        for ifname, (ifindex, _mode, setting) in list(self._attached.items()):
+            mode = self.attacher.attach(ifindex, self._obj.programs[PROGRAM], setting)
+            self._attached[ifname] = (ifindex, mode, setting)
 
     def _recover(self) -> None:
         """Rebuild VIP and backend slot allocations from pinned maps (after a restart)."""
         maps = self.maps
-        by_index: dict[int, _VipState] = {}
+        by_index: dict[int, VipState] = {}
         for key, meta in maps.vips.items():
             kt = (bytes(key.addr), socket.ntohs(key.port), int(key.proto))
-            state = _VipState(name=f"#{meta.index}", index=meta.index, key=kt)
+            state = VipState(name=f"#{meta.index}", index=meta.index, key=kt)
             self._vips[kt] = by_index[meta.index] = state
         for i in range(self._defines["MAX_BACKENDS"]):
             entry = maps.backends.lookup(ctypes.c_uint32(i))
@@ -228,7 +215,7 @@ class XdpPlane:
             if owner is None:
                 maps.backends.update(ctypes.c_uint32(i), BackendEntry())  # orphan: free it
                 continue
-            owner.backend_slots[_identity_of(entry)] = i
+            owner.backend_slots[identity_of(entry)] = i
         if self._vips:
             log.info("recovered %d VIPs from pinned maps in %s", len(self._vips), self.pin_dir)
 
@@ -247,14 +234,18 @@ class XdpPlane:
         assert self._apply_lock.locked()
         vips = [v for v in config.vips if v.mode == "dsr"]
         for v in vips:
-            _check_vip(v)
+            check_vip(v)
+        settings = attach_settings(vips)
+        if self.attach_mode is not None:
+            settings = dict.fromkeys(settings, self.attach_mode)
+        self._choose_instance(config, vips)
         self._ensure_loaded(self._defines_for(vips))
-        wanted = {_key_tuple(v): v for v in vips}
+        wanted = {key_tuple(v): v for v in vips}
         for kt in [k for k in self._vips if k not in wanted]:
             self._remove_vip(self._vips.pop(kt))
         for kt, vip in wanted.items():
             await self._apply_vip(kt, vip)
-        self._attach_interfaces({v.dsr.interface for v in vips if v.dsr is not None})
+        self._attach_interfaces(settings)
         self._config = config
 
     def _free_vip_index(self) -> int:
@@ -287,7 +278,7 @@ class XdpPlane:
         maps = self.maps
         state = self._vips.get(kt)
         if state is None:
-            state = _VipState(vip.name, self._free_vip_index(), kt)
+            state = VipState(vip.name, self._free_vip_index(), kt)
             self._vips[kt] = state
             maps.reset_counters(state.index, vip=True)
         state.name, state.protocol = vip.name, vip.protocol
@@ -360,7 +351,7 @@ class XdpPlane:
             meta.outer_hash_mask = (1 << host_bits) - 1
         return meta
 
-    def _remove_vip(self, state: _VipState) -> None:
+    def _remove_vip(self, state: VipState) -> None:
         maps = self.maps
         addr, port, proto = state.key
         key = VipKey(port=be16(port), proto=proto)
@@ -374,16 +365,21 @@ class XdpPlane:
             maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
         log.info("vip %s removed", state.name)
 
-    def _attach_interfaces(self, names: set[str]) -> None:
+    def _attach_interfaces(self, settings: dict[str, AttachSetting]) -> None:
         assert self._obj is not None
-        for name in sorted(names - set(self._attached)):
-            info = self.neighbours.interface(name)
-            mode = self.attacher.attach(info.index, self._obj.programs[PROGRAM], self.attach_mode)
-            self._attached[name] = (info.index, mode)
-            log.info("XDP program attached to %s (%s mode)", name, mode)
-        for name in sorted(set(self._attached) - names):
-            ifindex, mode = self._attached.pop(name)
+        for name in sorted(set(self._attached) - set(settings)):
+            ifindex, mode, _ = self._attached.pop(name)
             self.attacher.detach(ifindex, mode)
+        for name, setting in sorted(settings.items()):
+            if name in self._attached and self._attached[name][2] == setting:
+                continue
+            if name in self._attached:  # dsr.attach changed: leave the old mode first
+                ifindex, mode, _ = self._attached.pop(name)
+                self.attacher.detach(ifindex, mode)
+            info = self.neighbours.interface(name)
+            mode = self.attacher.attach(info.index, self._obj.programs[PROGRAM], setting)
+            self._attached[name] = (info.index, mode, setting)
+            log.info("XDP program attached to %s (%s mode, dsr.attach: %s)", name, mode, setting)
 
     async def _clock_loop(self) -> None:
         while True:
@@ -422,7 +418,7 @@ class XdpPlane:
         for vip in config.vips:
             if vip.mode != "dsr" or vip.dsr is None or vip.dsr.forwarding != "l2":
                 continue
-            state = self._vips.get(_key_tuple(vip))
+            state = self._vips.get(key_tuple(vip))
             for b in vip.backends:
                 slot = state.backend_slots.get(str(b.address)) if state else None
                 if slot is None:
@@ -440,6 +436,19 @@ class XdpPlane:
 
     # ------------------------------------------------------------ read
 
+    def status(self) -> dict[str, object]:
+        """What `sluice status` should show of this plane: the instance, its pin directory (and whether
+        it lives on a private bpffs that vanishes with the process), each interface's attach mode."""
+        return {
+            "instance": self.instance,
+            "pin_dir": str(self.pin_dir) if self.instance is not None else None,
+            "private_bpffs": self._private_bpffs,
+            "interfaces": {
+                name: {"mode": mode, "attach": setting}
+                for name, (_, mode, setting) in sorted(self._attached.items())
+            },
+        }
+
     @property
     def unresolved(self) -> set[tuple[str, str]]:
         """(VIP name, backend) pairs left out of the Maglev table because their MAC is unknown."""
@@ -447,50 +456,16 @@ class XdpPlane:
 
     def xdp_counters(self) -> dict[str, dict[str, int]]:
         """Raw counters: 'global', 'vip:<name>', 'backend:<vip>/<identity>'."""
-        maps = self.maps
-        out = {"global": maps.global_counters()}
-        for state in self._vips.values():
-            out[f"vip:{state.name}"] = maps.vip_counters(state.index)
-            for identity, slot in state.backend_slots.items():
-                out[f"backend:{state.name}/{identity}"] = maps.backend_counters(slot)
-        return out
+        return raw_counters(self.maps, self._vips.values())
 
     def stats(self) -> dict[str, VipStats]:
-        if self._maps is None:
-            return {}
-        out = {}
-        for state in self._vips.values():
-            c = self._maps.vip_counters(state.index)
-            vs = VipStats(flows_total=c["new_flows"], table_slots_changed=state.slots_changed)
-            for reason in ("no_backend", "encap"):
-                if c[f"drop_{reason}"]:
-                    vs.dropped[reason] = c[f"drop_{reason}"]
-            for identity, slot in state.backend_slots.items():
-                bc = self._maps.backend_counters(slot)
-                bs = BackendStats(flows_total=bc["new_flows"], bytes_to_backend=bc["bytes"])
-                if state.protocol == "udp":
-                    bs.datagrams_to_backend = bc["packets"]
-                else:
-                    bs.connect_attempts = bc["new_flows"]
-                vs.backends[identity] = bs
-            out[state.name] = vs
-        return out
+        return {} if self._maps is None else vip_stats(self._maps, self._vips.values())
 
     def flow_backend(self, flow: FiveTuple) -> tuple[str, str] | None:
         """Where the program sends `flow` now (for `sluice flow`): (backend identity, "conntrack" or
         "maglev"), or None if the flow is not for a dsr VIP or its slot is empty."""
         state = self._vips.get((addr16(flow.dst_ip), flow.dst_port, flow.proto))
-        if state is None or self._maps is None:
-            return None
-        by_slot = {slot: identity for identity, slot in state.backend_slots.items()}
-        key = flow_key(str(flow.src_ip), str(flow.dst_ip), flow.src_port, flow.dst_port, flow.proto)
-        entry = self._maps.conntrack.lookup(key)
-        if entry is not None and entry.backend in by_slot:
-            return by_slot[entry.backend], "conntrack"
-        if state.row is None:
-            return None
-        slot = int(state.row[flow_hash(flow) % len(state.row)])
-        return (by_slot[slot], "maglev") if slot in by_slot else None
+        return None if state is None or self._maps is None else flow_backend(self._maps, state, flow)
 
     # ------------------------------------------------------------ stop
 
@@ -513,7 +488,10 @@ class XdpPlane:
             if self._maps is not None:
                 self._maps.set_clock(0)  # the program reads bpf_ktime_get_ns() again
             if detach:
-                for ifindex, mode in self._attached.values():
+                for ifindex, mode, _ in self._attached.values():
                     self.attacher.detach(ifindex, mode)
             self._attached.clear()
             self._close_object()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None

@@ -1,0 +1,112 @@
+"""The XDP plane's bookkeeping of one dsr VIP (its slots and what its Maglev row holds), the checks a
+dsr VIP must pass before the plane writes anything for it, and the read side (counters, where a flow goes)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from sluice.config import Vip
+from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.maglev import MaglevTable
+from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.dataplane.xdp.instance import XdpConfigError
+from sluice.dataplane.xdp.maps import BackendEntry, XdpMaps, addr16, flow_key
+
+PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
+
+
+@dataclass
+class VipState:
+    name: str
+    index: int
+    key: tuple[bytes, int, int]
+    backend_slots: dict[str, int] = field(default_factory=dict)  # identity -> backend index
+    row: npt.NDArray[np.uint32] | None = None  # what the Maglev row holds now (backend slot ids)
+    table: MaglevTable | None = None  # the Maglev table `row` was written from
+    slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
+    protocol: str = "tcp"
+
+
+def identity_of(entry: BackendEntry) -> str:
+    raw = bytes(entry.addr)
+    ip: IPv4Address | IPv6Address = (
+        IPv4Address(raw[12:]) if raw[:12] == b"\0" * 10 + b"\xff\xff" else IPv6Address(raw)
+    )
+    port = socket.ntohs(entry.port)
+    return f"[{ip}]:{port}" if isinstance(ip, IPv6Address) else f"{ip}:{port}"
+
+
+def key_tuple(vip: Vip) -> tuple[bytes, int, int]:
+    return addr16(vip.listen.ip), vip.listen.port, PROTO_NUMBERS[vip.protocol]
+
+
+def check_vip(vip: Vip) -> None:
+    assert vip.dsr is not None
+    where = f"vips[{vip.name}]"
+    for b in vip.backends:
+        if b.address.port != vip.listen.port:
+            raise XdpConfigError(
+                f"{where}: backend {b.address} must listen on the VIP port "
+                f"{vip.listen.port} (DSR cannot remap ports)"
+            )
+    if vip.dsr.forwarding == "ipip":
+        assert vip.dsr.outer_source is not None
+        outer = ip_network(vip.dsr.outer_source)
+        for b in vip.backends:
+            if b.address.ip.version != outer.version:
+                raise XdpConfigError(
+                    f"{where}: backend {b.address} and outer_source {outer} differ in family"
+                )
+    elif any(b.address.ip.version != vip.listen.ip.version for b in vip.backends):
+        raise XdpConfigError(f"{where}: l2 forwarding needs backends of the VIP's address family")
+
+
+def raw_counters(maps: XdpMaps, states: Iterable[VipState]) -> dict[str, dict[str, int]]:
+    """Raw counters: 'global', 'vip:<name>', 'backend:<vip>/<identity>'."""
+    out = {"global": maps.global_counters()}
+    for state in states:
+        out[f"vip:{state.name}"] = maps.vip_counters(state.index)
+        for identity, slot in state.backend_slots.items():
+            out[f"backend:{state.name}/{identity}"] = maps.backend_counters(slot)
+    return out
+
+
+def vip_stats(maps: XdpMaps, states: Iterable[VipState]) -> dict[str, VipStats]:
+    """The program's counters in the planes' common vocabulary (dataplane/stats.py)."""
+    out = {}
+    for state in states:
+        c = maps.vip_counters(state.index)
+        vs = VipStats(flows_total=c["new_flows"], table_slots_changed=state.slots_changed)
+        for reason in ("no_backend", "encap"):
+            if c[f"drop_{reason}"]:
+                vs.dropped[reason] = c[f"drop_{reason}"]
+        for identity, slot in state.backend_slots.items():
+            bc = maps.backend_counters(slot)
+            bs = BackendStats(flows_total=bc["new_flows"], bytes_to_backend=bc["bytes"])
+            if state.protocol == "udp":
+                bs.datagrams_to_backend = bc["packets"]
+            else:
+                bs.connect_attempts = bc["new_flows"]
+            vs.backends[identity] = bs
+        out[state.name] = vs
+    return out
+
+
+def flow_backend(maps: XdpMaps, state: VipState, flow: FiveTuple) -> tuple[str, str] | None:
+    """Where the program sends `flow` of `state`'s VIP: (identity, "conntrack" or "maglev") or None."""
+    by_slot = {slot: identity for identity, slot in state.backend_slots.items()}
+    key = flow_key(str(flow.src_ip), str(flow.dst_ip), flow.src_port, flow.dst_port, flow.proto)
+    entry = maps.conntrack.lookup(key)
+    if entry is not None and entry.backend in by_slot:
+        return by_slot[entry.backend], "conntrack"
+    if state.row is None:
+        return None
+    slot = int(state.row[flow_hash(flow) % len(state.row)])
+    return (by_slot[slot], "maglev") if slot in by_slot else None
