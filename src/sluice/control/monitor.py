@@ -280,7 +280,7 @@ class Monitor:
     def _ejection_budget(self, v: _VipChecks) -> int:
         if v.vip.passive is None:
             return 0
-        in_use = set()
+        in_use: set[Endpoint] = set()
         for b in v.vip.backends:
             runtime = self.runtime_weights(v.vip.name, b.address)
             if (b.weight if runtime is None else runtime) > 0:

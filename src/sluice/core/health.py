@@ -30,8 +30,9 @@ state and `ADMIN_TRANSITIONS` does the same for the admin dimension. `format_tab
   successes win: a backend that still answers is not ejected); failures extend it, and a streak of
   `consecutive_failures` is ``eject`` when the VIP's ejection budget (`ejection_budget`) allows:
   at most `max_ejected_percent` of its backends, and never its last usable one (passive ejection
-  alone never takes a VIP dark; active checks still can). The n-th ejection in a row lasts n x `base_ejection_s`
-  (at most `max_ejection_s`); after `max_ejection_s` of good service the count starts over.
+  alone never takes a VIP dark; active checks still can). The n-th ejection in a row lasts
+  n x `base_ejection_s` (at most `max_ejection_s`); after `max_ejection_s` of good service the
+  count starts over.
   An ejected backend comes back (``readmit``) with the first passing active check after its
   ejection time (with check type ``none`` the shell feeds a pass every interval).
 
