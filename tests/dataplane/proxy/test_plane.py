@@ -1,4 +1,4 @@
-"""ProxyPlane picks the engine from the config: native for TCP when built (or asked), python otherwise."""
+"""ProxyPlane picks the engine from the config: native for TCP and UDP when built (or asked), python otherwise."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from sluice.config import parse_config
 from sluice.dataplane import engine
-from sluice.dataplane.engine import NativeTcpListener
-from sluice.dataplane.proxy.plane import EngineUnavailable, ProxyPlane, resolve_engine
+from sluice.dataplane.engine import NativeTcpListener, NativeUdpListener
+from sluice.dataplane.proxy.plane import EngineUnavailable, ProxyPlane, describe_engine, resolve_engine
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.dataplane.proxy.udp import UdpListener
 from tests.dataplane.engine.lbproc import require_engine
@@ -40,27 +40,33 @@ def _config(**top: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    ("top", "tcp_kind"),
+    ("top", "tcp_kind", "udp_kind"),
     [
-        ({}, NativeTcpListener),
-        ({"engine": "native", "workers": 2}, NativeTcpListener),
-        ({"engine": "python"}, TcpListener),
+        ({}, NativeTcpListener, NativeUdpListener),
+        ({"engine": "native", "workers": 2}, NativeTcpListener, NativeUdpListener),
+        ({"engine": "python"}, TcpListener, UdpListener),
     ],
 )
-async def test_tcp_vips_run_on_the_chosen_engine_udp_on_python(
-    top: dict[str, object], tcp_kind: type
+async def test_tcp_and_udp_vips_run_on_the_chosen_engine(
+    top: dict[str, object], tcp_kind: type, udp_kind: type
 ) -> None:
     require_engine()
     plane = ProxyPlane()
-    await plane.apply(parse_config(_config(**top)))
+    config = parse_config(_config(**top))
+    await plane.apply(config)
     try:
         listeners = {name: listener for name, (_, listener) in plane._listeners.items()}
         assert isinstance(listeners["web"], tcp_kind)
-        assert isinstance(listeners["dns"], UdpListener)
+        assert isinstance(listeners["dns"], udp_kind)
         assert plane.engine == ("python" if tcp_kind is TcpListener else "native")
         if "workers" in top:
             assert isinstance(listeners["web"], NativeTcpListener)
-            assert listeners["web"].workers == top["workers"]
+            assert isinstance(listeners["dns"], NativeUdpListener)
+            assert listeners["web"].workers == listeners["dns"].workers == top["workers"]
+        if plane.engine == "native":
+            assert describe_engine(config).startswith("TCP and UDP on the native engine (")
+        else:
+            assert describe_engine(config) == "TCP and UDP on the python engine"
     finally:
         await plane.close()
 

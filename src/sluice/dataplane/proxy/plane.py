@@ -1,8 +1,7 @@
 """ProxyPlane: one listener per proxy-mode VIP, started, updated and stopped from the config.
 
-The config's `engine` picks who serves TCP VIPs: the native engine (C, `workers` threads) or the
-python one (asyncio). UDP VIPs run on the python engine until the native engine's UDP part lands.
-A reload that changes `engine` or `workers` applies to listeners it starts; running ones keep theirs.
+The config's `engine` picks who serves the VIPs, TCP and UDP alike: the native engine (C, `workers`
+threads) or the python one (asyncio). A reload that changes `engine` or `workers` applies to listeners it starts; running ones keep theirs.
 """
 
 from __future__ import annotations
@@ -39,17 +38,18 @@ def factories_for(config: Config) -> dict[str, ListenerFactory]:
     if resolve_engine(config.engine) == "python":
         return {"tcp": TcpListener, "udp": UdpListener}
     workers = None if config.workers == "auto" else config.workers
-    return {"tcp": functools.partial(engine.NativeTcpListener, workers=workers), "udp": UdpListener}
+    return {
+        "tcp": functools.partial(engine.NativeTcpListener, workers=workers),
+        "udp": functools.partial(engine.NativeUdpListener, workers=workers),
+    }
 
 
 def describe_engine(config: Config) -> str:
-    """Who serves what, in words: "TCP on the native engine (2 workers), UDP on the python engine"."""
+    """Who serves what, in words: "TCP and UDP on the native engine (2 workers)"."""
     if resolve_engine(config.engine) == "python":
         return "TCP and UDP on the python engine"
     workers = len(os.sched_getaffinity(0)) if config.workers == "auto" else config.workers
-    return (
-        f"TCP on the native engine ({workers} worker{'s' if workers != 1 else ''}), UDP on the python engine"
-    )
+    return f"TCP and UDP on the native engine ({workers} worker{'s' if workers != 1 else ''})"
 
 
 class ProxyPlane:
@@ -79,7 +79,7 @@ class ProxyPlane:
 
     @property
     def engine(self) -> EngineName | None:
-        """The engine new TCP listeners run on (None before the first apply, or with injected factories)."""
+        """The engine new listeners run on (None before the first apply, or with injected factories)."""
         return None if self._engine is None else self._engine[0]
 
     async def apply(self, config: Config) -> None:
