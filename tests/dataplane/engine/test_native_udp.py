@@ -132,3 +132,25 @@ def test_a_held_socket_is_reused_after_the_quarantine_only() -> None:
             assert upstream_sockets([backend.endpoint]) == 0
 
     run("uvloop", scenario())
+
+
+def test_max_sessions_is_split_across_the_workers() -> None:
+    """udp.max_sessions bounds the sessions of all workers together: each holds max_sessions // 2."""
+
+    async def scenario() -> None:
+        async with echo_backends(1) as backends:
+            vip = make_vip([backends[0].endpoint], udp=UdpOptions(max_sessions=10))
+            async with serving(vip, workers=2) as lb:
+                clients = [await Client.open(lb.address) for _ in range(100)]
+                try:
+                    for client in clients:
+                        reply, _ = await client.request(b"x")
+                        assert reply == b"b0|x"
+                    per_worker = [lb.worker_stats(i) for i in range(2)]
+                    assert [w.sessions for w in per_worker] == [5, 5]  # both saw more than 5 clients
+                    assert lb.stats.evictions == lb.stats.closed["evicted"] == 90
+                finally:
+                    for client in clients:
+                        client.close()
+
+    run("uvloop", scenario())
