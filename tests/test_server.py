@@ -78,7 +78,10 @@ def write_config(path: Path, vip_port: int, admin_port: int, backends: list[Back
 
 
 @contextlib.asynccontextmanager
-async def sluice(tmp_path: Path, backends: list[Backend], **top: Any) -> AsyncIterator[Sluice]:
+async def sluice(
+    tmp_path: Path, backends: list[Backend], nofile: int | None = None, **top: Any
+) -> AsyncIterator[Sluice]:
+    """`sluice run` on a fresh config; `nofile` sets RLIMIT_NOFILE (soft and hard) of the process."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     (tmp_path / "token").chmod(0o600)
     config = tmp_path / "sluice.yaml"
@@ -88,9 +91,11 @@ async def sluice(tmp_path: Path, backends: list[Backend], **top: Any) -> AsyncIt
     notify.bind(str(tmp_path / "notify"))
     notify.setblocking(False)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sluice", "run", str(config), env=env, stderr=asyncio.subprocess.PIPE
-    )
+    argv = [sys.executable, "-m", "sluice", "run", str(config)]
+    if nofile is not None:
+        limit = f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))"
+        argv = [sys.executable, "-c", f"{limit}; os.execv(sys.executable, sys.argv[1:])", *argv]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
     s = Sluice(proc, notify, config, vip_port, admin_port)
     try:
         assert await s.message() == "READY=1"
@@ -162,6 +167,30 @@ async def test_run_serves_reloads_and_reports(tmp_path: Path, backends: Backends
         reloads = samples(await get(s, "/metrics"), "sluice_reloads_total")
         assert reloads == {'{"result": "invalid"}': 2.0, '{"result": "ok"}': 1.0}
 
+        s.signal(signal.SIGTERM)
+        await s.expect("STOPPING=1")
+        assert await asyncio.wait_for(s.proc.wait(), 10) == 0
+
+
+async def test_idle_admin_connections_cannot_starve_the_data_plane(
+    tmp_path: Path, backends: Backends
+) -> None:
+    """With 256 descriptors, 400 idle admin connections: the admin API serves at most its cap and
+    keeps descriptors for the data plane, which goes on taking new flows (issue 12.5)."""
+    b0 = await backends.add()
+    async with sluice(tmp_path, [b0], nofile=256) as s:
+        held: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(400):
+                with contextlib.suppress(OSError, TimeoutError):  # a full accept backlog drops SYNs
+                    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", s.admin_port), 3)
+                    held.append(writer)
+            assert len(held) > 300
+            for _ in range(10):
+                assert await probe(s.vip_port) == "b0"
+        finally:
+            for writer in held:
+                writer.close()
         s.signal(signal.SIGTERM)
         await s.expect("STOPPING=1")
         assert await asyncio.wait_for(s.proc.wait(), 10) == 0

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from sluice.core.health import Admin
 from sluice.dataplane.stats import VipStats
 from tests.support.admin import TOKEN, FakeController, Reloader
 from tests.support.loopback import free_port
+from tests.support.privileged import needs
 
 
 @pytest.fixture
@@ -125,7 +130,7 @@ async def test_without_token_changes_only_over_the_unix_socket(tmp_path: Path) -
         async with ClientSession(connector=UnixConnector(path=str(path))) as s:
             r = await s.post(f"http://localhost{url}")
             assert r.status == 200
-        assert oct(path.stat().st_mode & 0o777) == "0o660"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"  # owner-only by default
     finally:
         await tcp.close()
         await unix.close()
@@ -203,3 +208,158 @@ async def test_a_malformed_authorization_header_is_400_or_401_and_one_log_line(
     assert len(records) == 2, [r.getMessage() for r in records]  # one line per request
     assert all(r.name == "sluice.control.api" and r.exc_info is None for r in records)
     assert all("refused" in r.getMessage() for r in records)
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660], ids=oct)
+@pytest.mark.usefixtures("umask_000")
+async def test_the_unix_socket_never_exists_with_a_wider_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    """Under umask 000 the socket is checked the instant bind returns: never wider than its mode."""
+    path = tmp_path / "admin.sock"
+    modes_at_bind: list[int] = []
+    real_bind = socket.socket.bind
+
+    def bind_and_look(sock: socket.socket, address: Any) -> None:
+        real_bind(sock, address)
+        if address == str(path):
+            modes_at_bind.append(os.stat(path).st_mode & 0o777)
+
+    monkeypatch.setattr(socket.socket, "bind", bind_and_look)
+    admin = AdminServer(
+        AdminOptions(listen=str(path), socket_mode=mode),
+        lambda unix: build_app(FakeController(), over_unix=unix),
+    )
+    await admin.start()
+    try:
+        assert modes_at_bind == [mode]
+        assert path.stat().st_mode & 0o777 == mode
+    finally:
+        await admin.close()
+
+
+async def test_another_user_cannot_connect_to_the_unix_socket() -> None:
+    needs(root=True)
+    where = Path(tempfile.mkdtemp(prefix="sluice-admin-", dir="/tmp"))
+    try:
+        where.chmod(0o755)  # the directory lets everyone through: only the socket's mode decides
+        path = where / "admin.sock"
+        admin = AdminServer(
+            AdminOptions(listen=str(path)), lambda unix: build_app(FakeController(), over_unix=unix)
+        )
+        await admin.start()
+        try:
+            assert connect_as(65534, str(path)) == "refused: permission"
+            assert connect_as(0, str(path)) == "connected"
+        finally:
+            await admin.close()
+    finally:
+        shutil.rmtree(where)
+
+
+def connect_as(uid: int, path: str) -> str:
+    """Connect to `path` from a child process running as `uid` (only plain syscalls after fork)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return {0: "connected", 13: "refused: permission"}.get(os.waitstatus_to_exitcode(status), "error")
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 30):
+        data += chunk
+    return data
+
+
+async def test_admin_connections_are_capped_and_idle_ones_closed(caplog: pytest.LogCaptureFixture) -> None:
+    admin = AdminServer(
+        AdminOptions(listen=f"127.0.0.1:{free_port()}", max_connections=4, idle_timeout=0.5),
+        lambda unix: build_app(FakeController(), over_unix=unix),
+    )
+    await admin.start()
+    assert admin.port is not None
+    held = [await asyncio.open_connection("127.0.0.1", admin.port) for _ in range(3)]
+    try:
+        # a slow client: part of a request, never the end of its headers
+        held[0][1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        status, _ = await raw_request(
+            admin.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status == 200  # the 4th connection is served
+        fourth = await asyncio.open_connection("127.0.0.1", admin.port)
+        held.append(fourth)
+        status, body = await raw_request(admin.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and "too many admin connections" in json.loads(body)["error"]
+        assert admin.refused == 1
+        assert [r.getMessage() for r in caplog.records if "refusing connections" in r.getMessage()]
+        # idle connections (the slow one included) are closed by the server, freeing their slots
+        for reader, _ in held:
+            assert await read_until_closed(reader) == b""
+        status, _ = await raw_request(
+            admin.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+        await admin.close()
+
+
+async def test_no_admin_connection_when_descriptors_are_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sluice.control.api as api_module
+
+    admin = AdminServer(
+        AdminOptions(listen=f"127.0.0.1:{free_port()}"),
+        lambda unix: build_app(FakeController(), over_unix=unix),
+        fd_reserve=64,
+    )
+    await admin.start()
+    assert admin.port is not None
+    try:
+        monkeypatch.setattr(api_module, "free_descriptors", lambda: 63)
+        status, _ = await raw_request(admin.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and admin.refused == 1
+        monkeypatch.setattr(api_module, "free_descriptors", lambda: 64)
+        status, _ = await raw_request(
+            admin.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status == 200
+    finally:
+        await admin.close()
+
+
+def test_free_descriptors_follows_the_limit() -> None:
+    import resource
+
+    from sluice.control.api import free_descriptors
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = free_descriptors()
+    assert 0 < before < soft
+    extra = [socket.socket() for _ in range(10)]
+    try:
+        assert free_descriptors() == before - 10
+    finally:
+        for s in extra:
+            s.close()

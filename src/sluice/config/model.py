@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from pydantic import (
     Field,
     field_validator,
@@ -19,7 +22,26 @@ class AdminOptions(FrozenModel):
     listen: str = "127.0.0.1:9090"
     """IP:port, or the absolute path of a Unix socket."""
     token_file: str | None = None
-    """File holding the bearer token changes need; without one, changes are only accepted on a Unix socket."""
+    """File holding the bearer token changes need (mode 0600: a file group or others may read is
+    refused); without one, changes are only accepted on a Unix socket."""
+    socket_mode: int = 0o600
+    """Unix socket: who may connect, as file permissions, 0600 (the user sluice runs as, and root) or
+    0660 (also the socket's group). Without a token file whoever may connect may change backends.
+    The socket is created with this mode (never wider, whatever the umask)."""
+    max_connections: int = Field(default=64, ge=1, le=4096)
+    """Admin connections open at once; beyond it (or when the process has fewer than 64 descriptors
+    left, kept for the data plane) new ones are answered 503 and closed."""
+    idle_timeout: Duration = 15.0
+    """Seconds a connection may stay open without a complete request (headers included) before it is closed."""
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _socket_mode(cls, v: Any) -> Any:
+        if isinstance(v, str) and re.fullmatch(r"0?[0-7]{3}", v):
+            v = int(v, 8)
+        if type(v) is not int or v not in (0o600, 0o660):
+            raise ValueError(f"expected 0600 (owner only) or 0660 (owner and group), got {v!r}")
+        return v
 
     @field_validator("listen")
     @classmethod

@@ -9,14 +9,17 @@ fake in tests).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import logging
 import os
+import resource
+import socket
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
@@ -240,34 +243,148 @@ def build_app(
     return app
 
 
-class AdminServer:
-    """Runs one admin app on the listen address of `options` (IP:port or a Unix socket path)."""
+FD_RESERVE = 64
+"""Descriptors kept for the data plane: admin connections are refused while fewer are free."""
 
-    def __init__(self, options: AdminOptions, app_factory: Callable[[bool], web.Application]) -> None:
+_REFUSED_BODY = b'{"error": "too many admin connections, retry later"}'
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
+)
+
+
+def free_descriptors() -> int:
+    """Descriptors this process may still open (RLIMIT_NOFILE minus those open); large if unknown."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    except OSError:
+        return 1 << 30
+    return (1 << 30) if soft == resource.RLIM_INFINITY else soft - in_use
+
+
+class _Refuse(asyncio.Protocol):
+    """An admin connection over the cap: answered 503 and closed at once (its descriptor freed)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.WriteTransport subclasses: no isinstance check)
+        cast(asyncio.WriteTransport, transport).write(_REFUSED)
+        transport.close()
+
+
+class _GuardedSite(web.BaseSite):
+    """A site on a socket bound by `AdminServer`: each accepted connection passes `admit(open)` first,
+    `open` being the connections this site serves (counted from accept, not from aiohttp's later
+    ``connection_made``, so a burst of accepts cannot pass the cap)."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, admit: Callable[[int], bool]) -> None:
+        super().__init__(runner)
+        self._sock = sock
+        self._admit = admit
+        self._live: set[asyncio.BaseProtocol] = set()
+
+    @property
+    def name(self) -> str:
+        return str(self._sock.getsockname())
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        live = self._live
+        lost = server.connection_lost
+
+        def on_lost(handler: Any, exc: BaseException | None = None) -> None:
+            live.discard(handler)
+            lost(handler, exc)
+
+        server.connection_lost = on_lost  # type: ignore[method-assign]
+
+        def protocol() -> asyncio.BaseProtocol:
+            if not self._admit(len(live)):
+                return _Refuse()
+            handler = server()
+            live.add(handler)
+            return handler
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocol, sock=self._sock, backlog=self._backlog)
+
+
+class AdminServer:
+    """Runs one admin app on the listen address of `options` (IP:port or a Unix socket path).
+
+    Bounded: at most ``options.max_connections`` connections, each closed after
+    ``options.idle_timeout`` without a complete request; none accepted while fewer than `fd_reserve`
+    descriptors are free, so idle admin clients cannot take the data plane's descriptors. A refused
+    connection gets a 503 and is counted in `refused`. The Unix socket is bound under a umask that
+    gives it ``options.socket_mode`` from its first instant.
+    """
+
+    def __init__(
+        self,
+        options: AdminOptions,
+        app_factory: Callable[[bool], web.Application],
+        *,
+        fd_reserve: int = FD_RESERVE,
+    ) -> None:
         self.options = options
         self._factory = app_factory
+        self._fd_reserve = fd_reserve
         self._runner: web.AppRunner | None = None
+        self.refused = 0
+        """Connections refused (over the cap, or descriptors short)."""
+        self._refusing = False
 
     async def start(self) -> None:
         unix = self.options.unix_path
-        runner = web.AppRunner(self._factory(unix is not None), access_log=None)
+        runner = web.AppRunner(
+            self._factory(unix is not None), access_log=None, keepalive_timeout=self.options.idle_timeout
+        )
         await runner.setup()
         try:
-            if unix is not None:
-                _remove_stale_socket(unix)
-                site: web.BaseSite = web.UnixSite(runner, unix)
+            sock = _bind_unix(unix, self.options.socket_mode) if unix is not None else self._bind_tcp()
+            try:
+                site = _GuardedSite(runner, sock, self._admit)
                 await site.start()
-                os.chmod(unix, 0o660)
-            else:
-                endpoint = self.options.endpoint
-                assert endpoint is not None
-                site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
-                await site.start()
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         log.info("admin API on %s", self.options.listen)
+
+    def _bind_tcp(self) -> socket.socket:
+        endpoint = self.options.endpoint
+        assert endpoint is not None
+        family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((endpoint.host, endpoint.port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _admit(self, open_now: int) -> bool:
+        """Called on every accepted admin connection, `open_now` being served: whether it may be."""
+        if open_now < self.options.max_connections and free_descriptors() >= self._fd_reserve:
+            self._refusing = False
+            return True
+        self.refused += 1
+        if not self._refusing:  # one line per episode, not one per connection
+            self._refusing = True
+            log.warning(
+                "admin API: refusing connections (%d open, cap %d; descriptors kept for the data plane: %d)",
+                open_now,
+                self.options.max_connections,
+                self._fd_reserve,
+            )
+        return False
 
     @property
     def port(self) -> int | None:
@@ -290,6 +407,25 @@ class AdminServer:
         if self.options.unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.options.unix_path)
+
+
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    """A Unix stream socket bound at `path` with `mode` from the moment it exists (umask around bind:
+    a chmod after bind would leave a window in which anyone may connect)."""
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)  # exactly `mode` (the umask can only take bits away)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _remove_stale_socket(path: str) -> None:
