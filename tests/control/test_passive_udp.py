@@ -16,10 +16,15 @@ from typing import Any, cast
 import pytest
 
 from sluice.config import Config, Endpoint, parse_config
-from sluice.control.controller import Controller
+from sluice.config.values import Mode
+from sluice.control.controller import Controller, PlaneFactory
 from sluice.control.monitor import Monitor
 from sluice.core.health import State
 from sluice.dataplane import engine
+from sluice.dataplane.listener import ListenerFactory
+from sluice.dataplane.proxy.plane import ProxyPlane
+from sluice.dataplane.proxy.tcp import TcpListener
+from sluice.dataplane.proxy.udp import UdpListener
 from tests.support.fakes import FakeClock, FakePlane, ScriptedChecks, ep, make_config
 from tests.support.loopback import IO_TIMEOUT_S, Backends, free_port, probe, wait_for
 
@@ -112,9 +117,33 @@ def config(protocol: str, addresses: list[str], vip_port: int, engine_name: str 
     return parse_config(spec)
 
 
+UDP_LISTENERS: dict[str, ListenerFactory] = {"python": UdpListener, "native": engine.NativeUdpListener}
+"""The UDP engines (injected while the plane's engine choice does not cover UDP yet)."""
+NATIVE = pytest.mark.skipif(not engine.AVAILABLE, reason="native engine not built")
+ENGINES = ["python", pytest.param("native", marks=NATIVE)]
+UDP_ENGINES = [
+    "python",
+    pytest.param(
+        "native",
+        marks=[
+            NATIVE,
+            pytest.mark.xfail(
+                strict=True,
+                reason="native udp.c counts a session's ICMP port unreachable only when the worker "
+                "wakes for the next datagram (seen 23:40 UTC at b421c04): the refusal waits stay unmet",
+            ),
+        ],
+    ),
+]
+
+
 @contextlib.asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[Controller]:
-    controller = Controller(cfg)
+async def running(cfg: Config, udp_engine: str | None = None) -> AsyncIterator[Controller]:
+    planes: dict[Mode, PlaneFactory] | None = None
+    if udp_engine is not None:
+        factories = {"tcp": TcpListener, "udp": UDP_LISTENERS[udp_engine]}
+        planes = {"proxy": lambda: ProxyPlane(factories)}
+    controller = Controller(cfg, planes)
     await controller.start()
     try:
         yield controller
@@ -124,6 +153,10 @@ async def running(cfg: Config) -> AsyncIterator[Controller]:
 
 def refusals(controller: Controller, address: str) -> int:
     return sum(controller.stats()["web"].backends[address].connect_errors.values())
+
+
+def to_backend(controller: Controller, address: str) -> int:
+    return controller.stats()["web"].backends[address].datagrams_to_backend
 
 
 def seen_by_monitor(controller: Controller, address: str) -> bool:
@@ -137,19 +170,20 @@ def seen_by_monitor(controller: Controller, address: str) -> bool:
     )
 
 
+@pytest.mark.parametrize("udp_engine", UDP_ENGINES)
 async def test_udp_backend_that_answers_most_and_refuses_a_few_stays_up(
-    udp_backends: list[UdpBackend],
+    udp_backends: list[UdpBackend], udp_engine: str
 ) -> None:
     """The issue's nsd: isolated refusals, each followed by good replies, over more rounds than
     `consecutive_failures`. Two backends, so the last-usable-backend rule does not hide the bug."""
     u0, u1 = await add_udp_backend(udp_backends), await add_udp_backend(udp_backends)
     port = free_port(socket.SOCK_DGRAM)
-    async with running(config("udp", [u0.address, u1.address], port)) as controller:
+    async with running(config("udp", [u0.address, u1.address], port), udp_engine) as controller:
         rounds = 6  # > consecutive_failures (3): without replies as successes, an ejection
         for i in range(rounds):
-            # a fresh client whose session lands on u0 (bounded search; Maglev spreads them)
             clients: list[UdpClient] = []
             try:
+                # u0 answers: a fresh client whose session lands on u0 (Maglev spreads them), 20 replies
                 for _ in range(64):
                     client = UdpClient(port)
                     clients.append(client)
@@ -157,11 +191,26 @@ async def test_udp_backend_that_answers_most_and_refuses_a_few_stays_up(
                         break
                 else:
                     raise AssertionError("no session landed on u0 in 64 tries")
-                for _ in range(20):  # u0 answers: successes
+                for _ in range(20):
                     assert await client.ask() == "u0"
+                # u0 refuses one datagram: its port is closed, and a new session lands on it
                 before = refusals(controller, u0.address)
                 u0.close()
-                client.send()  # u0's port is closed: ICMP port unreachable, one refusal
+                for _ in range(64):
+                    sent = to_backend(controller, u0.address), to_backend(controller, u1.address)
+                    client = UdpClient(port)
+                    clients.append(client)
+                    client.send()
+                    await wait_for(
+                        lambda s=sent: (
+                            (to_backend(controller, u0.address), to_backend(controller, u1.address)) != s
+                        ),
+                        WAIT_S,
+                    )
+                    if to_backend(controller, u0.address) != sent[0]:
+                        break
+                else:
+                    raise AssertionError("no session landed on u0 in 64 tries")
                 await wait_for(lambda n=before + 1: refusals(controller, u0.address) == n, WAIT_S)
                 await wait_for(lambda: seen_by_monitor(controller, u0.address), WAIT_S)
                 await u0.start()
@@ -175,21 +224,26 @@ async def test_udp_backend_that_answers_most_and_refuses_a_few_stays_up(
         assert controller.effective_weights()[("web", u0.address)] == 1
 
 
+@pytest.mark.parametrize("udp_engine", UDP_ENGINES)
 async def test_single_backend_udp_vip_is_never_emptied_by_passive_ejection(
-    udp_backends: list[UdpBackend],
+    udp_backends: list[UdpBackend], udp_engine: str
 ) -> None:
     u0 = await add_udp_backend(udp_backends)
     port = free_port(socket.SOCK_DGRAM)
-    async with running(config("udp", [u0.address], port)) as controller:
+    async with running(config("udp", [u0.address], port), udp_engine) as controller:
         client = UdpClient(port)
         try:
             assert await client.ask() == "u0"
             await wait_for(lambda: seen_by_monitor(controller, u0.address), WAIT_S)
             u0.close()
-            for _ in range(10):  # every datagram after a refusal moves the session: a new refusal
+            for _ in range(10):  # each new session's first datagram: a refusal
                 before = refusals(controller, u0.address)
-                client.send()
-                await wait_for(lambda n=before: refusals(controller, u0.address) > n, WAIT_S)
+                fresh = UdpClient(port)
+                try:
+                    fresh.send()
+                    await wait_for(lambda n=before: refusals(controller, u0.address) > n, WAIT_S)
+                finally:
+                    fresh.close()
             await wait_for(lambda: seen_by_monitor(controller, u0.address), WAIT_S)
             health = controller.monitor.record("web", Endpoint.parse(u0.address)).health
             assert health.state is State.UP and health.suspect
@@ -200,12 +254,6 @@ async def test_single_backend_udp_vip_is_never_emptied_by_passive_ejection(
         finally:
             client.close()
         assert controller.monitor.transitions[("web", u0.address, State.EJECTED)] == 0
-
-
-ENGINES = [
-    "python",
-    pytest.param("native", marks=pytest.mark.skipif(not engine.AVAILABLE, reason="native engine not built")),
-]
 
 
 @pytest.mark.parametrize("engine_name", ENGINES)
