@@ -130,7 +130,7 @@ UDP_ENGINES = [
             pytest.mark.xfail(
                 strict=True,
                 reason="native udp.c counts a session's ICMP port unreachable only when the worker "
-                "wakes for the next datagram (seen 23:40 UTC at b421c04): the refusal waits stay unmet",
+                "wakes for the next datagram (seen 23:35 UTC at b421c04): the refusal waits stay unmet",
             ),
         ],
     ),
