@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -12,14 +13,15 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
-from aiohttp import ClientSession, UnixConnector
+from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import AdminOptions
-from sluice.control.api import AdminServer, TokenError, build_app, openapi_document, read_token
+from sluice.control.api import API, AdminServer, TokenError, build_app, openapi_document, read_token
 from sluice.control.client import read_token_file
 from sluice.control.metrics import Sources, build_registry
 from sluice.core.health import Admin
@@ -363,3 +365,79 @@ def test_free_descriptors_follows_the_limit() -> None:
     finally:
         for s in extra:
             s.close()
+
+
+def api_routes(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path template) of every API route (the status page's HTML routes are not the API's)."""
+    routes = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method != "HEAD" and (path.startswith(API) or path in ("/healthz", "/metrics")):
+            routes.add((route.method.lower(), path))
+    return routes
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    return {(method, path) for path, ops in openapi_document()["paths"].items() for method in ops}
+
+
+def fill(template: str, name: str, addr: str) -> str:
+    return template.replace("{name}", quote(name, safe="")).replace("{addr}", quote(addr, safe=""))
+
+
+WALK_NAMES = ("web", "nope")
+WALK_ADDRS = ("127.0.0.1:9001", "127.0.0.1:1", "not-an-address", "[::1]:70000")
+WALK_AUTH: tuple[bytes | None, ...] = (
+    None,
+    f"Bearer {TOKEN}".encode(),
+    b"Bearer wrong-token-0123456789",
+    b"Bearer \xff\xfe",
+    b"Basic x",
+)
+WALK_BODIES = (b"", b'{"weight": 3}', b'{"weight": 70000}', b'{"weight": "3"}', b"not json", b" " * 5000)
+
+
+async def test_the_openapi_document_lists_every_route_and_every_status_answered() -> None:
+    """Walk every route with good and bad names, addresses, tokens and bodies, on each kind of server
+    (token, no token over TCP and over the Unix socket, no reload, no registry): every status answered
+    is one the document lists for that operation (issue 16.5)."""
+    doc = openapi_document()
+    apps = {
+        "token": build_app(
+            FakeController(), token=TOKEN, reload=Reloader(), registry=build_registry(Sources(stats=dict))
+        ),
+        "tcp, no token": build_app(FakeController()),
+        "unix, no token": build_app(FakeController(), over_unix=True, reload=Reloader()),
+    }
+    failing = Reloader()
+    failing.valid = False
+    apps["invalid reload"] = build_app(FakeController(), token=TOKEN, reload=failing)
+    unseen: list[str] = []
+    for kind, app in apps.items():
+        assert api_routes(app) == documented_routes(), kind
+        async with TestServer(app) as server:
+            for method, template in sorted(documented_routes()):
+                listed = set(doc["paths"][template][method]["responses"])
+                answered = set()
+                cases = itertools.product(
+                    WALK_NAMES if "{name}" in template else ("-",),
+                    WALK_ADDRS if "{addr}" in template else ("-",),
+                    WALK_AUTH if method == "post" else (None,),
+                    WALK_BODIES if template.endswith("/weight") else (b"", b" " * 5000),
+                )
+                for name, addr, auth, body in cases:
+                    request = (
+                        method.upper().encode()
+                        + b" "
+                        + fill(template, name, addr).encode()
+                        + b" HTTP/1.1\r\n"
+                        b"Host: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                        + (b"Authorization: " + auth + b"\r\n" if auth is not None else b"")
+                        + b"Content-Length: %d\r\n\r\n" % len(body)
+                        + body
+                    )
+                    status, _ = await raw_request(server.port, request)
+                    answered.add(str(status))
+                assert "500" not in answered or template == API + "/reload"
+                unseen += [f"{kind}: {method} {template} answered {s}" for s in sorted(answered - listed)]
+    assert unseen == []

@@ -479,6 +479,7 @@ def openapi_document() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     change_errors = {
+        "400": ok(error, "a bad backend address, or an Authorization header that is not printable ASCII"),
         "401": ok(error, "missing or wrong bearer token"),
         "403": ok(error, "no token file configured and not on the Unix socket"),
         "404": ok(error, "unknown VIP or backend"),
@@ -507,9 +508,12 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
-    weight_op["post"]["responses"]["400"] = ok(error, "bad body or weight")
+    weight_op["post"]["responses"]["400"] = ok(
+        error, "bad body, weight or backend address, or a non-ASCII Authorization header"
+    )
+    weight_op["post"]["responses"]["413"] = ok(error, f"a body over {MAX_BODY_BYTES} bytes")
     base = API + "/vips/{name}/backends/{addr}"
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "sluice admin API", "version": __version__},
         "components": {
@@ -575,18 +579,37 @@ def openapi_document() -> dict[str, Any]:
                                 "type": "object",
                                 "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
                             },
-                            "invalid config; the running config stays",
+                            "invalid config (or a non-ASCII Authorization header); the running config stays",
                         ),
-                        **{k: v for k, v in change_errors.items() if k != "404"},
+                        **{k: v for k, v in change_errors.items() if k not in ("400", "404")},
+                        "500": ok(
+                            {
+                                "type": "object",
+                                "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
+                            },
+                            "the file is valid but applying it failed",
+                        ),
+                        "501": ok(error, "this server has no config file to reload"),
                     },
                 }
+            },
+            API + "/openapi.json": {
+                "get": {"summary": "this document", "responses": {"200": ok({"type": "object"})}}
             },
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok({"type": "object"})}}},
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format"}},
+                    "responses": {
+                        "200": {"description": "text exposition format"},
+                        "404": ok(error, "this server has no metrics registry"),
+                    },
                 }
             },
         },
     }
+    busy = ok(error, "too many admin connections, or descriptors kept for the data plane (retry later)")
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"]["503"] = busy
+    return document
