@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import random
 import socket
 import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -657,5 +659,145 @@ def test_close_stops_accepting_and_closes_every_flow(mode: Mode) -> None:
             assert dict(lb.stats.closed) == {"shutdown": 1}
             with pytest.raises(ConnectionRefusedError):
                 await open_client(address)
+
+    run(mode.loop, scenario())
+
+
+# ---------------------------------------------------------------------------- resets (issue 12.8-12.10)
+
+LONG_IDLE = Timeouts(idle=120.0)
+"""An idle timeout no test waits for: a flow that ends, ends because of what its peers did."""
+
+
+async def settled(lb: Listener, *, active: int = 0, within: float = 10.0) -> None:
+    """Until `lb` has `active` established flows (polled: the counters raise no event), at most
+    `within` seconds, far less than the VIP's idle timeout."""
+    deadline = time.monotonic() + within
+    while lb.stats.active != active:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{lb.stats.active} flows still open, {dict(lb.stats.closed)} closed")
+        await asyncio.sleep(0.02)
+
+
+def abort_socket(writer: asyncio.StreamWriter) -> None:
+    """Close like a crashed client: SO_LINGER 0, the peer gets a reset."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+UVLOOP_RESET = (
+    "issue 12.8/12.9, python engine on uvloop: a reset arriving on a socket the engine is reading "
+    "does not call the add_reader callback in the LB (it does in a two-socket uvloop test); open"
+)
+
+
+@pytest.mark.parametrize("size", [1000, 256 * 1024])
+@pytest.mark.parametrize("wait", [True, False], ids=["established", "at-once"])
+def test_clients_resetting_after_sending_close_their_flows_at_once(
+    heavy_mode: Mode, size: int, wait: bool, request: pytest.FixtureRequest
+) -> None:
+    n = 100
+    if heavy_mode.loop == "uvloop" and heavy_mode.engine == "python":
+        request.applymarker(pytest.mark.xfail(reason=UVLOOP_RESET, strict=False))
+
+    async def scenario() -> None:
+        # the backend answers only at end of stream: no byte towards the client shows the reset
+        async with (
+            backends(1, answer_after_eof=True) as bs,
+            serving(make_vip([bs[0].endpoint], timeouts=LONG_IDLE), heavy_mode) as lb,
+        ):
+            held = []
+            for _ in range(n):
+                reader, writer = await open_client(lb.address)
+                if wait:
+                    assert await reader.readexactly(IDENT_LEN) == bs[0].ident  # through to the backend
+                held.append(writer)
+            for writer in held:
+                writer.write(b"r" * size)
+            for writer in held:  # a reset with bytes still in flight
+                abort_socket(writer)
+                await close_writer(writer)
+            await settled(lb)
+            await bs[0].wait_idle()  # every backend connection was closed too
+            assert dict(lb.stats.closed) == {"client_reset": n}
+            assert lb.buffered == 0
+
+    run(heavy_mode.loop, scenario())
+
+
+class ResettingBackend:
+    """A backend that sends `size` bytes as soon as a client connects, waits until the LB has them
+    all (nothing left unacknowledged: a reset would drop it), then resets the connection."""
+
+    def __init__(self, size: int) -> None:
+        self.payload = random.Random(5).randbytes(size)
+        self.listen = socket.create_server(("127.0.0.1", 0))
+        self.listen.setblocking(False)
+        self.endpoint = Endpoint(ip_address("127.0.0.1"), self.listen.getsockname()[1])
+
+    async def serve(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        with self.listen:
+            for _ in range(n):
+                conn, _ = await loop.sock_accept(self.listen)
+                conn.setblocking(False)
+                await loop.sock_sendall(conn, self.payload)
+                while struct.unpack("i", fcntl.ioctl(conn, termios.TIOCOUTQ, b"\0" * 4))[0]:
+                    await asyncio.sleep(0.002)  # no event says "acknowledged"
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+
+
+@pytest.mark.parametrize("size", [1000, 300 * 1024])
+def test_backend_reset_after_data_reaches_the_client_as_data_then_reset(
+    mode: Mode, size: int, request: pytest.FixtureRequest
+) -> None:
+    n = 30
+    if mode.loop == "uvloop" and mode.engine == "python":
+        request.applymarker(pytest.mark.xfail(reason=UVLOOP_RESET, strict=False))
+    if mode.engine == "native" and size > 64 * 1024:
+        reason = "issue 12.9, native engine: the reset drops what the client's socket had not sent yet; open"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+
+    async def scenario() -> None:
+        backend = ResettingBackend(size)
+        async with serving(make_vip([backend.endpoint], timeouts=LONG_IDLE), mode) as lb:
+            server = asyncio.create_task(backend.serve(n))
+
+            async def one() -> bytes:
+                reader, writer = await open_client(lb.address)
+                received = b""
+                try:
+                    while chunk := await reader.read(1 << 16):
+                        received += chunk
+                except ConnectionResetError:
+                    return received
+                finally:
+                    await close_writer(writer)
+                raise AssertionError(f"end of stream instead of a reset after {len(received)} bytes")
+
+            async with asyncio.timeout(10):  # far below the idle timeout: nobody hangs
+                results = await asyncio.gather(*(one() for _ in range(n)))
+            await server
+            assert [len(r) for r in results] == [size] * n
+            assert all(r == backend.payload for r in results)
+            await settled(lb)
+            assert dict(lb.stats.closed) == {"backend_reset": n}
+
+    run(mode.loop, scenario())
+
+
+def test_backend_end_of_stream_to_a_client_that_reset_counts_a_client_reset(mode: Mode) -> None:
+    async def scenario() -> None:
+        async with backends(1) as bs, serving(make_vip([bs[0].endpoint], timeouts=LONG_IDLE), mode) as lb:
+            reader, writer = await open_client(lb.address)
+            writer.write(b"hello")
+            assert await reader.readexactly(IDENT_LEN + 5) == bs[0].ident + b"hello"
+            abort_socket(writer)  # the reset and the backend's end of stream race
+            await bs[0].close()
+            await close_writer(writer)
+            await settled(lb)
+            assert dict(lb.stats.closed) == {"client_reset": 1}
 
     run(mode.loop, scenario())
