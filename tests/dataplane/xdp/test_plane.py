@@ -392,3 +392,26 @@ async def test_plane_owns_the_coarse_clock(instance: str, tmp_path: Path) -> Non
         assert value is not None and value.value == 0
     finally:
         os.close(fd)
+
+
+async def test_removed_backends_connection_entries_end_at_once(instance: str, tmp_path: Path) -> None:
+    """Issue 15.4: a reload that removes a backend drops its connection entries at once (a later
+    backend given the same slot must not inherit them); other backends' entries stay."""
+    plane = make_plane(instance, tmp_path)
+    await plane.apply(config(WEB3))
+    try:
+        slots = slot_of(plane, "web")
+        keys = {b: flow_key("198.18.0.10", "198.18.100.1", 50200 + i, 80, 6) for i, b in enumerate(WEB3)}
+        for b, key in keys.items():
+            plane.maps.conntrack.update(key, CtEntry(backend=slots[b], last_seen_ns=5))
+        await plane.apply(config(WEB3[:2]))
+        assert plane.maps.conntrack.lookup(keys[WEB3[2]]) is None
+        for b in WEB3[:2]:
+            entry = plane.maps.conntrack.lookup(keys[b])
+            assert entry is not None and entry.backend == slots[b]
+        # removing the whole VIP drops the rest
+        full = config(WEB3)
+        await plane.apply(full.model_copy(update={"vips": tuple(v for v in full.vips if v.name != "web")}))
+        assert all(plane.maps.conntrack.lookup(k) is None for k in keys.values())
+    finally:
+        await plane.close()

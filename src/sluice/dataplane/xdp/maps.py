@@ -340,6 +340,18 @@ class XdpMaps:
         else:
             self.backend_stats.update(ctypes.c_uint32(index), BackendStatsC())
 
+    def forget_backends(self, slots: set[int], max_steps: int) -> int:
+        """Delete the connection entries that point at backend `slots` (just freed: a later backend in
+        the same slot must not inherit their flows); returns how many. The walk is bounded by
+        `max_steps` keys (the program inserts while we walk)."""
+        doomed = []
+        for steps, (key, entry) in enumerate(self.conntrack.items()):
+            if steps >= max_steps:
+                break
+            if entry.backend in slots:
+                doomed.append(key)
+        return sum(self.conntrack.delete(key) for key in doomed)
+
     def write_maglev(
         self, vip_index: int, row_size: int, slots: npt.NDArray[np.uint32], values: npt.NDArray[np.uint32]
     ) -> None:

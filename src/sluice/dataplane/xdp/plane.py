@@ -17,9 +17,9 @@ and a second process with the same instance is refused. Each interface is attach
 The clock: while the plane runs it writes CLOCK_MONOTONIC into the program's coarse_clock map every
 CLOCK_PERIOD_S, and the program stamps connection entries with that value instead of reading the clock
 source per packet. A VIP's idle timeout (TCP and UDP alike) is written one period longer (idle_ns), so
-a flow never expires early because of the coarse clock and at most two periods late. close() writes 0: the program
-then reads bpf_ktime_get_ns() again (a process that died without close() leaves the clock stopped:
-entries stop expiring, forwarding is unaffected).
+a flow never expires early because of the coarse clock and at most two periods late. close() writes
+0: the program then reads bpf_ktime_get_ns() again (a process that died without close() leaves the
+clock stopped: entries stop expiring, forwarding is unaffected).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_network
 from pathlib import Path
 from typing import Final
 
@@ -56,12 +55,9 @@ from sluice.dataplane.xdp.maps import (
     BACKEND_F_ACTIVE,
     FAMILY_V4,
     FAMILY_V6,
-    FWD_IPIP,
-    FWD_L2,
     NO_BACKEND,
     BackendEntry,
     VipKey,
-    VipMeta,
     XdpMaps,
     addr16,
     be16,
@@ -77,6 +73,7 @@ from sluice.dataplane.xdp.vipstate import (
     identity_of,
     key_tuple,
     raw_counters,
+    vip_meta,
     vip_stats,
 )
 
@@ -143,6 +140,7 @@ class XdpPlane:
         # reloads and health changes) and the MAC refresh rounds.
         self._apply_lock = asyncio.Lock()
         self._next_backend = 0
+        self._freed: set[int] = set()  # backend slots freed by this apply; their entries go at its end
         self._unresolved: set[tuple[str, str]] = set()  # (vip name, backend) without a MAC yet
 
     @property
@@ -186,6 +184,7 @@ class XdpPlane:
             log.warning("XDP map sizes change %s -> %s: reloading the program", self._defines, defines)
             self._close_object()
             self._vips.clear()
+            self._freed.clear()
         path = build.compile_object("sluice_xdp.bpf.c", defines, self.cache_dir)
         if self._lock is None:
             self._private_bpffs = loader.ensure_bpffs()
@@ -247,6 +246,12 @@ class XdpPlane:
             await self._apply_vip(kt, vip)
         self._attach_interfaces(settings)
         self._config = config
+        if self._freed:  # a removed backend's connection entries end now (not at their idle timeout)
+            n = await asyncio.to_thread(
+                self.maps.forget_backends, self._freed, 2 * self.limits.conntrack_entries
+            )
+            log.info("%d connection entries of %d removed backends dropped", n, len(self._freed))
+            self._freed.clear()
 
     def _free_vip_index(self) -> int:
         used = {s.index for s in self._vips.values()}
@@ -257,7 +262,7 @@ class XdpPlane:
 
     def _allocate_backend(self) -> int:
         """A free backend slot, round robin so a just-freed slot is reused as late as possible."""
-        used = {i for s in self._vips.values() for i in s.backend_slots.values()}
+        used = {i for s in self._vips.values() for i in s.backend_slots.values()} | self._freed
         total = self._defines["MAX_BACKENDS"]
         for step in range(total):
             i = (self._next_backend + step) % total
@@ -329,27 +334,12 @@ class XdpPlane:
         # 3. the VIP entry
         maps.vips.update(
             vip_key(vip.listen.host, vip.listen.port, PROTO_NUMBERS[vip.protocol]),
-            self._vip_meta(vip, state.index),
+            vip_meta(vip, state.index, self.neighbours.interface(vip.dsr.interface).mac, CLOCK_PERIOD_S),
         )
         # 4. backends no longer wanted: inactive once no slot points at them
         for identity in [i for i in state.backend_slots if i not in wanted]:
-            maps.backends.update(ctypes.c_uint32(state.backend_slots.pop(identity)), BackendEntry())
-
-    def _vip_meta(self, vip: Vip, index: int) -> VipMeta:
-        assert vip.dsr is not None
-        meta = VipMeta(
-            index=index,
-            maglev_size=vip.maglev_table_size,
-            idle_ns=int((vip.idle_timeout_s + CLOCK_PERIOD_S) * 1e9),
-            fwd=FWD_IPIP if vip.dsr.forwarding == "ipip" else FWD_L2,
-        )
-        meta.src_mac[:] = mac_bytes(self.neighbours.interface(vip.dsr.interface).mac)
-        if vip.dsr.outer_source is not None:
-            net = ip_network(vip.dsr.outer_source)
-            host_bits = min(32, net.max_prefixlen - net.prefixlen)
-            meta.outer_src[:] = addr16(net.network_address)
-            meta.outer_hash_mask = (1 << host_bits) - 1
-        return meta
+            self._freed.add(slot := state.backend_slots.pop(identity))
+            maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
 
     def _remove_vip(self, state: VipState) -> None:
         maps = self.maps
@@ -363,6 +353,7 @@ class XdpPlane:
         )
         for slot in state.backend_slots.values():
             maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
+        self._freed.update(state.backend_slots.values())
         log.info("vip %s removed", state.name)
 
     def _attach_interfaces(self, settings: dict[str, AttachSetting]) -> None:

@@ -17,7 +17,16 @@ from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import MaglevTable
 from sluice.dataplane.stats import BackendStats, VipStats
 from sluice.dataplane.xdp.instance import XdpConfigError
-from sluice.dataplane.xdp.maps import BackendEntry, XdpMaps, addr16, flow_key
+from sluice.dataplane.xdp.maps import (
+    FWD_IPIP,
+    FWD_L2,
+    BackendEntry,
+    VipMeta,
+    XdpMaps,
+    addr16,
+    flow_key,
+    mac_bytes,
+)
 
 PROTO_NUMBERS: Final = {"tcp": 6, "udp": 17}
 
@@ -66,6 +75,24 @@ def check_vip(vip: Vip) -> None:
                 )
     elif any(b.address.ip.version != vip.listen.ip.version for b in vip.backends):
         raise XdpConfigError(f"{where}: l2 forwarding needs backends of the VIP's address family")
+
+
+def vip_meta(vip: Vip, index: int, src_mac: str, clock_period_s: float) -> VipMeta:
+    """The `vips` map value of a dsr VIP in slot `index`; the idle timeout one clock period longer."""
+    assert vip.dsr is not None
+    meta = VipMeta(
+        index=index,
+        maglev_size=vip.maglev_table_size,
+        idle_ns=int((vip.idle_timeout_s + clock_period_s) * 1e9),
+        fwd=FWD_IPIP if vip.dsr.forwarding == "ipip" else FWD_L2,
+    )
+    meta.src_mac[:] = mac_bytes(src_mac)
+    if vip.dsr.outer_source is not None:
+        net = ip_network(vip.dsr.outer_source)
+        host_bits = min(32, net.max_prefixlen - net.prefixlen)
+        meta.outer_src[:] = addr16(net.network_address)
+        meta.outer_hash_mask = (1 << host_bits) - 1
+    return meta
 
 
 def raw_counters(maps: XdpMaps, states: Iterable[VipState]) -> dict[str, dict[str, int]]:
