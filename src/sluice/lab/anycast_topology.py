@@ -20,7 +20,7 @@ Lab details, shared with the DSR lab (lab/hosts.py): each node process is starte
 namespace only) plus its own mount namespace with a private bpffs, so the three nodes' pinned maps
 never meet; the router-side veth peers of the nodes carry an XDP_PASS stub (native XDP_TX on veth
 needs it); the client computes TCP/UDP checksums in software; the LB, client and backend processes
-run on one CPU (the XDP connection table is per CPU). The nodes' bridge ports do not flood unknown
+run on one CPU (so runs compare; the XDP connection table is one for all CPUs). The nodes' bridge ports do not flood unknown
 unicast: a node that vanished must not receive (and forward) frames flooded to every port.
 
 Used by tests/netns/test_anycast.py, bench/anycast.py and ``sluice lab up|down|status`` (anycast.py).

@@ -9,8 +9,8 @@
 The client routes the VIP via the LB; the LB's XDP program forwards to a backend (l2: MAC rewrite;
 ipip: encapsulated to the bridge namespace's br0, which routes it to the backend, whose decap XDP
 program strips the outer header); the backend answers the client directly. The client's MTU leaves
-room for the outer header. Every process of the lab runs on one CPU (`cpu`): the XDP connection table
-is per CPU, and on veth the CPU that handles a packet is the one that sent it.
+room for the outer header. Every process of the lab runs on one CPU (`cpu`), so runs compare (on veth
+the CPU that handles a packet is the one that sent it; the XDP connection table is one for all CPUs).
 
 The lab's processes are roles of roles.py: ``lb`` (the XdpPlane, driven over stdin), ``http-server``
 and ``dns-server`` on the backends; the client roles (clients.py: ``http-client``, ``http-burst``,
