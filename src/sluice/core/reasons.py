@@ -20,6 +20,8 @@ REFUSED: Final = (
     "proxy_header",  # the PROXY header for the backend could not be built (e.g. a scoped IPv6 client)
     "shutting_down",  # the VIP stopped accepting new flows (UDP)
     "internal_error",  # a bug: logged with its traceback
+    "accept_failed",  # accept(2) failed (EMFILE, ENFILE, ENOBUFS, ENOMEM): per failed call, not per client (TCP)
+    "proxy_not_allowed",  # a PROXY header is expected, but the peer is outside accept_proxy_protocol.from
 )
 """Why a new flow was turned away before it reached a backend."""
 

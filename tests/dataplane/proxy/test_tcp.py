@@ -756,9 +756,6 @@ def test_backend_reset_after_data_reaches_the_client_as_data_then_reset(
     n = 30
     if mode.loop == "uvloop" and mode.engine == "python":
         request.applymarker(pytest.mark.xfail(reason=UVLOOP_RESET, strict=False))
-    if mode.engine == "native" and size > 64 * 1024:
-        reason = "issue 12.9, native engine: the reset drops what the client's socket had not sent yet; open"
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
 
     async def scenario() -> None:
         backend = ResettingBackend(size)

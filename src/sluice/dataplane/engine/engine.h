@@ -92,7 +92,9 @@ void table_unref(struct eng_table *t);
 /* ------------------------------------------------------------------ connections (tcp.c) */
 
 enum side { SIDE_CLIENT = 0, SIDE_BACKEND = 1 };
-enum conn_state { CONN_FREE, CONN_HANDSHAKE, CONN_CONNECTING, CONN_ESTABLISHED, CONN_DEAD };
+/* CONN_LINGER: counted closed after a reset; the surviving socket waits for its send queue to empty
+ * (tcp.c reset_after_sent), then is reset. */
+enum conn_state { CONN_FREE, CONN_HANDSHAKE, CONN_CONNECTING, CONN_ESTABLISHED, CONN_DEAD, CONN_LINGER };
 
 /* One direction: bytes read from its source, held in a pipe or a buffer, written to its destination. */
 struct direction {

@@ -13,7 +13,9 @@
     X(NO_RESOURCES, "no_resources")                                                                          \
     X(PROXY_HEADER, "proxy_header")                                                                          \
     X(SHUTTING_DOWN, "shutting_down")                                                                        \
-    X(INTERNAL_ERROR, "internal_error")
+    X(INTERNAL_ERROR, "internal_error")                                                                      \
+    X(ACCEPT_FAILED, "accept_failed")                                                                        \
+    X(PROXY_NOT_ALLOWED, "proxy_not_allowed")
 
 #define CLOSED_REASONS(X)                                                                                    \
     X(DONE, "done")                                                                                          \

@@ -6,13 +6,16 @@
  * timeout) -> CONN_CONNECTING (pick, non-blocking connect, send the PROXY header to the backend;
  * on failure or timeout the next backend, at most MAX_CONNECT_TRIES) -> CONN_ESTABLISHED (two
  * directions moving bytes, one idle timer) -> CONN_DEAD (closed; reused after this loop iteration).
+ * A reset or error on one side closes the flow at once; the other socket may wait in CONN_LINGER until
+ * what was written to it has left (abort_flow), then it is reset.
  * Each socket is registered in epoll once, edge-triggered; `readable`/`writable` remember what the
  * last events said until a call returns EAGAIN.
  *
  * Counting, as tcp.py does: flows_total/active count flows that reached a backend, so
  * flows_total == active + sum(closed); a client turned away before that is counted in refused
  * (max_connections, bad_proxy_header, proxy_header_timeout, no_backend, connect_failed, client_gone,
- * no_resources, proxy_header). bytes_to_backend / bytes_from_backend count bytes written out. */
+ * no_resources, proxy_header, proxy_not_allowed; accept_failed counts failed accept4 calls, not
+ * clients). bytes_to_backend / bytes_from_backend count bytes written out. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -20,13 +23,17 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "engine.h"
 
 #define CONN_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define SPLICE_FLAGS (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+#define RESET_LINGER_US 1000000 /* most a reset waits for the bytes already written to its peer (tcp.py) */
+#define LINGER_POLL_US 2000     /* how often a lingering socket's send queue is looked at */
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 static void conn_on_timer(struct worker *w, struct timer *t);
@@ -318,8 +325,8 @@ static void abandon(struct worker *w, struct conn *c)
     conn_put(w, c);
 }
 
-/* Close an established flow: both sockets (with RST when `reset`), counted in closed[reason]. */
-static void close_flow(struct worker *w, struct conn *c, enum closed_reason reason, bool reset)
+/* An established flow ends: counted in closed[reason], its slot and movers given back. */
+static void count_closed(struct conn *c, enum closed_reason reason)
 {
     struct worker_vip *wv = c->wv;
     CTR_ADD(wv->counters.active, -1);
@@ -329,6 +336,12 @@ static void close_flow(struct worker *w, struct conn *c, enum closed_reason reas
         wv->sched_active[c->slot]--;
     release_slot(c);
     movers_release(wv, c);
+}
+
+/* Close an established flow: both sockets (with RST when `reset`), counted in closed[reason]. */
+static void close_flow(struct worker *w, struct conn *c, enum closed_reason reason, bool reset)
+{
+    count_closed(c, reason);
     for (int s = 0; s < 2; s++) {
         if (reset)
             reset_close(c->fd[s]);
@@ -339,7 +352,17 @@ static void close_flow(struct worker *w, struct conn *c, enum closed_reason reas
     conn_put(w, c);
 }
 
-/* Socket `s` failed with `err`: close both, resetting the other's connection too. */
+/* Bytes written to `fd` its peer has not acknowledged yet (SIOCOUTQ); 0 on error. */
+static int unsent(int fd)
+{
+    int n = 0;
+    return ioctl(fd, SIOCOUTQ, &n) < 0 || n < 0 ? 0 : n;
+}
+
+/* Socket `s` failed with `err`: close both at once, resetting the other's connection too -- once the
+ * bytes already written to it have left (a reset drops what the kernel still holds), at most
+ * RESET_LINGER_US: its peer gets the data, then the reset. The flow is counted closed at once; the
+ * surviving socket waits in CONN_LINGER (conn_on_timer). */
 static void abort_flow(struct worker *w, struct conn *c, enum side s, int err)
 {
     enum closed_reason r;
@@ -347,7 +370,31 @@ static void abort_flow(struct worker *w, struct conn *c, enum side s, int err)
         r = is_reset(err) ? CLOSED_CLIENT_RESET : CLOSED_CLIENT_ERROR;
     else
         r = is_reset(err) ? CLOSED_BACKEND_RESET : CLOSED_BACKEND_ERROR;
-    close_flow(w, c, r, true);
+    enum side other = s == SIDE_CLIENT ? SIDE_BACKEND : SIDE_CLIENT;
+    if (unsent(c->fd[other]) == 0) {
+        close_flow(w, c, r, true);
+        return;
+    }
+    count_closed(c, r);
+    reset_close(c->fd[s]);
+    c->fd[s] = -1;
+    c->gen[s]++;
+    c->state = CONN_LINGER;
+    c->last_active_us = w->now_us + RESET_LINGER_US; /* the deadline */
+    timer_arm(w, &c->timer, w->now_us + LINGER_POLL_US);
+}
+
+/* A lingering flow's socket: reset once its peer has everything, or at the deadline. */
+static void linger_check(struct worker *w, struct conn *c, bool now)
+{
+    int fd = c->fd[SIDE_CLIENT] >= 0 ? c->fd[SIDE_CLIENT] : c->fd[SIDE_BACKEND];
+    if (!now && unsent(fd) > 0 && w->now_us < c->last_active_us) {
+        timer_arm(w, &c->timer, w->now_us + LINGER_POLL_US);
+        return;
+    }
+    reset_close(fd);
+    c->fd[SIDE_CLIENT] = c->fd[SIDE_BACKEND] = -1;
+    conn_put(w, c);
 }
 
 /* ------------------------------------------------------------------ moving bytes */
@@ -720,6 +767,9 @@ static void conn_on_timer(struct worker *w, struct timer *t)
         attempt_failed(w, c, ETIMEDOUT);
         connect_next(w, c);
         break;
+    case CONN_LINGER:
+        linger_check(w, c, false);
+        break;
     case CONN_ESTABLISHED: {
         /* Activity only moves a timestamp; the timer notices it here and re-arms once. */
         uint64_t deadline = c->last_active_us + c->wv->table->idle_timeout_us;
@@ -819,8 +869,9 @@ void tcp_on_listen(struct worker *w, struct worker_vip *wv)
         case ENETUNREACH:
         case ENETDOWN:
             continue;
-        default: { /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: back off instead of spinning (the listen
-                    * socket is level-triggered) */
+        default: { /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: counted, back off instead of spinning (the
+                    * listen socket is level-triggered) */
+            CTR_ADD(wv->counters.refused[REFUSED_ACCEPT_FAILED], 1);
             struct epoll_event ev = {.events = 0};
             ev.data.u64 = (uint64_t)H_LISTEN << 56 | wv->vip->id;
             (void)epoll_ctl(w->epfd, EPOLL_CTL_MOD, wv->listen_fd, &ev);
@@ -890,6 +941,8 @@ void tcp_vip_detach(struct worker *w, struct worker_vip *wv)
         struct conn *c = wv->conns;
         if (c->state == CONN_ESTABLISHED)
             close_flow(w, c, CLOSED_SHUTDOWN, false);
+        else if (c->state == CONN_LINGER)
+            linger_check(w, c, true);
         else
             abandon(w, c);
     }

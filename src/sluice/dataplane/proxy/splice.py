@@ -14,8 +14,9 @@ receive window closes) and the LB holds at most `capacity` bytes per direction.
 The sockets are driven with ``loop.add_reader``/``add_writer`` on their raw file descriptors, so the
 same code runs on asyncio's selector loop and on uvloop. End of stream in one direction becomes
 ``shutdown(SHUT_WR)`` on the destination once everything read before it was written (half-close).
-A reset or error on either socket closes both, the other one with ``SO_LINGER`` 0 so the reset
-reaches its peer too.
+A reset or error on either socket closes both at once, the other one with ``SO_LINGER`` 0 so the
+reset reaches its peer too -- once the bytes already written to it have left (a reset drops what
+the kernel still holds; at most `RESET_LINGER_S` seconds): its peer gets the data, then the reset.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import fcntl
 import os
 import socket
 import struct
+import termios
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -33,6 +35,8 @@ SPLICE_AVAILABLE: Final = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ
 PIPE_SIZE: Final = 1 << 20  # bytes per direction asked of F_SETPIPE_SZ
 COPY_BUFFER_SIZE: Final = 256 * 1024  # bytes per direction for the recv/send fallback
 PIPE_POOL_SIZE: Final = 16  # drained pipes kept for reuse (per pool)
+RESET_LINGER_S: Final = 1.0  # most seconds a reset waits for bytes already written to reach the peer
+_LINGER_POLL_S: Final = 0.002  # how often a lingering socket's send queue is looked at
 
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -100,6 +104,22 @@ def reset_close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     sock.close()
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes `sock`'s peer has not acknowledged yet (sent or not: ``SIOCOUTQ``); 0 on error."""
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), "little")
+    except OSError:
+        return 0
+
+
+def linger_reset_close(sock: socket.socket, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    """`reset_close` once `sock`'s peer has everything written to it, or at `deadline` (loop time)."""
+    if unsent(sock) == 0 or loop.time() >= deadline:
+        reset_close(sock)
+    else:
+        loop.call_later(_LINGER_POLL_S, linger_reset_close, sock, loop, deadline)
 
 
 def open_pipe(size: int) -> tuple[int, int, int]:
@@ -345,22 +365,25 @@ class Splice:
             self.close("done")
 
     def abort(self, failed: socket.socket, exc: OSError) -> None:
-        """`failed` raised `exc`: close both, resetting the other socket's connection."""
+        """`failed` raised `exc`: close both, resetting the other socket's connection (after the
+        bytes already written to it, see `linger_reset_close`)."""
         kind = "reset" if isinstance(exc, ConnectionResetError | BrokenPipeError) else "error"
         reason = f"{self._names.get(failed.fileno(), '?')}_{kind}"
         self.close(reason, reset=True)
 
     def close(self, reason: str, *, reset: bool = False) -> None:
-        """Stop moving and close both sockets (with RST when `reset`); idempotent."""
+        """Stop moving and close both sockets (with RST when `reset`, each once what was written to
+        it has left, at most `RESET_LINGER_S`); idempotent. `on_closed` runs at once."""
         if self.closed:
             return
         self.closed = True
         for d in self._dirs:
             d.stop()
             d.mover.close()
+        deadline = self.loop.time() + RESET_LINGER_S
         for sock in self._socks:
             if reset:
-                reset_close(sock)
+                linger_reset_close(sock, self.loop, deadline)
             else:
                 sock.close()
         self._on_closed(reason)

@@ -12,7 +12,9 @@ Counting (see `VipStats`): ``flows_total``/``active`` count connections that rea
 ``refused`` by reason: max_connections, bad_proxy_header, proxy_header_timeout, no_backend (the
 scheduler offered none), connect_failed (every backend tried failed), client_gone, no_resources
 (no socket or pipe: EMFILE), proxy_header (no PROXY header can carry the client address),
-internal_error. Closed reasons: done, idle_timeout, client_reset, client_error, backend_reset,
+internal_error, accept_failed (accept(2) itself failed, EMFILE & co: counted per failed call, the
+connection waits in the backlog and may still be served; the log line about it is rate-limited),
+proxy_not_allowed. Closed reasons: done, idle_timeout, client_reset, client_error, backend_reset,
 backend_error, shutdown. Every reason is one of `sluice.core.reasons`.
 """
 
@@ -44,7 +46,14 @@ from sluice.dataplane.proxy.splice import (
 )
 from sluice.dataplane.stats import BackendStats, VipStats
 
-__all__ = ["ACCEPT_BATCH", "ACCEPT_PAUSE_S", "MAX_CONNECT_TRIES", "PROXY_HEADER_MAX", "TcpListener"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "ACCEPT_LOG_INTERVAL_S",
+    "ACCEPT_PAUSE_S",
+    "MAX_CONNECT_TRIES",
+    "PROXY_HEADER_MAX",
+    "TcpListener",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ ACCEPT_BATCH: Final = 64
 """Connections accepted per readable event of the listening socket."""
 ACCEPT_PAUSE_S: Final = 0.1
 """Seconds accepting stops after an error such as EMFILE."""
+ACCEPT_LOG_INTERVAL_S: Final = 10.0
+"""Seconds between two log lines about failing accepts (each says how many failed since the last)."""
 
 Address = tuple[str, int]
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
@@ -62,6 +73,27 @@ _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
 def _tcp_flow(client: Address, vip: Address) -> FiveTuple:
     """The FiveTuple a connection from `client` to the VIP address `vip` is balanced by."""
     return client_flow(IPPROTO_TCP, parse_address(client[0]), client[1], parse_address(vip[0]), vip[1])
+
+
+class _EveryFewSeconds:
+    """Says whether to log now: at most once per `interval_s`; counts the events in between."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next = float("-inf")
+        self.since_last = 0
+        """Events since the last time `due` said yes, that one included."""
+
+    def due(self, now: float) -> bool:
+        if now < self._next:
+            self.since_last += 1
+            return False
+        self._next = now + self.interval_s
+        self.since_last += 1
+        return True
+
+    def logged(self) -> None:
+        self.since_last = 0
 
 
 class _Refused(Exception):
@@ -182,6 +214,7 @@ class TcpListener:
         self._connections: set[_Connection] = set()
         """Every client connection from accept to close, whatever its phase."""
         self._resume: asyncio.TimerHandle | None = None
+        self._accept_log = _EveryFewSeconds(ACCEPT_LOG_INTERVAL_S)
 
     # ------------------------------------------------------------------ Listener interface
 
@@ -298,7 +331,16 @@ class TcpListener:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: back off instead of spinning
-                log.warning("vip %s: accept failed: %s; pausing %.1fs", self.vip.name, exc, ACCEPT_PAUSE_S)
+                self.stats.refused["accept_failed"] += 1
+                if self._accept_log.due(self._loop.time()):
+                    log.warning(
+                        "vip %s: accept failed: %s; pausing %.1fs each time (%d failed since the last line)",
+                        self.vip.name,
+                        exc,
+                        ACCEPT_PAUSE_S,
+                        self._accept_log.since_last,
+                    )
+                    self._accept_log.logged()
                 self._loop.remove_reader(self._sock.fileno())
                 self._resume = self._loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
                 return
