@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps system-deps-bench clean
+.PHONY: demo test lint bench fuzz system-deps system-deps-bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 test: system-deps $(STAMP) lint
 	$(BIN)/pytest -q tests
+
+# The fuzzing suite at full size (the test command runs it small): >= 100,000 config inputs,
+# 100,000 admin API requests, and the rest of tests/fuzz at the size each sets for SLUICE_FUZZ_FULL=1.
+fuzz: system-deps $(STAMP)
+	SLUICE_FUZZ_FULL=1 $(BIN)/pytest -q tests/fuzz
 
 bench: system-deps system-deps-bench $(STAMP)
 	$(BIN)/python -m bench.run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -173,6 +174,8 @@ async def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
         data = await asyncio.wait_for(reader.read(65536), 10)
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
@@ -441,3 +444,28 @@ async def test_the_openapi_document_lists_every_route_and_every_status_answered(
                 assert "500" not in answered or template == API + "/reload"
                 unseen += [f"{kind}: {method} {template} answered {s}" for s in sorted(answered - listed)]
     assert unseen == []
+
+
+async def test_a_request_the_http_parser_refuses_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A control byte in a header never reaches the app: aiohttp's parser answers 400, and logs it as
+    one warning line instead of an ERROR with a traceback (found by tests/fuzz/test_api_fuzz.py)."""
+    admin = AdminServer(
+        AdminOptions(listen=f"127.0.0.1:{free_port()}"), lambda unix: build_app(FakeController(), token=TOKEN)
+    )
+    await admin.start()
+    assert admin.port is not None
+    try:
+        caplog.clear()
+        status, _ = await raw_request(
+            admin.port,
+            b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x03\x87\r\n"
+            b"Connection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        assert status == 400
+    finally:
+        await admin.close()
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
+    assert "malformed request refused (400)" in records[0].getMessage()

@@ -18,11 +18,13 @@ import os
 import resource
 import socket
 import stat
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sluice import __version__
@@ -311,6 +313,19 @@ class _GuardedSite(web.BaseSite):
         self._server = await loop.create_server(protocol, sock=self._sock, backlog=self._backlog)
 
 
+class _HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for the admin API: a request its parser refuses (a 400: a control byte in
+    a header, a bad request line) is one warning line; a handler's exception keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            detail = " ".join(str(exc.message).split())[:200]
+            self.logger.warning("admin API: malformed request refused (%d): %s", exc.code, detail)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class AdminServer:
     """Runs one admin app on the listen address of `options` (IP:port or a Unix socket path).
 
@@ -339,7 +354,10 @@ class AdminServer:
     async def start(self) -> None:
         unix = self.options.unix_path
         runner = web.AppRunner(
-            self._factory(unix is not None), access_log=None, keepalive_timeout=self.options.idle_timeout
+            self._factory(unix is not None),
+            access_log=None,
+            keepalive_timeout=self.options.idle_timeout,
+            logger=_HttpLog(logging.getLogger(__name__ + ".http")),
         )
         await runner.setup()
         try:
