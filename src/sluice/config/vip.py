@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_network
-from typing import Annotated, Literal, Self
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -98,6 +99,39 @@ class DsrOptions(FrozenModel):
         return self
 
 
+MAX_PROXY_SOURCES = 64
+"""Most prefixes in ``accept_proxy_protocol.from``."""
+PLAIN_TRUE_REFUSED = (
+    "`true` would believe a PROXY header from any peer, so any client reaching the VIP could pose as "
+    "any source address (to the backends and to the flow hash); say who may send one: "
+    "accept_proxy_protocol: {from: [CIDR, ...]} (the load balancers or proxies in front; HAProxy's "
+    "accept-proxy is used behind an ACL for the same reason)"
+)
+
+
+class AcceptProxyProtocol(FrozenModel):
+    """Who may send a PROXY v1/v2 header in front of a client connection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    from_: tuple[IPv4Network | IPv6Network, ...] = Field(
+        alias="from", min_length=1, max_length=MAX_PROXY_SOURCES
+    )
+    """Prefixes of the peers whose header is believed; any other peer is refused (proxy_not_allowed)."""
+
+    def allows(self, host: str) -> bool:
+        """Whether a connection from `host` (an IP address string) may carry a PROXY header."""
+        address = ip_address(host)
+        return any(address in net for net in self.from_)
+
+
+def _accept_proxy_protocol(value: Any) -> Any:
+    if value is False or value is None:
+        return None
+    if value is True:
+        raise ValueError(PLAIN_TRUE_REFUSED)
+    return value
+
+
 class Vip(FrozenModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     """Unique name, used in metrics and the API."""
@@ -115,8 +149,11 @@ class Vip(FrozenModel):
     """Per VIP; beyond it new connections are refused and counted."""
     proxy_protocol: Annotated[ProxyProtocolVersion, BeforeValidator(yaml_off)] = "off"
     """PROXY protocol header sent to the backend carrying the client address."""
-    accept_proxy_protocol: bool = False
-    """Expect a PROXY v1/v2 header from the client side (TCP)."""
+    accept_proxy_protocol: Annotated[AcceptProxyProtocol | None, BeforeValidator(_accept_proxy_protocol)] = (
+        None
+    )
+    """Expect a PROXY v1/v2 header from the client side (TCP), from the peers listed in ``from``;
+    ``false`` / unset: none expected."""
     udp: UdpOptions = UdpOptions()
     dsr: DsrOptions | None = None
     """Required with ``mode: dsr``."""

@@ -26,6 +26,7 @@ from sluice.dataplane.engine import NativeTcpListener
 from sluice.dataplane.engine.listener import engine_for
 from sluice.dataplane.proxy.tcp import TcpListener
 from tests.dataplane.proxy.helpers import (
+    FROM_LOOPBACK,
     IDENT_LEN,
     EchoBackend,
     by_ident,
@@ -301,7 +302,7 @@ def test_wildcard_listener_hashes_the_address_the_client_reached() -> None:
 def test_proxy_local_header_is_forwarded_as_unknown(engine: str) -> None:
     async def scenario() -> None:
         async with backends(1, proxy_header="v1") as bs:
-            vip = make_vip([bs[0].endpoint], accept_proxy_protocol=True, proxy_protocol="v1")
+            vip = make_vip([bs[0].endpoint], accept_proxy_protocol=FROM_LOOPBACK, proxy_protocol="v1")
             lb: TcpListener | NativeTcpListener = (
                 NativeTcpListener(vip, workers=1) if engine == "native" else TcpListener(vip)
             )

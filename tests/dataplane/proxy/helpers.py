@@ -29,6 +29,8 @@ LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 IDENT_LEN = 4
 """Every echo backend first sends its 4-byte identity (``b00:``), then the echo."""
+FROM_LOOPBACK: dict[str, Any] = {"from": ["127.0.0.0/8", "::1/128"]}
+"""``accept_proxy_protocol`` believing the headers of the tests' clients (on loopback)."""
 
 
 def run(loop: str, coro: Coroutine[Any, Any, T], timeout: float = 40.0) -> T:

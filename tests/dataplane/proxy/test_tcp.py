@@ -25,6 +25,7 @@ from ipaddress import ip_address
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from sluice.config import Endpoint, Timeouts, Vip
 from sluice.core.scheduler import build_scheduler
@@ -33,6 +34,7 @@ from sluice.dataplane.proxy.splice import COPY_BUFFER_SIZE, PIPE_SIZE
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.lab.netns import Namespace, addr, sh, sweep_stale, veth
 from tests.dataplane.proxy.helpers import (
+    FROM_LOOPBACK,
     IDENT_LEN,
     EchoBackend,
     by_ident,
@@ -441,7 +443,7 @@ def test_accepted_proxy_header_is_forwarded_and_drives_the_pick(
     async def scenario() -> None:
         header_seen = asyncio.Event()
         async with backends(3, proxy_header="v1", header_seen=header_seen) as bs:
-            vip = make_vip([b.endpoint for b in bs], accept_proxy_protocol=True, proxy_protocol="v1")
+            vip = make_vip([b.endpoint for b in bs], accept_proxy_protocol=FROM_LOOPBACK, proxy_protocol="v1")
             async with serving(vip, mode) as lb:
                 reader, writer = await open_client(lb.address)
                 writer.write(CLIENT_HEADERS[incoming])
@@ -478,7 +480,7 @@ def test_accepted_proxy_header_is_forwarded_and_drives_the_pick(
 def test_bad_proxy_header_is_refused_and_the_lb_keeps_serving(mode: Mode, garbage: bytes) -> None:
     async def scenario() -> None:
         async with backends(1) as bs:
-            vip = make_vip([bs[0].endpoint], accept_proxy_protocol=True)
+            vip = make_vip([bs[0].endpoint], accept_proxy_protocol=FROM_LOOPBACK)
             async with serving(vip, mode) as lb:
                 await expect_reset(lb.address, garbage, eof=True)
                 assert dict(lb.stats.refused) == {"bad_proxy_header": 1}
@@ -489,10 +491,50 @@ def test_bad_proxy_header_is_refused_and_the_lb_keeps_serving(mode: Mode, garbag
     run(mode.loop, scenario())
 
 
+def test_proxy_header_from_a_peer_not_listed_is_refused(mode: Mode) -> None:
+    async def scenario() -> None:
+        async with backends(1) as bs:
+            vip = make_vip([bs[0].endpoint], accept_proxy_protocol={"from": ["198.18.0.0/15", "::1/128"]})
+            async with serving(vip, mode) as lb:
+                # a well-formed header, from 127.0.0.1: not one of the proxies allowed to send one
+                await expect_reset(lb.address, CLIENT_HEADERS["v1"] + b"payload")
+                assert dict(lb.stats.refused) == {"proxy_not_allowed": 1}
+                assert bs[0].accepted == 0
+                assert lb.stats.flows_total == 0
+
+    run(mode.loop, scenario())
+
+
+@pytest.mark.parametrize("value", [True, "yes", {"from": []}, {"from": ["10.0.0.1/8"]}])
+def test_accept_proxy_protocol_from_anyone_is_refused_by_the_config(value: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_vip([Endpoint(ip_address("127.0.0.1"), 1)], accept_proxy_protocol=value)
+    if value is True:
+        assert "any client reaching the VIP could pose as any source" in str(caught.value)
+        assert "accept_proxy_protocol: {from: [CIDR, ...]}" in str(caught.value)
+
+
+def test_accept_proxy_protocol_false_and_from() -> None:
+    backend = [Endpoint(ip_address("127.0.0.1"), 1)]
+    assert make_vip(backend, accept_proxy_protocol=False).accept_proxy_protocol is None
+    accept = make_vip(
+        backend, accept_proxy_protocol={"from": ["10.0.0.0/8", "2001:db8::/32"]}
+    ).accept_proxy_protocol
+    assert accept is not None
+    assert [accept.allows(h) for h in ("10.1.2.3", "11.0.0.1", "2001:db8::1", "::1")] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
 def test_missing_proxy_header_times_out(mode: Mode) -> None:
     async def scenario() -> None:
         async with backends(1) as bs:
-            vip = make_vip([bs[0].endpoint], accept_proxy_protocol=True, timeouts=Timeouts(connect=0.2))
+            vip = make_vip(
+                [bs[0].endpoint], accept_proxy_protocol=FROM_LOOPBACK, timeouts=Timeouts(connect=0.2)
+            )
             async with serving(vip, mode) as lb:
                 await expect_reset(lb.address)
                 assert dict(lb.stats.refused) == {"proxy_header_timeout": 1}

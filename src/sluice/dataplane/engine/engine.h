@@ -35,6 +35,8 @@
 #define COPY_BUFFER_SIZE_DEFAULT (256 << 10) /* copy fallback buffer (splice.py COPY_BUFFER_SIZE) */
 #define POOL_FREE_MAX 64       /* drained pipes / free buffers kept per worker and VIP */
 #define PUMP_ROUNDS 16         /* fill+drain rounds per direction before yielding to other flows */
+#define ACCEPT_FROM_MAX 64      /* prefixes in accept_proxy_protocol.from (config MAX_PROXY_SOURCES) */
+#define ACCEPT_PREFIX_BYTES 18  /* one prefix in the table spec: family (4/6), length, 16 address bytes */
 #define TICK_US 10000          /* timer wheel resolution */
 #define WHEEL_SLOTS 512
 
@@ -77,6 +79,12 @@ struct eng_table {
     uint32_t max_connections;
     int proxy_out;    /* 0 off, 1 v1, 2 v2 */
     int accept_proxy; /* 0/1 */
+    uint32_t n_accept_from; /* accept_proxy: PROXY headers only from peers in these prefixes (tcp.c) */
+    struct accept_prefix {
+        int family; /* 4 or 6 */
+        uint8_t ip[16]; /* network byte order, IPv4 in the first 4 bytes */
+        uint8_t len;    /* prefix length in bits */
+    } accept_from[ACCEPT_FROM_MAX];
     /* UDP VIPs (udp.c) */
     uint32_t udp_max_sessions; /* all workers */
     uint32_t udp_responses;    /* 0: no limit */

@@ -79,7 +79,17 @@ def _table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> T
         vip.idle_timeout_s,
         vip.max_connections,
         _PROXY_OUT[vip.proxy_protocol],
-        vip.accept_proxy_protocol,
+        _accept_from(vip),
+    )
+
+
+def _accept_from(vip: Vip) -> bool | bytes:
+    """The table's accept_proxy: False, or the prefixes whose peers may send a PROXY header."""
+    if vip.accept_proxy_protocol is None:
+        return False
+    return b"".join(
+        bytes([net.version, net.prefixlen]) + net.network_address.packed.ljust(16, b"\0")
+        for net in vip.accept_proxy_protocol.from_
     )
 
 

@@ -43,17 +43,18 @@ static int parse_sockaddr(const char *host, int port, struct sockaddr_storage *s
 }
 
 /* (kind, backends[(host, port, weight, slot)], maglev slots (int32 bytes), connect_timeout s,
- *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy[, udp max_sessions, udp responses
+ *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy (False, or bytes: the prefixes whose
+ *  peers may send a PROXY header, ACCEPT_PREFIX_BYTES each)[, udp max_sessions, udp responses
  *  (0: no limit), udp per_packet, udp hash source_ip]) -> a new table (refs 1). */
 static struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backend_slots)
 {
-    int kind, max_conns, proxy_out, accept_proxy, per_packet = 0, source_ip = 0;
+    int kind, max_conns, proxy_out, per_packet = 0, source_ip = 0;
     unsigned int udp_max_sessions = 65536, udp_responses = 0;
-    PyObject *backends;
+    PyObject *backends, *accept_from;
     Py_buffer slots;
     double connect_s, idle_s;
-    if (!PyArg_ParseTuple(spec, "iO!y*ddiip|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
-                          &max_conns, &proxy_out, &accept_proxy, &udp_max_sessions, &udp_responses, &per_packet,
+    if (!PyArg_ParseTuple(spec, "iO!y*ddiiO|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
+                          &max_conns, &proxy_out, &accept_from, &udp_max_sessions, &udp_responses, &per_packet,
                           &source_ip))
         return NULL;
     struct eng_table *t = NULL;
@@ -97,7 +98,29 @@ static struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t
     t->idle_timeout_us = (uint64_t)(idle_s * 1e6);
     t->max_connections = (uint32_t)max_conns;
     t->proxy_out = proxy_out;
-    t->accept_proxy = accept_proxy;
+    if (PyBytes_Check(accept_from)) {
+        Py_ssize_t len = PyBytes_GET_SIZE(accept_from);
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(accept_from);
+        if (len % ACCEPT_PREFIX_BYTES != 0 || len / ACCEPT_PREFIX_BYTES > ACCEPT_FROM_MAX) {
+            PyErr_SetString(PyExc_ValueError, "bad accept_proxy prefixes");
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < len / ACCEPT_PREFIX_BYTES; i++, p += ACCEPT_PREFIX_BYTES) {
+            struct accept_prefix *a = &t->accept_from[i];
+            a->family = p[0];
+            a->len = p[1];
+            memcpy(a->ip, p + 2, 16);
+            if ((a->family != 4 && a->family != 6) || a->len > (a->family == 4 ? 32 : 128)) {
+                PyErr_SetString(PyExc_ValueError, "bad accept_proxy prefix");
+                goto fail;
+            }
+        }
+        t->n_accept_from = (uint32_t)(len / ACCEPT_PREFIX_BYTES);
+        t->accept_proxy = 1;
+    } else if (PyObject_IsTrue(accept_from)) { /* (or -1: an error) a header from anyone is never believed */
+        PyErr_SetString(PyExc_ValueError, "accept_proxy needs the prefixes allowed to send a header");
+        goto fail;
+    }
     t->udp_max_sessions = udp_max_sessions;
     t->udp_responses = udp_responses;
     t->udp_per_packet = per_packet;

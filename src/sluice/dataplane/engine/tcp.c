@@ -786,6 +786,22 @@ static void conn_on_timer(struct worker *w, struct timer *t)
 
 /* ------------------------------------------------------------------ accepting */
 
+/* Whether the peer (family 4/6, address as addr_of gives it) is in one of the table's accept_from prefixes. */
+static bool proxy_allowed(const struct eng_table *t, int family, const uint8_t ip[16])
+{
+    for (uint32_t i = 0; i < t->n_accept_from; i++) {
+        const struct accept_prefix *a = &t->accept_from[i];
+        if (a->family != family)
+            continue;
+        unsigned full = a->len / 8, rest = a->len % 8;
+        if (memcmp(a->ip, ip, full) != 0)
+            continue;
+        if (rest == 0 || ((a->ip[full] ^ ip[full]) & (uint8_t)(0xff << (8 - rest))) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void accepted(struct worker *w, struct worker_vip *wv, int fd, const struct sockaddr_storage *peer)
 {
     struct vip *v = wv->vip;
@@ -827,6 +843,10 @@ static void accepted(struct worker *w, struct worker_vip *wv, int fd, const stru
         return;
     }
     if (wv->table->accept_proxy) {
+        if (!proxy_allowed(wv->table, c->real.family, c->real.src)) { /* only they may say who the client is */
+            refuse(w, c, REFUSED_PROXY_NOT_ALLOWED);
+            return;
+        }
         timer_arm(w, &c->timer, w->now_us + wv->table->connect_timeout_us);
         return; /* the header is read when the client socket reports data */
     }

@@ -14,7 +14,8 @@ scheduler offered none), connect_failed (every backend tried failed), client_gon
 (no socket or pipe: EMFILE), proxy_header (no PROXY header can carry the client address),
 internal_error, accept_failed (accept(2) itself failed, EMFILE & co: counted per failed call, the
 connection waits in the backlog and may still be served; the log line about it is rate-limited),
-proxy_not_allowed. Closed reasons: done, idle_timeout, client_reset, client_error, backend_reset,
+proxy_not_allowed (a PROXY header is expected and the peer is not in ``accept_proxy_protocol.from``:
+reset at once). Closed reasons: done, idle_timeout, client_reset, client_error, backend_reset,
 backend_error, shutdown. Every reason is one of `sluice.core.reasons`.
 """
 
@@ -362,7 +363,11 @@ class TcpListener:
             log.debug("vip %s: client lost before a backend was chosen: %r", self.vip.name, exc)
             self._refuse(conn, "client_gone")
             return
-        if self.vip.accept_proxy_protocol:
+        accept = self.vip.accept_proxy_protocol
+        if accept is not None:
+            if not accept.allows(peer[0]):  # only the listed peers may say who the client is
+                self._refuse(conn, "proxy_not_allowed")
+                return
             assert self._loop is not None
             conn.enter(Phase.PROXY_HEADER)
             conn.task = self._loop.create_task(self._read_header_then_connect(conn, peer, local))
