@@ -386,3 +386,16 @@ def test_a_device_is_not_read_whole(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_directory_is_a_path_named_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path))}: cannot read"):
         load_config(tmp_path)
+
+
+def test_check_refuses_a_token_file_others_may_read_as_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("a-token-of-some-length-0123\n")
+    token.chmod(0o644)
+    path = write(tmp_path, GOOD + f"admin: {{listen: 127.0.0.1:9090, token_file: {token}}}\n")
+    code, _, err = check(path, capsys)
+    assert code == 2 and f"admin.token_file: {token}: " in err and f"chmod 600 {token}" in err
+    token.chmod(0o600)
+    assert check(path, capsys)[0] == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sluice import __version__
-from sluice.config import ConfigError, Endpoint, config_json_schema, load_config
+from sluice.config import Config, ConfigError, Endpoint, config_json_schema, load_config
 
 if TYPE_CHECKING:
     from sluice.control.client import ApiClient
@@ -23,9 +23,22 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
+def _load_checked(path: str) -> Config:
+    """`load_config` plus what `sluice run` checks next: the admin token file (readable, private)."""
+    config = load_config(path)
+    if config.admin is not None and config.admin.token_file is not None:
+        from sluice.control.token import TokenError, read_token
+
+        try:
+            read_token(config.admin.token_file)
+        except TokenError as exc:
+            raise ConfigError([f"admin.token_file: {exc}"]) from None
+    return config
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = _load_checked(args.config)
     except ConfigError as exc:
         print(
             f"{args.config}: invalid ({len(exc.errors)} error{'s' if len(exc.errors) > 1 else ''})",
