@@ -46,8 +46,9 @@ def make_listener(vip: Vip, **kwargs: Any) -> Listener:
 
 def held_fds(listener: Listener) -> frozenset[int]:
     """Upstream sockets of closed sessions the listener still holds (quarantine, native: reuse pool)."""
-    pooled = listener.pooled_fds if isinstance(listener, NativeUdpListener) else frozenset()
-    return listener.quarantined_fds | pooled
+    if isinstance(listener, NativeUdpListener):
+        return listener.held_fds
+    return listener.quarantined_fds
 
 
 @contextlib.asynccontextmanager

@@ -190,6 +190,12 @@ class NativeUdpListener:
         """Descriptors of held upstream sockets past the quarantine, waiting for a new session."""
         return frozenset(fd for fd, quarantined in self._held() if not quarantined)
 
+    @property
+    def held_fds(self) -> frozenset[int]:
+        """Every held upstream socket's descriptor, from one look (quarantined and pooled apart may
+        miss a socket whose quarantine ends between the two)."""
+        return frozenset(fd for fd, _ in self._held())
+
     # ------------------------------------------------------------------ internals
 
     def _held(self) -> list[tuple[int, bool]]:
