@@ -38,7 +38,7 @@ CLOSED: Final = (
     "responses",  # UDP: every expected reply was seen
     "evicted",  # UDP: the session table was full and this was the least recently used session
     "no_backend",  # UDP: the session's backend went away and no other could take it
-    "no_resources",  # UDP: a rebalanced session's new socket could not be made
+    "no_resources",  # UDP: a rebalanced session's new socket could not be made; TCP: no pipe for bytes to move
 )
 """Why an established flow (TCP connection or UDP session) ended."""
 

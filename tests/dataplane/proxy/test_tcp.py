@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from sluice.config import Endpoint, Timeouts, Vip
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.engine import NativeTcpListener
-from sluice.dataplane.proxy.splice import COPY_BUFFER_SIZE, PIPE_SIZE
+from sluice.dataplane.proxy.splice import COPY_BUFFER_SIZE, PIPE_POOL_SIZE, PIPE_SIZE
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.lab.netns import Namespace, addr, sh, sweep_stale, veth
 from tests.dataplane.proxy.helpers import (
@@ -703,6 +703,46 @@ def test_close_stops_accepting_and_closes_every_flow(mode: Mode) -> None:
                 await open_client(address)
 
     run(mode.loop, scenario())
+
+
+# ---------------------------------------------------------------------------- descriptors (issue 12.11)
+
+SPLICE_MODES = [m for m in ALL_MODES if m.splice]
+
+
+@pytest.fixture(params=SPLICE_MODES, ids=str)
+def splice_mode(request: pytest.FixtureRequest) -> Mode:
+    return _mode_param(request)
+
+
+def test_idle_flows_hold_only_their_two_sockets(splice_mode: Mode) -> None:
+    n = 150
+
+    async def scenario() -> None:
+        async with (
+            backends(1) as bs,
+            serving(make_vip([bs[0].endpoint], timeouts=LONG_IDLE), splice_mode) as lb,
+        ):
+            before = len(os.listdir("/proc/self/fd"))
+            held = []
+            for _ in range(n):
+                reader, writer = await open_client(lb.address)
+                assert await reader.readexactly(IDENT_LEN) == bs[0].ident
+                held.append((reader, writer))
+            for reader, writer in held:  # bytes both ways went through a pipe, then went idle
+                writer.write(b"x" * 1000)
+                assert await reader.readexactly(1000) == b"x" * 1000
+            grown = len(os.listdir("/proc/self/fd")) - before
+            pool = PIPE_POOL_SIZE
+            if splice_mode.engine == "native":
+                from sluice.dataplane.engine._engine import POOL_FREE_MAX as pool
+            # per flow: the test's client, the backend's socket, the LB's two; plus the pipe pool
+            assert grown <= 4 * n + 2 * pool + 16, grown
+            assert lb.buffered == 0
+            for _, writer in held:
+                await close_writer(writer)
+
+    run(splice_mode.loop, scenario())
 
 
 # ---------------------------------------------------------------------------- resets (issue 12.8-12.10)

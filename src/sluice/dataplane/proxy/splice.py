@@ -4,7 +4,8 @@ A `Splice` joins two sockets with one `_Direction` each way. A direction reads f
 a bounded holding area and writes that out to its destination:
 
 - `PipeMover`: a kernel pipe and `os.splice` (socket -> pipe -> socket, the bytes never enter
-  Python), the pipe sized with ``F_SETPIPE_SZ``;
+  Python), the pipe sized with ``F_SETPIPE_SZ``, held only while bytes are in it (from a
+  `PipePool`), so an idle flow holds just its two sockets;
 - `CopyMover`: a preallocated buffer and ``recv_into``/``send``, where splice is unavailable.
 
 Flow control lives in one place, `_Direction._flush`: a direction reads again only once its holding
@@ -137,20 +138,36 @@ def open_pipe(size: int) -> tuple[int, int, int]:
         raise
 
 
+class NoPipe(OSError):
+    """No pipe could be made for bytes to move (EMFILE, ENFILE, the pipe quota)."""
+
+
 class PipeMover:
-    """socket -> pipe -> socket with `os.splice`; the pipe comes from (and goes back to) `pool`."""
+    """socket -> pipe -> socket with `os.splice`. A pipe is held only while bytes are in it: taken
+    from `pool` (or made) when a read starts, given back once drained, so an idle flow holds none."""
 
     def __init__(self, size: int = PIPE_SIZE, pool: PipePool | None = None) -> None:
-        self._pool = pool
-        self._r, self._w, self.capacity = pool.take() if pool is not None else open_pipe(size)
+        self._pool = pool if pool is not None else PipePool(0, size)
+        self._pipe: tuple[int, int] | None = None
+        self.capacity = self._pool.size
+        """The pipe's size once one was granted (the size asked for before)."""
         self.held = 0
         self.peak = 0
 
     def fill(self, src: socket.socket) -> int | None:
+        if self._pipe is None:
+            try:
+                r, w, self.capacity = self._pool.take()
+            except OSError as exc:
+                raise NoPipe(exc.errno, exc.strerror) from exc
+            self._pipe = (r, w)
         try:
-            n = os.splice(src.fileno(), self._w, self.capacity - self.held, flags=_SPLICE_FLAGS)
+            n = os.splice(src.fileno(), self._pipe[1], self.capacity - self.held, flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            return None
+            n = None
+        if not n:  # nothing read: the pipe is empty, back it goes
+            self._give_back()
+            return n
         self.held += n
         if self.held > self.peak:
             self.peak = self.held
@@ -159,21 +176,29 @@ class PipeMover:
     def drain(self, dst: socket.socket) -> int:
         written = 0
         while self.held:
+            assert self._pipe is not None
             try:
-                n = os.splice(self._r, dst.fileno(), self.held, flags=_SPLICE_FLAGS)
+                n = os.splice(self._pipe[0], dst.fileno(), self.held, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 break
             self.held -= n
             written += n
+        if not self.held:
+            self._give_back()
         return written
 
-    def close(self) -> None:
+    def _give_back(self) -> None:
         # `held` counts exactly the bytes in the pipe: 0 means drained, safe to hand to another flow.
-        if self._pool is not None and self.held == 0:
-            self._pool.give(self._r, self._w, self.capacity)
-        else:
-            os.close(self._r)
-            os.close(self._w)
+        if self._pipe is not None and self.held == 0:
+            self._pool.give(*self._pipe, self.capacity)
+            self._pipe = None
+
+    def close(self) -> None:
+        self._give_back()
+        if self._pipe is not None:  # bytes left in it: never reused
+            os.close(self._pipe[0])
+            os.close(self._pipe[1])
+            self._pipe = None
 
 
 class CopyMover:
@@ -253,6 +278,9 @@ class _Direction:
     def _on_readable(self) -> None:
         try:
             n = self.mover.fill(self.src)
+        except NoPipe:
+            self._splice.close("no_resources", reset=True)
+            return
         except OSError as exc:
             self._splice.abort(self.src, exc)
             return
