@@ -30,7 +30,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sluice import __version__
 from sluice.config import AdminOptions, Config, ConfigError, Endpoint
 from sluice.control import page
-from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
+from sluice.control.controller import UnknownBackend, VipSnapshot
+from sluice.control.openapi import API as API
+from sluice.control.openapi import MAX_BODY_BYTES as MAX_BODY_BYTES
+from sluice.control.openapi import openapi_document as openapi_document
 from sluice.control.token import TokenError as TokenError  # re-exported: the server reads the token here
 from sluice.control.token import read_token as read_token
 from sluice.control.token import token_matches
@@ -38,8 +41,6 @@ from sluice.core.health import Admin
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1"
-MAX_BODY_BYTES = 4096
 """Largest request body accepted (the weight endpoint's JSON)."""
 
 
@@ -454,180 +455,3 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise OSError(f"{path} exists and is not a socket")
     os.unlink(path)
-
-
-# ---------------------------------------------------------------- OpenAPI
-
-_TYPES: dict[str, dict[str, Any]] = {
-    "str": {"type": "string"},
-    "int": {"type": "integer"},
-    "float": {"type": "number"},
-    "bool": {"type": "boolean"},
-    "dict[str, int]": {"type": "object", "additionalProperties": {"type": "integer"}},
-    "str | None": {"type": ["string", "null"]},
-    "float | None": {"type": ["number", "null"]},
-    "bool | None": {"type": ["boolean", "null"]},
-    "list[BackendSnapshot]": {"type": "array", "items": {"$ref": "#/components/schemas/Backend"}},
-}
-
-
-def _schema(cls: type[Any]) -> dict[str, Any]:
-    fields = dataclasses.fields(cls)
-    return {
-        "type": "object",
-        "required": [f.name for f in fields],
-        "properties": {f.name: _TYPES[str(f.type)] for f in fields},
-    }
-
-
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of this API (served at /api/v1/openapi.json)."""
-
-    def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-        return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-    error = {"$ref": "#/components/schemas/Error"}
-    backend = {"$ref": "#/components/schemas/Backend"}
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-    addr = {
-        "name": "addr",
-        "in": "path",
-        "required": True,
-        "description": "backend address, IP:port or [IPv6]:port (URL-encoded)",
-        "schema": {"type": "string"},
-    }
-    change_errors = {
-        "400": ok(error, "a bad backend address, or an Authorization header that is not printable ASCII"),
-        "401": ok(error, "missing or wrong bearer token"),
-        "403": ok(error, "no token file configured and not on the Unix socket"),
-        "404": ok(error, "unknown VIP or backend"),
-    }
-
-    def admin_op(summary: str) -> dict[str, Any]:
-        return {
-            "post": {
-                "summary": summary,
-                "security": [{"bearer": []}],
-                "parameters": [name, addr],
-                "responses": {"200": ok(backend), **change_errors},
-            }
-        }
-
-    weight_op = admin_op("set the backend's runtime weight (0..65535)")
-    weight_op["post"]["requestBody"] = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["weight"],
-                    "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
-                }
-            }
-        },
-    }
-    weight_op["post"]["responses"]["400"] = ok(
-        error, "bad body, weight or backend address, or a non-ASCII Authorization header"
-    )
-    weight_op["post"]["responses"]["413"] = ok(error, f"a body over {MAX_BODY_BYTES} bytes")
-    base = API + "/vips/{name}/backends/{addr}"
-    document: dict[str, Any] = {
-        "openapi": "3.1.0",
-        "info": {"title": "sluice admin API", "version": __version__},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Vip": _schema(VipSnapshot),
-                "Backend": _schema(BackendSnapshot),
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            },
-        },
-        "paths": {
-            API + "/vips": {
-                "get": {
-                    "summary": "every VIP with its backends and counters",
-                    "responses": {
-                        "200": ok(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "vips": {"type": "array", "items": {"$ref": "#/components/schemas/Vip"}}
-                                },
-                            }
-                        )
-                    },
-                }
-            },
-            API + "/vips/{name}": {
-                "get": {
-                    "summary": "one VIP",
-                    "parameters": [name],
-                    "responses": {"200": ok({"$ref": "#/components/schemas/Vip"}), "404": ok(error)},
-                }
-            },
-            API + "/vips/{name}/backends": {
-                "get": {
-                    "summary": "the backends of one VIP",
-                    "parameters": [name],
-                    "responses": {
-                        "200": ok(
-                            {
-                                "type": "object",
-                                "properties": {"backends": {"type": "array", "items": backend}},
-                            }
-                        ),
-                        "404": ok(error),
-                    },
-                }
-            },
-            base + "/drain": admin_op("no new flows; established ones continue up to drain_timeout"),
-            base + "/undrain": admin_op("back to active"),
-            base + "/maintenance": admin_op(
-                "maintenance: no new flows, established ones end at drain_timeout"
-            ),
-            base + "/weight": weight_op,
-            API + "/reload": {
-                "post": {
-                    "summary": "re-read the config file and apply the difference",
-                    "security": [{"bearer": []}],
-                    "responses": {
-                        "200": ok({"type": "object"}),
-                        "400": ok(
-                            {
-                                "type": "object",
-                                "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
-                            },
-                            "invalid config (or a non-ASCII Authorization header); the running config stays",
-                        ),
-                        **{k: v for k, v in change_errors.items() if k not in ("400", "404")},
-                        "500": ok(
-                            {
-                                "type": "object",
-                                "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
-                            },
-                            "the file is valid but applying it failed",
-                        ),
-                        "501": ok(error, "this server has no config file to reload"),
-                    },
-                }
-            },
-            API + "/openapi.json": {
-                "get": {"summary": "this document", "responses": {"200": ok({"type": "object"})}}
-            },
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok({"type": "object"})}}},
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {"description": "text exposition format"},
-                        "404": ok(error, "this server has no metrics registry"),
-                    },
-                }
-            },
-        },
-    }
-    busy = ok(error, "too many admin connections, or descriptors kept for the data plane (retry later)")
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            operation["responses"]["503"] = busy
-    return document
