@@ -184,8 +184,7 @@ LABELS = {
 }
 
 TCP_PEERS = ("haproxy", "haproxy-splice", "nginx", "sluice", "sluice-python", "direct")
-UDP_PEERS = ("nginx", "sluice-python", "direct")
-"""UDP runs on the python engine until the native engine's UDP part lands."""
+UDP_PEERS = ("nginx", "sluice", "sluice-python", "direct")
 
 
 def start(name: str, proto: str, backend_port: int, tmp: Path, udp_responses: int | None = None) -> Running:
