@@ -85,9 +85,6 @@ def metrics_sources(controller: Controller) -> Sources:
     return sources
 
 
-RELOAD_PARSE_TIMEOUT_S = 60.0
-"""Longest a reload may spend reading, parsing and validating the file (off the event loop)."""
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = signal.SIGHUP
 
@@ -96,7 +93,7 @@ class Server:
     """One sluice process, in the steps of uvicorn's ``Server``: `startup`, `main_loop`, `shutdown`.
 
     SIGHUP (or ``POST /api/v1/reload``) reloads `config_path`: the file is read, parsed and validated
-    in a worker thread (`load`, bounded by `RELOAD_PARSE_TIMEOUT_S`) so traffic on the event loop
+    in a worker thread (`load`, bounded by `controller.RELOAD_PARSE_TIMEOUT_S`) so traffic on the event loop
     never waits for it; a bad file is one logged error, keeps the running config, and no reload
     failure ends the reload task. SIGTERM/SIGINT stop gracefully: take no new flows, let
     established ones finish for up to ``shutdown_timeout``, then close them; a second stop signal
@@ -216,25 +213,7 @@ class Server:
 
     async def _load_and_apply(self, controller: Controller) -> Config:
         """The file, loaded in a thread, then applied; `controller.reloads` counts the result."""
-        path = self.config_path
-        try:
-            config = await asyncio.wait_for(asyncio.to_thread(self.load, path), RELOAD_PARSE_TIMEOUT_S)
-        except ConfigError:
-            controller.reloads["invalid"] += 1
-            raise
-        except TimeoutError:
-            controller.reloads["invalid"] += 1
-            raise ConfigError(
-                [f"{path}: reading and validating took over {RELOAD_PARSE_TIMEOUT_S:.0f}s; not applied"]
-            ) from None
-        try:
-            await controller.apply(config)
-        except Exception:
-            controller.reloads["failed"] += 1
-            raise
-        controller.reloads["ok"] += 1
-        log.info("reloaded %s: %d VIPs", path, len(config.vips))
-        return config
+        return await controller.reload(self.config_path, load=self.load)
 
     def request_reload(self) -> None:
         """Queue one reload (what SIGHUP does); requests made while one is queued fold into it."""

@@ -55,10 +55,14 @@ class UdpBackend(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.sendto(self.name.encode() + b":" + data, addr)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the port; returns once the socket is closed (an asyncio transport closes it one
+        loop iteration later: a datagram forwarded in between would be answered, not refused)."""
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+            for _ in range(2):  # a yield, not a wait: connection_lost closes the socket
+                await asyncio.sleep(0)
 
 
 class UdpClient:
@@ -90,7 +94,7 @@ async def udp_backends() -> AsyncIterator[list[UdpBackend]]:
     started: list[UdpBackend] = []
     yield started
     for b in started:
-        b.close()
+        await b.close()
 
 
 async def add_udp_backend(pool: list[UdpBackend]) -> UdpBackend:
@@ -121,20 +125,7 @@ UDP_LISTENERS: dict[str, ListenerFactory] = {"python": UdpListener, "native": en
 """The UDP engines (injected while the plane's engine choice does not cover UDP yet)."""
 NATIVE = pytest.mark.skipif(not engine.AVAILABLE, reason="native engine not built")
 ENGINES = ["python", pytest.param("native", marks=NATIVE)]
-UDP_ENGINES = [
-    "python",
-    pytest.param(
-        "native",
-        marks=[
-            NATIVE,
-            pytest.mark.xfail(
-                strict=True,
-                reason="native udp.c counts a session's ICMP port unreachable only when the worker "
-                "wakes for the next datagram (seen 23:35 UTC at b421c04): the refusal waits stay unmet",
-            ),
-        ],
-    ),
-]
+UDP_ENGINES = ENGINES
 
 
 @contextlib.asynccontextmanager
@@ -195,7 +186,7 @@ async def test_udp_backend_that_answers_most_and_refuses_a_few_stays_up(
                     assert await client.ask() == "u0"
                 # u0 refuses one datagram: its port is closed, and a new session lands on it
                 before = refusals(controller, u0.address)
-                u0.close()
+                await u0.close()
                 for _ in range(64):
                     sent = to_backend(controller, u0.address), to_backend(controller, u1.address)
                     client = UdpClient(port)
@@ -235,7 +226,7 @@ async def test_single_backend_udp_vip_is_never_emptied_by_passive_ejection(
         try:
             assert await client.ask() == "u0"
             await wait_for(lambda: seen_by_monitor(controller, u0.address), WAIT_S)
-            u0.close()
+            await u0.close()
             for _ in range(10):  # each new session's first datagram: a refusal
                 before = refusals(controller, u0.address)
                 fresh = UdpClient(port)

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RELOAD_PARSE_TIMEOUT_S = 60.0
+"""Longest a reload may spend reading and validating the file (in a worker thread)."""
+
 PlaneFactory = Callable[[], DataPlane]
 SHUTDOWN_POLL_S = 0.05
 """Seconds between two looks at the active flow count during a graceful shutdown."""
@@ -183,13 +186,26 @@ class Controller:
             await self._push(config)
             self.config = config
 
-    async def reload(self, path: str | Path) -> Config:
-        """Re-read `path` and apply it; on ConfigError the running config stays untouched."""
+    async def reload(
+        self,
+        path: str | Path,
+        load: Callable[[Path], Config] = load_config,
+        timeout_s: float = RELOAD_PARSE_TIMEOUT_S,
+    ) -> Config:
+        """Re-read `path` and apply it; on ConfigError the running config stays untouched.
+
+        The file is read, parsed and validated by `load` in a worker thread, bounded by `timeout_s`,
+        so a slow or huge config never stops traffic on the event loop. `reloads` counts the result."""
         try:
-            config = load_config(path)
+            config = await asyncio.wait_for(asyncio.to_thread(load, Path(path)), timeout_s)
         except ConfigError:
             self.reloads["invalid"] += 1
             raise
+        except TimeoutError:
+            self.reloads["invalid"] += 1
+            raise ConfigError(
+                [f"{path}: reading and validating took over {timeout_s:.0f}s; not applied"]
+            ) from None
         try:
             await self.apply(config)
         except Exception:

@@ -94,7 +94,9 @@ log = logging.getLogger(__name__)
 
 BUFFER_SIZE: Final = 65536  # bytes; > any UDP payload and >= a GRO-coalesced read
 READ_BATCH: Final = 64  # datagrams read per readiness event, then other sockets get a turn
-LISTEN_RCVBUF: Final = 4 << 20  # bytes asked for the listen socket (capped by net.core.rmem_max)
+LISTEN_RCVBUF: Final = (
+    4 << 20
+)  # bytes asked for the listen socket without udp.receive_buffer (capped by net.core.rmem_max)
 PORT_QUARANTINE_S: Final = 2.0  # seconds a closed session's upstream socket is held before close
 PORT_QUARANTINE_MAX: Final = 1024  # sockets held at most; beyond it the oldest are closed
 
@@ -139,7 +141,9 @@ class UdpListener:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, self._vip.udp.receive_buffer or LISTEN_RCVBUF
+            )
             sock.bind((self._vip.listen.host, self._vip.listen.port))
             self.gro = try_enable_gro(sock)
             self._vip_port = sock.getsockname()[1]
