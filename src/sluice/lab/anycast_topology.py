@@ -102,7 +102,7 @@ class Node:
 
 
 @dataclass
-class AnycastLab:
+class AnycastLab(hosts.Topology):
     workdir: Path
     prefix: str
     cpu: int
@@ -140,20 +140,7 @@ class AnycastLab:
             detached=detached,
         )
         lab._remove_namespaces()
-        try:
-            lab._build()
-        except BaseException:
-            lab.destroy()
-            raise
-        return lab
-
-    def ns(self, role: str) -> Namespace:
-        return self.namespaces[role]
-
-    def _add_ns(self, role: str) -> Namespace:
-        ns = Namespace.create(role, prefix=self.prefix)
-        self.namespaces[role] = ns
-        return ns
+        return lab._built()
 
     def _remove_namespaces(self) -> None:
         for name in list_namespaces():

@@ -126,7 +126,7 @@ class LbProcess:
 
 
 @dataclass
-class DsrLab:
+class DsrLab(hosts.Topology):
     forwarding: Forwarding
     cpu: int
     instance: str
@@ -135,6 +135,7 @@ class DsrLab:
     router_mac: str = ""
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     backends: int = 3
+    prefix: str | None = None
 
     # ------------------------------------------------------------ topology
 
@@ -146,20 +147,7 @@ class DsrLab:
         _sweep_stale_pins()
         cpu = min(os.sched_getaffinity(0)) if cpu is None else cpu
         lab = cls(forwarding, cpu, f"lab-{os.getpid()}-{forwarding}", workdir, backends=backends)
-        try:
-            lab._build()
-        except BaseException:
-            lab.destroy()
-            raise
-        return lab
-
-    def ns(self, role: str) -> Namespace:
-        return self.namespaces[role]
-
-    def _add_ns(self, role: str) -> Namespace:
-        ns = Namespace.create(role)
-        self.namespaces[role] = ns
-        return ns
+        return lab._built()
 
     def _build(self) -> None:
         br = self._add_ns("br")

@@ -13,12 +13,45 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from sluice.lab.netns import LabError, Namespace
 
 ROLES_MODULE: Final = "sluice.lab.roles"
 """The entry point of the labs' processes (``python -m sluice.lab.roles <role>``)."""
+
+
+class Topology:
+    """What every lab has: its namespaces by role, built in `_build`, torn down if building fails.
+
+    A lab is a dataclass with `namespaces` and, if its namespaces share a prefix, `prefix`."""
+
+    namespaces: dict[str, Namespace]
+    prefix: str | None
+    """Namespace name prefix (None: this process's run id)."""
+
+    def ns(self, role: str) -> Namespace:
+        return self.namespaces[role]
+
+    def _add_ns(self, role: str) -> Namespace:
+        ns = Namespace.create(role, prefix=self.prefix)
+        self.namespaces[role] = ns
+        return ns
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        raise NotImplementedError
+
+    def _built(self) -> Self:
+        """`self` once `_build` has run; on any failure everything made so far is removed."""
+        try:
+            self._build()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
 
 
 def add_bridge(ns: Namespace, mac: str, cidr: str) -> None:
