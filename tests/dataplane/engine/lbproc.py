@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sluice.dataplane import engine
-from tests.privileged import REQUIRE_PRIVILEGED
+from tests.support.privileged import REQUIRE_PRIVILEGED
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.dataplane.engine.lbproc import EchoServer, lb_process, require_engine, round_trip
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 CONNECTIONS = 500
 SYSCALL_BUDGET = 30

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 ROOT = Path(__file__).resolve().parents[3]
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"

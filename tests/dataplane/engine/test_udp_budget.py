@@ -25,7 +25,7 @@ import pytest
 
 from tests.dataplane.engine.lbproc import ROOT, require_engine
 from tests.dataplane.engine.test_budgets import _strace_total
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 WARM_UP = 1000
 REQUESTS = 2000
