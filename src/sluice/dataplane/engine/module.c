@@ -318,15 +318,25 @@ static PyObject *Engine_vip_update(EngineObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *Engine_stop_accepting(EngineObject *self, PyObject *args)
+/* The VIP id in `args`, then `op(engine, id)` with the GIL released (a control call that waits
+ * for every worker); `must_exist`: KeyError for an unknown id. */
+static PyObject *on_vip(EngineObject *self, PyObject *args, void (*op)(struct engine *, uint32_t),
+                        bool must_exist)
 {
     unsigned int id;
     if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
         return NULL;
+    if (must_exist && engine_vip(self->eng, id) == NULL)
+        return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
     Py_BEGIN_ALLOW_THREADS
-    engine_stop_accepting(self->eng, id);
+    op(self->eng, id);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+static PyObject *Engine_stop_accepting(EngineObject *self, PyObject *args)
+{
+    return on_vip(self, args, engine_stop_accepting, false);
 }
 
 static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
@@ -346,16 +356,24 @@ static PyObject *Engine_close_backend_flows(EngineObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(n);
 }
 
+/* (VIP id, worker or -1 for the sum, backend slots in use or -1 for all) of a counters call. */
+static int counter_args(EngineObject *self, PyObject *args, unsigned int *id, int *worker, int *used)
+{
+    if (!PyArg_ParseTuple(args, "I|ii", id, worker, used) || check_open(self) < 0)
+        return -1;
+    if (*worker >= (int)self->workers) {
+        PyErr_SetString(PyExc_ValueError, "no such worker");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Engine_counters(EngineObject *self, PyObject *args)
 {
     unsigned int id;
     int worker = -1, used = -1;
-    if (!PyArg_ParseTuple(args, "I|ii", &id, &worker, &used) || check_open(self) < 0)
+    if (counter_args(self, args, &id, &worker, &used) < 0)
         return NULL;
-    if (worker >= (int)self->workers) {
-        PyErr_SetString(PyExc_ValueError, "no such worker");
-        return NULL;
-    }
     return read_counters(self, id, worker, used);
 }
 
@@ -388,16 +406,20 @@ static struct vip *udp_vip(EngineObject *self, unsigned int id)
     return v;
 }
 
+/* The UDP VIP whose id is the one argument in `args` (NULL with the exception set). */
+static struct vip *udp_vip_arg(EngineObject *self, PyObject *args, unsigned int *id)
+{
+    if (!PyArg_ParseTuple(args, "I", id) || check_open(self) < 0)
+        return NULL;
+    return udp_vip(self, *id);
+}
+
 static PyObject *Engine_udp_counters(EngineObject *self, PyObject *args)
 {
     unsigned int id;
     int worker = -1, used = -1;
-    if (!PyArg_ParseTuple(args, "I|ii", &id, &worker, &used) || check_open(self) < 0)
+    if (counter_args(self, args, &id, &worker, &used) < 0)
         return NULL;
-    if (worker >= (int)self->workers) {
-        PyErr_SetString(PyExc_ValueError, "no such worker");
-        return NULL;
-    }
     struct vip *v = udp_vip(self, id);
     if (v == NULL)
         return NULL;
@@ -458,9 +480,7 @@ out:
 static PyObject *Engine_udp_held(EngineObject *self, PyObject *args)
 {
     unsigned int id;
-    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
-        return NULL;
-    struct vip *v = udp_vip(self, id);
+    struct vip *v = udp_vip_arg(self, args, &id);
     if (v == NULL)
         return NULL;
     uint32_t cap = v->held_max * self->workers;
@@ -499,9 +519,7 @@ out:
 static PyObject *Engine_udp_gro(EngineObject *self, PyObject *args)
 {
     unsigned int id;
-    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
-        return NULL;
-    struct vip *v = udp_vip(self, id);
+    struct vip *v = udp_vip_arg(self, args, &id);
     if (v == NULL)
         return NULL;
     return PyBool_FromLong(v->gro);
@@ -510,26 +528,12 @@ static PyObject *Engine_udp_gro(EngineObject *self, PyObject *args)
 /* vip_remove in two steps, so a UDP VIP's counters can be read in between. */
 static PyObject *Engine_vip_detach(EngineObject *self, PyObject *args)
 {
-    unsigned int id;
-    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
-        return NULL;
-    if (engine_vip(self->eng, id) == NULL)
-        return PyErr_Format(PyExc_KeyError, "no VIP %u", id);
-    Py_BEGIN_ALLOW_THREADS
-    engine_vip_remove(self->eng, id);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return on_vip(self, args, engine_vip_remove, true);
 }
 
 static PyObject *Engine_vip_free(EngineObject *self, PyObject *args)
 {
-    unsigned int id;
-    if (!PyArg_ParseTuple(args, "I", &id) || check_open(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    engine_vip_free(self->eng, id);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return on_vip(self, args, engine_vip_free, false);
 }
 
 static PyObject *Engine_get_workers(EngineObject *self, void *Py_UNUSED(closure))
