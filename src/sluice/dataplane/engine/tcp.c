@@ -49,7 +49,8 @@ static void reset_close(int fd)
     close(fd);
 }
 
-static bool is_reset(int err) { return err == ECONNRESET || err == EPIPE || err == ESHUTDOWN; }
+/* ENOTCONN: the connection is gone already (a reset nobody was reading for; shutdown says so). */
+static bool is_reset(int err) { return err == ECONNRESET || err == EPIPE || err == ESHUTDOWN || err == ENOTCONN; }
 
 /* connect_errors key of a failed connect, as tcp.py's connect_error_reason maps the exception. */
 static enum connect_error connect_error_of(int err)
@@ -469,7 +470,7 @@ static int dir_pump(struct worker *w, struct conn *c, int i)
                     close_flow(w, c, CLOSED_DONE, false);
                     return -1;
                 }
-                if (shutdown(c->fd[dst], SHUT_WR) < 0 && errno != ENOTCONN) {
+                if (shutdown(c->fd[dst], SHUT_WR) < 0) { /* ENOTCONN: reset before, counted so */
                     abort_flow(w, c, dst, errno);
                     return -1;
                 }

@@ -17,13 +17,15 @@ same code runs on asyncio's selector loop and on uvloop. End of stream in one di
 ``shutdown(SHUT_WR)`` on the destination once everything read before it was written (half-close).
 A reset or error on either socket closes both at once, the other one with ``SO_LINGER`` 0 so the
 reset reaches its peer too -- once the bytes already written to it have left (a reset drops what
-the kernel still holds; at most `RESET_LINGER_S` seconds): its peer gets the data, then the reset.
+the kernel still holds; a `Lingerer` waits at most `RESET_LINGER_S` seconds): its peer gets the
+data, then the reset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -115,12 +117,35 @@ def unsent(sock: socket.socket) -> int:
         return 0
 
 
-def linger_reset_close(sock: socket.socket, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-    """`reset_close` once `sock`'s peer has everything written to it, or at `deadline` (loop time)."""
-    if unsent(sock) == 0 or loop.time() >= deadline:
-        reset_close(sock)
-    else:
-        loop.call_later(_LINGER_POLL_S, linger_reset_close, sock, loop, deadline)
+class Lingerer:
+    """Sockets to reset once their peer has everything written to them (``SIOCOUTQ`` 0), at most
+    `RESET_LINGER_S` seconds each; `close` resets the ones still waiting at once (the owner stops)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiting: dict[socket.socket, tuple[float, asyncio.TimerHandle]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def reset_close(self, sock: socket.socket) -> None:
+        self._check(sock, self._loop.time() + RESET_LINGER_S)
+
+    def _check(self, sock: socket.socket, deadline: float) -> None:
+        self._waiting.pop(sock, None)
+        if unsent(sock) == 0 or self._loop.time() >= deadline:
+            reset_close(sock)
+        else:
+            self._waiting[sock] = (
+                deadline,
+                self._loop.call_later(_LINGER_POLL_S, self._check, sock, deadline),
+            )
+
+    def close(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for sock, (_, handle) in waiting.items():
+            handle.cancel()
+            reset_close(sock)
 
 
 def open_pipe(size: int) -> tuple[int, int, int]:
@@ -346,9 +371,12 @@ class Splice:
         use_splice: bool = SPLICE_AVAILABLE,
         buffer_size: int | None = None,
         pipes: PipePool | None = None,
+        lingerer: Lingerer | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self._lingerer = lingerer
+        """Where a reset waits for the bytes already written (None: reset at once)."""
         self._names = {a.fileno(): names[0], b.fileno(): names[1]}
         self._socks = (a, b)
         self._on_closed = on_closed
@@ -395,23 +423,26 @@ class Splice:
     def abort(self, failed: socket.socket, exc: OSError) -> None:
         """`failed` raised `exc`: close both, resetting the other socket's connection (after the
         bytes already written to it, see `linger_reset_close`)."""
-        kind = "reset" if isinstance(exc, ConnectionResetError | BrokenPipeError) else "error"
+        # ENOTCONN: the connection is gone already (a reset nobody was reading for; shutdown says so)
+        gone = isinstance(exc, ConnectionResetError | BrokenPipeError) or exc.errno == errno.ENOTCONN
+        kind = "reset" if gone else "error"
         reason = f"{self._names.get(failed.fileno(), '?')}_{kind}"
         self.close(reason, reset=True)
 
     def close(self, reason: str, *, reset: bool = False) -> None:
         """Stop moving and close both sockets (with RST when `reset`, each once what was written to
-        it has left, at most `RESET_LINGER_S`); idempotent. `on_closed` runs at once."""
+        it has left when a `lingerer` was given); idempotent. `on_closed` runs at once."""
         if self.closed:
             return
         self.closed = True
         for d in self._dirs:
             d.stop()
             d.mover.close()
-        deadline = self.loop.time() + RESET_LINGER_S
         for sock in self._socks:
-            if reset:
-                linger_reset_close(sock, self.loop, deadline)
+            if reset and self._lingerer is not None:
+                self._lingerer.reset_close(sock)
+            elif reset:
+                reset_close(sock)
             else:
                 sock.close()
         self._on_closed(reason)

@@ -41,6 +41,7 @@ from sluice.dataplane.proxy.splice import (
     PIPE_POOL_SIZE,
     PIPE_SIZE,
     SPLICE_AVAILABLE,
+    Lingerer,
     PipePool,
     Splice,
     reset_close,
@@ -146,6 +147,7 @@ class _Connection:
             use_splice=listener.use_splice,
             buffer_size=listener.buffer_size,
             pipes=listener.pipes,
+            lingerer=listener.lingerer,
         )
         self.enter(Phase.ESTABLISHED)
         self.connector = None
@@ -215,6 +217,8 @@ class TcpListener:
         self._connections: set[_Connection] = set()
         """Every client connection from accept to close, whatever its phase."""
         self._resume: asyncio.TimerHandle | None = None
+        self.lingerer: Lingerer | None = None
+        """Sockets of reset flows waiting for their bytes to leave (made at start)."""
         self._accept_log = _EveryFewSeconds(ACCEPT_LOG_INTERVAL_S)
 
     # ------------------------------------------------------------------ Listener interface
@@ -236,6 +240,7 @@ class TcpListener:
         host, port = sock.getsockname()[:2]
         self._local = None if host in _WILDCARDS else (host, port)
         self._loop = asyncio.get_running_loop()
+        self.lingerer = Lingerer(self._loop)
         self._loop.add_reader(sock.fileno(), self._on_acceptable)
 
     def update(self, vip: Vip) -> None:
@@ -275,6 +280,8 @@ class TcpListener:
                 self._drop(conn)
         for conn in list(self._established()):
             conn.close("shutdown")
+        if self.lingerer is not None:
+            self.lingerer.close()
         self.pipes.close()
 
     def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
