@@ -5,7 +5,8 @@ says where it is: read the client's PROXY header when the VIP expects one (a tas
 build the `FiveTuple` (client -> VIP, proto 6), then a `Connector` (``connector.py``) connects to
 the backends that `sluice.core.connect.ConnectPlan` offers, without blocking, with a timeout and
 bounded retries -- and then the connection is established: a `Splice` moving bytes both ways, plus
-one lazily re-armed idle timer. Drained pipes of closed connections are reused (`PipePool`).
+one lazily re-armed idle timer. A direction holds a pipe only while bytes are in it, from the
+listener's `PipePool`: an idle connection holds its two sockets, nothing more.
 
 Counting (see `VipStats`): ``flows_total``/``active`` count connections that reached a backend, so
 ``flows_total == active + sum(closed.values())``; connections turned away before that are counted in
@@ -207,7 +208,7 @@ class TcpListener:
         self.use_splice = SPLICE_AVAILABLE if use_splice is None else use_splice
         self.buffer_size = buffer_size
         self.pipes = PipePool(PIPE_POOL_SIZE, buffer_size or PIPE_SIZE)
-        """Drained pipes of closed connections, for the next ones (splice mover only)."""
+        """Drained pipes, for the next direction with bytes to move (splice mover only)."""
         self._backend_info: dict[Endpoint, BackendInfo] = {}
         self._scheduler = self._build_scheduler(vip)
         self._sock: socket.socket | None = None
