@@ -17,6 +17,7 @@ from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
 from sluice.control.controller import Controller
 from sluice.control.metrics import Sources, build_registry
+from sluice.dataplane.limits import raise_nofile_limit
 
 log = logging.getLogger("sluice")
 
@@ -133,6 +134,7 @@ class Server:
         config = self.load(self.config_path)
         token = _token(config)
         self.config = config
+        raise_nofile_limit()  # before the data planes open sockets: 2 descriptors per idle TCP flow
         controller = Controller(config, announcer=_announcer(config))
         self.controller = controller
         await controller.start()

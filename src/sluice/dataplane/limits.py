@@ -56,3 +56,24 @@ def raise_nofile_limit(
         return target
     log.info("file descriptor limit: %d (already the hard limit)", soft)
     return soft
+
+
+class EveryFewSeconds:
+    """Says whether to log now: at most once per `interval_s`; counts the events in between."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next = float("-inf")
+        self.since_last = 0
+        """Events since the last time `due` said yes, that one included."""
+
+    def due(self, now: float) -> bool:
+        if now < self._next:
+            self.since_last += 1
+            return False
+        self._next = now + self.interval_s
+        self.since_last += 1
+        return True
+
+    def logged(self) -> None:
+        self.since_last = 0

@@ -19,7 +19,7 @@ from sluice.config import Backend, Endpoint, Vip
 from sluice.core.flow import IPPROTO_TCP, FiveTuple
 from sluice.core.scheduler import Scheduler
 from sluice.dataplane import engine
-from tests.privileged import REQUIRE_PRIVILEGED
+from tests.support.privileged import REQUIRE_PRIVILEGED
 
 T = TypeVar("T")
 

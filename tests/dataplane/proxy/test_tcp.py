@@ -52,7 +52,7 @@ from tests.dataplane.proxy.helpers import (
     run,
     start_backends,
 )
-from tests.privileged import needs
+from tests.support.privileged import needs
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The TCP full proxy: one `TcpListener` per VIP.
 
-Each accepted client connection is one `_Connection` whose `phase` (`sluice.core.connect.Phase`)
+Each accepted client connection is one `Connection` whose `phase` (`sluice.core.connect.Phase`)
 says where it is: read the client's PROXY header when the VIP expects one (a task: the only await),
 build the `FiveTuple` (client -> VIP, proto 6), then a `Connector` (``connector.py``) connects to
 the backends that `sluice.core.connect.ConnectPlan` offers, without blocking, with a timeout and
@@ -28,7 +28,7 @@ import socket
 from typing import Final, Literal
 
 from sluice.config import Endpoint, Vip
-from sluice.core.connect import MAX_CONNECT_TRIES, NEXT_PHASES, ConnectPlan, Phase
+from sluice.core.connect import MAX_CONNECT_TRIES, ConnectPlan, Phase
 from sluice.core.flow import IPPROTO_TCP, FiveTuple, client_flow, parse_address
 from sluice.core.proxy_protocol import (
     DEFAULT_MAX_LENGTH,
@@ -37,6 +37,8 @@ from sluice.core.proxy_protocol import (
     parse_proxy_header,
 )
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.limits import EveryFewSeconds
+from sluice.dataplane.proxy.connection import Connection
 from sluice.dataplane.proxy.connector import BackendInfo, Connector
 from sluice.dataplane.proxy.splice import (
     PIPE_POOL_SIZE,
@@ -44,10 +46,9 @@ from sluice.dataplane.proxy.splice import (
     SPLICE_AVAILABLE,
     Lingerer,
     PipePool,
-    Splice,
     reset_close,
 )
-from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.dataplane.stats import VipStats
 
 __all__ = [
     "ACCEPT_BATCH",
@@ -78,121 +79,12 @@ def _tcp_flow(client: Address, vip: Address) -> FiveTuple:
     return client_flow(IPPROTO_TCP, parse_address(client[0]), client[1], parse_address(vip[0]), vip[1])
 
 
-class _EveryFewSeconds:
-    """Says whether to log now: at most once per `interval_s`; counts the events in between."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._next = float("-inf")
-        self.since_last = 0
-        """Events since the last time `due` said yes, that one included."""
-
-    def due(self, now: float) -> bool:
-        if now < self._next:
-            self.since_last += 1
-            return False
-        self._next = now + self.interval_s
-        self.since_last += 1
-        return True
-
-    def logged(self) -> None:
-        self.since_last = 0
-
-
 class _Refused(Exception):
     """The client connection is turned away; `reason` is its `refused` counter key."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class _Connection:
-    """One accepted client connection, from accept to close. `phase` says where it is; what a phase
-    needs is set when it is entered: the PROXY header `task`, the `connector`, then the backend and
-    the `splice` (plus the idle timer) once established."""
-
-    def __init__(self, listener: TcpListener, client: socket.socket) -> None:
-        self._listener = listener
-        self.client = client
-        self.phase = Phase.ACCEPTED
-        self.task: asyncio.Task[None] | None = None
-        self.connector: Connector | None = None
-        self.backend: Endpoint | None = None
-        self.counted_by: Scheduler | None = None
-        """The scheduler whose on_open saw this connection (on_close goes there too)."""
-        self.splice: Splice | None = None
-        self._bstats: BackendStats | None = None
-        self._loop = asyncio.get_running_loop()
-        self._last_active = 0.0
-        self._idle: asyncio.TimerHandle | None = None
-
-    def enter(self, phase: Phase) -> None:
-        if phase not in NEXT_PHASES[self.phase]:
-            raise RuntimeError(f"a connection cannot go from {self.phase} to {phase}")
-        self.phase = phase
-
-    def establish(
-        self, backend_sock: socket.socket, backend: Endpoint, counted_by: Scheduler
-    ) -> BackendStats:
-        """Join the client and its backend; raises OSError when no pipe can be made (EMFILE)."""
-        listener = self._listener
-        bstats = listener.backend_info(backend).stats
-        self.splice = Splice(
-            self.client,
-            backend_sock,
-            on_closed=self._on_closed,
-            on_a_to_b=self._on_to_backend,
-            on_b_to_a=self._on_from_backend,
-            names=("client", "backend"),
-            use_splice=listener.use_splice,
-            buffer_size=listener.buffer_size,
-            pipes=listener.pipes,
-            lingerer=listener.lingerer,
-        )
-        self.enter(Phase.ESTABLISHED)
-        self.connector = None
-        self.backend, self.counted_by, self._bstats = backend, counted_by, bstats
-        self._last_active = self._loop.time()
-        return bstats
-
-    def start(self) -> None:
-        assert self.splice is not None
-        self._arm_idle()
-        self.splice.start()
-
-    def close(self, reason: str) -> None:
-        """Close an established connection (counted in ``closed[reason]``)."""
-        assert self.splice is not None
-        self.splice.close(reason)
-
-    def _on_to_backend(self, n: int) -> None:
-        assert self._bstats is not None
-        self._bstats.bytes_to_backend += n
-        self._last_active = self._loop.time()
-
-    def _on_from_backend(self, n: int) -> None:
-        assert self._bstats is not None
-        self._bstats.bytes_from_backend += n
-        self._last_active = self._loop.time()
-
-    def _arm_idle(self) -> None:
-        deadline = self._last_active + self._listener.vip.idle_timeout_s
-        self._idle = self._loop.call_at(deadline, self._on_idle_timer)
-
-    def _on_idle_timer(self) -> None:
-        # Activity only moves a timestamp; the timer notices it here and re-arms once.
-        if self._loop.time() >= self._last_active + self._listener.vip.idle_timeout_s - 0.001:
-            self.close("idle_timeout")
-        else:
-            self._arm_idle()
-
-    def _on_closed(self, reason: str) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._listener.connection_closed(self, reason)
-        assert self._bstats is not None
-        self._bstats.active -= 1
 
 
 class TcpListener:
@@ -215,12 +107,12 @@ class TcpListener:
         self._local: Address | None = None
         """The listen address when it is concrete (then no getsockname per connection)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         """Every client connection from accept to close, whatever its phase."""
         self._resume: asyncio.TimerHandle | None = None
         self.lingerer: Lingerer | None = None
         """Sockets of reset flows waiting for their bytes to leave (made at start)."""
-        self._accept_log = _EveryFewSeconds(ACCEPT_LOG_INTERVAL_S)
+        self._accept_log = EveryFewSeconds(ACCEPT_LOG_INTERVAL_S)
 
     # ------------------------------------------------------------------ Listener interface
 
@@ -320,7 +212,7 @@ class TcpListener:
             info = self._backend_info[backend] = BackendInfo(backend, self.stats.backend(str(backend)))
         return info
 
-    def _established(self) -> list[_Connection]:
+    def _established(self) -> list[Connection]:
         return [conn for conn in self._connections if conn.phase is Phase.ESTABLISHED]
 
     # ------------------------------------------------------------------ accepting
@@ -357,11 +249,11 @@ class TcpListener:
                 reset_close(client)
                 self.stats.refused["max_connections"] += 1
                 continue
-            conn = _Connection(self, client)
+            conn = Connection(self, client)
             self._connections.add(conn)
             self._on_accepted(conn, peer[:2])
 
-    def _on_accepted(self, conn: _Connection, peer: Address) -> None:
+    def _on_accepted(self, conn: Connection, peer: Address) -> None:
         client = conn.client
         try:
             client.setblocking(False)
@@ -384,7 +276,7 @@ class TcpListener:
 
     def _connect(
         self,
-        conn: _Connection,
+        conn: Connection,
         flow: FiveTuple,
         source: Address | None,
         destination: Address | None,
@@ -423,12 +315,12 @@ class TcpListener:
         )
         conn.connector.start()
 
-    def _refuse(self, conn: _Connection, reason: str) -> None:
+    def _refuse(self, conn: Connection, reason: str) -> None:
         """Turn `conn` away (RST), counted in ``refused[reason]``."""
         self.stats.refused[reason] += 1
         self._drop(conn)
 
-    def _drop(self, conn: _Connection) -> None:
+    def _drop(self, conn: Connection) -> None:
         """Forget a connection that never reached a backend and reset its client."""
         self._connections.discard(conn)
         reset_close(conn.client)
@@ -438,7 +330,7 @@ class TcpListener:
         if self._sock is not None and self._loop is not None:
             self._loop.add_reader(self._sock.fileno(), self._on_acceptable)
 
-    async def _read_header_then_connect(self, conn: _Connection, peer: Address, local: Address) -> None:
+    async def _read_header_then_connect(self, conn: Connection, peer: Address, local: Address) -> None:
         """Read the client's PROXY header, then connect `conn` to a backend."""
         try:
             source, destination, early = await self._read_proxy_header(conn.client)
@@ -480,7 +372,7 @@ class TcpListener:
 
     def _on_connected(
         self,
-        conn: _Connection,
+        conn: Connection,
         backend_sock: socket.socket,
         backend: Endpoint,
         counted_by: Scheduler,
@@ -502,7 +394,7 @@ class TcpListener:
         self.stats.flows_total += 1
         conn.start()
 
-    def _rehome(self, conn: _Connection) -> None:
+    def _rehome(self, conn: Connection) -> None:
         """Count `conn` in the current scheduler (after a reload rebuilt it)."""
         if conn.counted_by is self._scheduler:
             return
@@ -514,7 +406,7 @@ class TcpListener:
             self._scheduler.on_open(conn.backend)
             conn.counted_by = self._scheduler
 
-    def connection_closed(self, conn: _Connection, reason: str) -> None:
+    def connection_closed(self, conn: Connection, reason: str) -> None:
         """Called by an established connection once its sockets are closed."""
         self._connections.discard(conn)
         if conn.counted_by is not None:
