@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -93,7 +93,120 @@ def _accept_from(vip: Vip) -> bool | bytes:
     )
 
 
-class NativeTcpListener:
+class NativeVip:
+    """What the native TCP and UDP listeners share: the engine, the VIP's id in it, a stable counter
+    slot per backend Endpoint ever seen, the scheduler and the table built from it, and turning the
+    workers' counters into `VipStats`. Subclasses say how a table is built (`_table`) and how their
+    counters are read (`_read`)."""
+
+    def __init__(self, vip: Vip, workers: int | None) -> None:
+        self.vip = vip
+        self._engine = engine_for(workers)
+        self._stats = VipStats()
+        self._slots: dict[Endpoint, int] = {}
+        """Counter slot of every backend Endpoint ever seen (stable: a flow keeps its slot)."""
+        self._scheduler = self._build_scheduler(vip)
+        self._id: int | None = None
+        self._address: tuple[str, int] | None = None
+
+    def _table(self, vip: Vip) -> Any:
+        """The engine's table spec for `vip` with the current scheduler."""
+        raise NotImplementedError
+
+    def _read(self, stats: VipStats, vip_id: int, worker: int) -> None:
+        """Fill `stats` from the engine's counters of `worker` (-1: the sum over the workers)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ Listener interface
+
+    def update(self, vip: Vip) -> None:
+        old = self.vip
+        self.vip = vip
+        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
+            old.scheduler,
+            old.backends,
+            old.maglev_table_size,
+        ):
+            old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
+            self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
+        if self._id is not None:  # limits and timeouts change too: always a new table
+            self._engine.vip_update(self._id, self._table(vip))
+
+    async def stop_accepting(self) -> None:
+        """No new flows (the workers close their listening sockets, TCP); established ones continue."""
+        if self._id is not None:
+            self._engine.stop_accepting(self._id)
+
+    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
+        """Close the flows on `backend` in every worker; how many."""
+        slot = self._slots.get(backend)
+        if self._id is None or slot is None:
+            return 0
+        return self._engine.close_backend_flows(self._id, slot, _engine.CLOSED.index(reason))
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def stats(self) -> VipStats:
+        """The counters, summed over the workers (fresh on every read while the VIP runs)."""
+        if self._id is not None:
+            self._read(self._stats, self._id, -1)
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: VipStats) -> None:
+        """Replace the object the counters are written into (the `Listener` protocol declares
+        `stats` a plain attribute)."""
+        self._stats = stats
+
+    def worker_stats(self, worker: int) -> VipStats:
+        """One worker's share of the counters (a new object; the VIP must be running)."""
+        assert self._id is not None, "not running"
+        stats = VipStats()
+        self._read(stats, self._id, worker)
+        return stats
+
+    @property
+    def workers(self) -> int:
+        """Worker threads of the engine serving this VIP."""
+        return self._engine.workers
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): the port the kernel chose when the VIP says port 0."""
+        assert self._address is not None, "not started"
+        return self._address
+
+    # ------------------------------------------------------------------ internals
+
+    def _build_scheduler(self, vip: Vip) -> Scheduler:
+        for backend in vip.backends:
+            if backend.address not in self._slots:
+                if len(self._slots) >= BACKEND_SLOTS:
+                    raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
+                self._slots[backend.address] = len(self._slots)
+                self._stats.backend(str(backend.address))
+        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+
+    def _fill_flows(self, stats: VipStats, counters: Counters) -> None:
+        """What every protocol counts: flows, refused, closed, and per backend its flows, connect
+        errors and bytes."""
+        active, flows_total, refused, closed, _, _, backends = counters
+        stats.active, stats.flows_total = active, flows_total
+        stats.refused.clear()
+        stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
+        stats.closed.clear()
+        stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
+        for endpoint, slot in self._slots.items():
+            b = stats.backend(str(endpoint))
+            active_b, flows_b, _, _, errors, to_backend, from_backend = backends[slot]
+            b.active, b.flows_total = active_b, flows_b
+            b.connect_errors.clear()
+            b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})
+            b.bytes_to_backend, b.bytes_from_backend = to_backend, from_backend
+
+
+class NativeTcpListener(NativeVip):
     """One TCP VIP on the native engine.
 
     `use_splice` picks the byte mover (default: splice); `buffer_size` bounds the bytes held per
@@ -109,92 +222,29 @@ class NativeTcpListener:
         buffer_size: int | None = None,
         workers: int | None = None,
     ) -> None:
-        self.vip = vip
+        super().__init__(vip, workers)
         self.use_splice = True if use_splice is None else use_splice
         self.buffer_size = buffer_size
-        self._engine = engine_for(workers)
-        self._stats = VipStats()
-        self._slots: dict[Endpoint, int] = {}
-        """Counter slot of every backend Endpoint ever seen (stable: a flow keeps its slot)."""
-        self._scheduler = self._build_scheduler(vip)
-        self._id: int | None = None
-        self._address: tuple[str, int] | None = None
         self._buffered = 0
         self._peak = 0
 
-    # ------------------------------------------------------------------ Listener interface
-
     async def start(self) -> None:
         vip = self.vip
-        spec = _table_spec(vip, self._scheduler, self._slots)
         self._id, port = self._engine.vip_add(
-            vip.listen.host, vip.listen.port, self.use_splice, self.buffer_size or 0, BACKEND_SLOTS, spec
+            vip.listen.host,
+            vip.listen.port,
+            self.use_splice,
+            self.buffer_size or 0,
+            BACKEND_SLOTS,
+            self._table(vip),
         )
         self._address = (vip.listen.host, port)
-
-    def update(self, vip: Vip) -> None:
-        old = self.vip
-        self.vip = vip
-        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
-            old.scheduler,
-            old.backends,
-            old.maglev_table_size,
-        ):
-            old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
-            self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
-        if self._id is not None:  # limits and timeouts change too: always a new table
-            self._engine.vip_update(self._id, _table_spec(vip, self._scheduler, self._slots))
-
-    async def stop_accepting(self) -> None:
-        """Close the listening sockets (every worker's); established flows continue."""
-        if self._id is not None:
-            self._engine.stop_accepting(self._id)
 
     async def close(self) -> None:
         """Stop accepting, close every flow (``shutdown``), keep the final counters."""
         if self._id is not None:
             vip_id, self._id = self._id, None
-            self._apply(self._engine.vip_remove(vip_id))
-
-    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
-        """Close the established flows on `backend` in every worker; how many."""
-        slot = self._slots.get(backend)
-        if self._id is None or slot is None:
-            return 0
-        return self._engine.close_backend_flows(self._id, slot, _engine.CLOSED.index(reason))
-
-    # ------------------------------------------------------------------ observation
-
-    @property
-    def stats(self) -> VipStats:
-        """The counters, summed over the workers (fresh on every read while the VIP runs)."""
-        if self._id is not None:
-            self._apply(self._engine.counters(self._id, -1, len(self._slots)))
-        return self._stats
-
-    @stats.setter
-    def stats(self, stats: VipStats) -> None:
-        """Replace the object the counters are written into (the `Listener` protocol declares
-        `stats` a plain attribute)."""
-        self._stats = stats
-
-    def worker_stats(self, worker: int) -> VipStats:
-        """One worker's share of the counters (a new object; the VIP must be running)."""
-        assert self._id is not None, "not running"
-        stats = VipStats()
-        self._fill(stats, self._engine.counters(self._id, worker, len(self._slots)))
-        return stats
-
-    @property
-    def workers(self) -> int:
-        """Worker threads of the engine serving this VIP."""
-        return self._engine.workers
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port): the port the kernel chose when the VIP says port 0."""
-        assert self._address is not None, "not started"
-        return self._address
+            self._fill(self._stats, self._engine.vip_remove(vip_id))
 
     @property
     def buffered(self) -> int:
@@ -208,32 +258,16 @@ class NativeTcpListener:
         _ = self.stats
         return self._peak
 
-    # ------------------------------------------------------------------ internals
+    def _table(self, vip: Vip) -> TableSpec:
+        return _table_spec(vip, self._scheduler, self._slots)
 
-    def _build_scheduler(self, vip: Vip) -> Scheduler:
-        for backend in vip.backends:
-            if backend.address not in self._slots:
-                if len(self._slots) >= BACKEND_SLOTS:
-                    raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
-                self._slots[backend.address] = len(self._slots)
-                self._stats.backend(str(backend.address))
-        return build_scheduler(vip.scheduler, vip.backends, table_size=vip.maglev_table_size)
+    def _read(self, stats: VipStats, vip_id: int, worker: int) -> None:
+        self._fill(stats, self._engine.counters(vip_id, worker, len(self._slots)), summed=worker < 0)
 
-    def _apply(self, counters: Counters) -> None:
-        self._buffered, self._peak = counters[4], counters[5]
-        self._fill(self._stats, counters)
-
-    def _fill(self, stats: VipStats, counters: Counters) -> None:
-        active, flows_total, refused, closed, _, _, backends = counters
-        stats.active, stats.flows_total = active, flows_total
-        stats.refused.clear()
-        stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
-        stats.closed.clear()
-        stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
+    def _fill(self, stats: VipStats, counters: Counters, summed: bool = True) -> None:
+        if summed:
+            self._buffered, self._peak = counters[4], counters[5]
+        self._fill_flows(stats, counters)
         for endpoint, slot in self._slots.items():
             b = stats.backend(str(endpoint))
-            active_b, flows_b, attempts, ok, errors, to_backend, from_backend = backends[slot]
-            b.active, b.flows_total, b.connect_attempts, b.connect_ok = active_b, flows_b, attempts, ok
-            b.connect_errors.clear()
-            b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})
-            b.bytes_to_backend, b.bytes_from_backend = to_backend, from_backend
+            b.connect_attempts, b.connect_ok = counters[6][slot][2], counters[6][slot][3]

@@ -21,8 +21,8 @@ import errno
 from typing import TYPE_CHECKING, Final
 
 from sluice.config import Endpoint, Vip
-from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
-from sluice.dataplane.engine.listener import BACKEND_SLOTS, _table_spec, engine_for
+from sluice.core.scheduler import Scheduler
+from sluice.dataplane.engine.listener import BACKEND_SLOTS, NativeVip, _table_spec
 from sluice.dataplane.stats import VipStats
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) 
     return (*base[:8], udp.max_sessions, udp.responses or 0, udp.per_packet, udp.hash == "source_ip")
 
 
-class NativeUdpListener:
+class NativeUdpListener(NativeVip):
     """One UDP VIP on the native engine (`workers`: None = one worker per CPU)."""
 
     def __init__(
@@ -63,23 +63,16 @@ class NativeUdpListener:
         workers: int | None = None,
     ) -> None:
         check_udp_vip(vip)
-        self.vip = vip
+        super().__init__(vip, workers)
         self._quarantine_s = port_quarantine_s
         self._held_max = held_max
-        self._engine = engine_for(workers)
-        self._stats = VipStats()
-        self._slots: dict[Endpoint, int] = {}
-        """Counter slot of every backend Endpoint ever seen (stable: a session keeps its slot)."""
-        self._scheduler = self._build_scheduler(vip)
-        self._id: int | None = None
-        self._address: tuple[str, int] | None = None
         self._gro = False
 
     # ------------------------------------------------------------------ Listener interface
 
     async def start(self) -> None:
         vip = self.vip
-        spec = _udp_table_spec(vip, self._scheduler, self._slots)
+        spec = self._table(vip)
         self._id, port = self._engine.vip_add(
             vip.listen.host,
             vip.listen.port,
@@ -99,22 +92,7 @@ class NativeUdpListener:
         if (vip.listen, vip.protocol) != (self.vip.listen, self.vip.protocol):
             raise ValueError("update() cannot move a listener: stop it and start a new one")
         check_udp_vip(vip)
-        old = self.vip
-        self.vip = vip
-        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
-            old.scheduler,
-            old.backends,
-            old.maglev_table_size,
-        ):
-            old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
-            self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
-        if self._id is not None:  # limits apply at once: always a new table
-            self._engine.vip_update(self._id, _udp_table_spec(vip, self._scheduler, self._slots))
-
-    async def stop_accepting(self) -> None:
-        """Open no new sessions; datagrams of existing sessions still flow."""
-        if self._id is not None:
-            self._engine.stop_accepting(self._id)
+        super().update(vip)
 
     async def close(self) -> None:
         """End every session (``shutdown``), close every socket, keep the final counters."""
@@ -126,59 +104,10 @@ class NativeUdpListener:
             finally:
                 self._engine.vip_free(vip_id)
 
-    def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
-        """End the sessions on `backend` in every worker; their next datagram opens a new session."""
-        slot = self._slots.get(backend)
-        if self._id is None or slot is None:
-            return 0
-        from sluice.dataplane.engine import _engine
-
-        return self._engine.close_backend_flows(self._id, slot, _engine.CLOSED.index(reason))
-
-    # ------------------------------------------------------------------ observation
-
-    @property
-    def stats(self) -> VipStats:
-        """The counters, summed over the workers (fresh on every read while the VIP runs)."""
-        if self._id is not None:
-            used = len(self._slots)
-            self._fill(
-                self._stats,
-                self._engine.counters(self._id, -1, used),
-                self._engine.udp_counters(self._id, -1, used),
-            )
-        return self._stats
-
-    @stats.setter
-    def stats(self, stats: VipStats) -> None:
-        self._stats = stats
-
-    def worker_stats(self, worker: int) -> VipStats:
-        """One worker's share of the counters (a new object; the VIP must be running)."""
-        assert self._id is not None, "not running"
-        stats = VipStats()
-        used = len(self._slots)
-        self._fill(
-            stats,
-            self._engine.counters(self._id, worker, used),
-            self._engine.udp_counters(self._id, worker, used),
-        )
-        return stats
-
-    @property
-    def workers(self) -> int:
-        return self._engine.workers
-
     @property
     def gro(self) -> bool:
         """True when the listen sockets read GRO-coalesced datagrams."""
         return self._gro
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port): the port the kernel chose when the VIP says port 0."""
-        assert self._address is not None, "not started"
-        return self._address
 
     @property
     def quarantined_fds(self) -> frozenset[int]:
@@ -201,35 +130,27 @@ class NativeUdpListener:
     def _held(self) -> list[tuple[int, bool]]:
         return [] if self._id is None else self._engine.udp_held(self._id)
 
-    def _build_scheduler(self, vip: Vip) -> Scheduler:
-        for backend in vip.backends:
-            if backend.address not in self._slots:
-                if len(self._slots) >= BACKEND_SLOTS:
-                    raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
-                self._slots[backend.address] = len(self._slots)
-                self._stats.backend(str(backend.address))
-        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+    def _table(self, vip: Vip) -> UdpTableSpec:
+        return _udp_table_spec(vip, self._scheduler, self._slots)
+
+    def _read(self, stats: VipStats, vip_id: int, worker: int) -> None:
+        used = len(self._slots)
+        self._fill(
+            stats,
+            self._engine.counters(vip_id, worker, used),
+            self._engine.udp_counters(vip_id, worker, used),
+        )
 
     def _fill(self, stats: VipStats, counters: Counters, udp: UdpCounters) -> None:
-        from sluice.dataplane.engine import _engine
+        from sluice.dataplane.engine import _engine  # built: this listener exists only then
 
-        active, flows_total, refused, closed, _, _, backends = counters
+        self._fill_flows(stats, counters)
         sessions, evictions, rebalanced, dropped, errnos, datagrams = udp
-        stats.active, stats.flows_total, stats.sessions = active, flows_total, sessions
-        stats.evictions, stats.rebalanced = evictions, rebalanced
-        stats.refused.clear()
-        stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
-        stats.closed.clear()
-        stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
+        stats.sessions, stats.evictions, stats.rebalanced = sessions, evictions, rebalanced
         stats.dropped.clear()
         stats.dropped.update({name: n for name, n in zip(_engine.DROPPED, dropped, strict=True) if n})
         for code, n in errnos.items():
             stats.dropped[errno.errorcode.get(code, "os_error").lower()] += n
         for endpoint, slot in self._slots.items():
             b = stats.backend(str(endpoint))
-            active_b, flows_b, _, _, errors, to_backend, from_backend = backends[slot]
-            b.active, b.flows_total = active_b, flows_b
-            b.connect_errors.clear()
-            b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})
-            b.bytes_to_backend, b.bytes_from_backend = to_backend, from_backend
             b.datagrams_to_backend, b.datagrams_from_backend = datagrams[slot]
