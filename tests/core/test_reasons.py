@@ -99,7 +99,12 @@ def test_the_planes_count_reasons_at_all() -> None:
     """The scan finds the reasons we know are there (else it would pass on anything)."""
     tcp = {
         r
-        for path in ("dataplane/proxy/tcp.py", "dataplane/proxy/connector.py", "core/connect.py")
+        for path in (
+            "dataplane/proxy/tcp.py",
+            "dataplane/proxy/connection.py",
+            "dataplane/proxy/connector.py",
+            "core/connect.py",
+        )
         for _, _, r in reason_literals((SRC / path).read_text())
     }
     udp = {
@@ -124,8 +129,8 @@ def test_the_scan_catches_a_reason_outside_the_table() -> None:
 
 
 def test_the_tcp_splice_names_make_table_reasons() -> None:
-    """`Splice` closes with ``<name>_reset`` / ``<name>_error``; tcp.py names its sockets."""
-    tree = ast.parse((SRC / "dataplane" / "proxy" / "tcp.py").read_text())
+    """`Splice` closes with ``<name>_reset`` / ``<name>_error``; connection.py names its sockets."""
+    tree = ast.parse((SRC / "dataplane" / "proxy" / "connection.py").read_text())
     names = [
         tuple(ast.literal_eval(kw.value))
         for node in ast.walk(tree)

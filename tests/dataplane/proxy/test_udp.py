@@ -276,8 +276,11 @@ def test_a_backend_that_goes_away_is_replaced_on_the_next_datagram(loop: str) ->
                     live = next(b for b in backends if b is not dead)
                     dead.close()
                     client.send(b"lost")  # reaches the closed port; ICMP comes back
+                    # lb.stats is read each time: the native engine's counters are pulled on read
+                    await wait_for(
+                        lambda: lb.stats.backends[str(dead.endpoint)].connect_errors["refused"] == 1
+                    )
                     dead_stats = lb.stats.backends[str(dead.endpoint)]
-                    await wait_for(lambda: dead_stats.connect_errors["refused"] == 1)
                     for n in range(3):
                         reply, source = await client.request(b"after %d" % n)
                         assert reply == f"{live.name}|after {n}".encode()
