@@ -18,7 +18,9 @@ TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | 
 """scheduler index, backends (config order), Maglev slots (int32, config-order indexes), connect timeout
 (s), idle timeout (s), max_connections, proxy_protocol out (0 off, 1, 2), accept_proxy_protocol (False,
 or the prefixes allowed to send a PROXY header: family 4/6, length, 16 address bytes each)."""
-UdpTableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, int, int, bool, bool]
+UdpTableSpec = tuple[
+    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, int, int, bool, bool
+]
 """TableSpec + udp max_sessions (all workers), responses (0: no limit), per_packet, hash source_ip."""
 UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...]]
 """sessions, evictions, rebalanced, dropped (DROPPED order), {errno: dropped}, (datagrams to, from) per slot."""
