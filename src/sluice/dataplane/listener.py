@@ -33,3 +33,13 @@ class Listener(Protocol):
 
 ListenerFactory = Callable[[Vip], Listener]
 """Builds the listener of one VIP (one factory per protocol)."""
+
+
+def check_udp_vip(vip: Vip, listener: str) -> None:
+    """What every UDP listener (`listener` names it in the message) refuses, refused the same way."""
+    if vip.protocol != "udp":
+        raise ValueError(f"vip {vip.name}: {listener} serves protocol udp, not {vip.protocol}")
+    if vip.proxy_protocol == "v1":
+        raise ValueError(f"vip {vip.name}: PROXY protocol v1 cannot carry UDP; use v2")
+    if vip.udp.per_packet and len({b.address.family_v6 for b in vip.backends}) > 1:
+        raise ValueError(f"vip {vip.name}: udp.per_packet needs every backend in one address family")

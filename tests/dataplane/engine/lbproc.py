@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,11 @@ def require_engine() -> None:
 
 
 @contextlib.contextmanager
-def lb_process(backend_port: int, workers: int = 1, nofile: int = 4096) -> Iterator[tuple[int, int]]:
-    """(pid, port) of a native LB in front of 127.0.0.1:`backend_port`."""
+def child_process(code: str, *args: object) -> Iterator[subprocess.Popen[str]]:
+    """Python `code` in a child with `args`, stdin and stdout piped; at the end a ``stop`` line on
+    stdin ends it, and it must exit 0 (killed if the test failed first)."""
     with subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(backend_port), str(workers), str(nofile)],
+        [sys.executable, "-c", code, *map(str, args)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -64,8 +66,7 @@ def lb_process(backend_port: int, workers: int = 1, nofile: int = 4096) -> Itera
     ) as child:
         try:
             assert child.stdout is not None and child.stdin is not None
-            port = int(child.stdout.readline())
-            yield child.pid, port
+            yield child
             child.stdin.write("stop\n")
             child.stdin.flush()
             assert child.wait(timeout=30) == 0
@@ -73,6 +74,31 @@ def lb_process(backend_port: int, workers: int = 1, nofile: int = 4096) -> Itera
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+@contextlib.contextmanager
+def lb_process(backend_port: int, workers: int = 1, nofile: int = 4096) -> Iterator[tuple[int, int]]:
+    """(pid, port) of a native LB in front of 127.0.0.1:`backend_port`."""
+    with child_process(CHILD, backend_port, workers, nofile) as child:
+        assert child.stdout is not None
+        yield child.pid, int(child.stdout.readline())
+
+
+def count_syscalls(pid: int, out: Path, work: Callable[[], None]) -> int:
+    """Syscalls of every thread of `pid` while `work` runs (strace -c -f; its table goes to `out`)."""
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-o", str(out), "-p", str(pid)], stderr=subprocess.PIPE, text=True
+    )
+    assert tracer.stderr is not None
+    line = tracer.stderr.readline()  # "Process N attached with K threads": all are traced now
+    assert "attached" in line, line
+    work()
+    tracer.send_signal(signal.SIGINT)
+    tracer.communicate(timeout=30)
+    for row in out.read_text().splitlines():
+        if row.rstrip().endswith("total"):
+            return int(row.split()[3])  # the calls column
+    raise AssertionError("no total line in strace -c output:\n" + out.read_text())
 
 
 class EchoServer:

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.dataplane.engine.lbproc import ROOT, require_engine
-from tests.dataplane.engine.test_budgets import _strace_total
+from tests.dataplane.engine.lbproc import child_process, count_syscalls, require_engine
 from tests.support.privileged import needs
 
 WARM_UP = 1000
@@ -105,24 +103,8 @@ class Child:
 def udp_lb(
     backend_port: int, *, workers: int = 1, quarantine_s: float = QUARANTINE_S, rcvbuf: int = 0
 ) -> Iterator[Child]:
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(backend_port), str(workers), str(quarantine_s), str(rcvbuf)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            child = Child(proc)
-            yield child
-            assert proc.stdin is not None
-            proc.stdin.write("stop\n")
-            proc.stdin.flush()
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with child_process(CHILD, backend_port, workers, quarantine_s, rcvbuf) as proc:
+        yield Child(proc)
 
 
 def dns_style(port: int, clients: list[socket.socket], count: int) -> None:
@@ -149,18 +131,7 @@ def test_at_most_8_syscalls_per_dns_style_request_once_warm(tmp_path: Path, work
             dns_style(lb.port, clients, WARM_UP)  # upstream sockets made here, then reused
             warm = lb.stats()
             out = tmp_path / "strace.txt"
-            tracer = subprocess.Popen(
-                ["strace", "-f", "-c", "-o", str(out), "-p", str(lb.proc.pid)],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            assert tracer.stderr is not None
-            line = tracer.stderr.readline()  # "Process N attached with K threads": all are traced now
-            assert "attached" in line, line
-            dns_style(lb.port, clients, REQUESTS)
-            tracer.send_signal(signal.SIGINT)
-            tracer.communicate(timeout=30)
-            calls = _strace_total(out)
+            calls = count_syscalls(lb.proc.pid, out, lambda: dns_style(lb.port, clients, REQUESTS))
             for _ in range(1000):  # the last session ends on the worker just after its answer left
                 stats = lb.stats()
                 if stats["closed"].get("responses") == WARM_UP + REQUESTS:

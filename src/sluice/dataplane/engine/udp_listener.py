@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 from sluice.config import Endpoint, Vip
 from sluice.core.scheduler import Scheduler
 from sluice.dataplane.engine.listener import BACKEND_SLOTS, NativeVip, _table_spec
+from sluice.dataplane.listener import check_udp_vip
 from sluice.dataplane.stats import VipStats
 
 if TYPE_CHECKING:
@@ -33,16 +34,6 @@ PORT_QUARANTINE_S: Final = 2.0
 HELD_MAX: Final = 4096
 """Held upstream sockets per worker at most (quarantined or waiting for reuse); the oldest beyond it
 is closed."""
-
-
-def check_udp_vip(vip: Vip) -> None:
-    """What `UdpListener` refuses, refused the same way."""
-    if vip.protocol != "udp":
-        raise ValueError(f"vip {vip.name}: NativeUdpListener serves protocol udp, not {vip.protocol}")
-    if vip.proxy_protocol == "v1":
-        raise ValueError(f"vip {vip.name}: PROXY protocol v1 cannot carry UDP; use v2")
-    if vip.udp.per_packet and len({b.address.family_v6 for b in vip.backends}) > 1:
-        raise ValueError(f"vip {vip.name}: udp.per_packet needs every backend in one address family")
 
 
 def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> UdpTableSpec:
@@ -62,7 +53,7 @@ class NativeUdpListener(NativeVip):
         held_max: int = HELD_MAX,
         workers: int | None = None,
     ) -> None:
-        check_udp_vip(vip)
+        check_udp_vip(vip, "NativeUdpListener")
         super().__init__(vip, workers)
         self._quarantine_s = port_quarantine_s
         self._held_max = held_max
@@ -91,7 +82,7 @@ class NativeUdpListener(NativeVip):
     def update(self, vip: Vip) -> None:
         if (vip.listen, vip.protocol) != (self.vip.listen, self.vip.protocol):
             raise ValueError("update() cannot move a listener: stop it and start a new one")
-        check_udp_vip(vip)
+        check_udp_vip(vip, "NativeUdpListener")
         super().update(vip)
 
     async def close(self) -> None:

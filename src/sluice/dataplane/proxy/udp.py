@@ -77,6 +77,7 @@ from sluice.core.udp_session import (
     rebalance,
     session_flow,
 )
+from sluice.dataplane.listener import check_udp_vip
 from sluice.dataplane.proxy.udp_sockets import (
     GRO_CMSG_SPACE,
     Address,
@@ -105,7 +106,7 @@ class UdpListener:
     """One UDP VIP: the listen socket, the session table and one upstream socket per session."""
 
     def __init__(self, vip: Vip, *, port_quarantine_s: float = PORT_QUARANTINE_S) -> None:
-        _check(vip)
+        check_udp_vip(vip, "UdpListener")
         self._vip = vip
         self.stats = VipStats()
         self.gro = False
@@ -157,7 +158,7 @@ class UdpListener:
     def update(self, vip: Vip) -> None:
         if (vip.listen, vip.protocol) != (self._vip.listen, self._vip.protocol):
             raise ValueError("update() cannot move a listener: stop it and start a new one")
-        _check(vip)
+        check_udp_vip(vip, "UdpListener")
         self._vip = vip
         self._release_all(self._table.configure(vip.udp.max_sessions, vip.idle_timeout_s, vip.udp.responses))
         old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
@@ -483,15 +484,3 @@ class UdpListener:
         closed = self._table.reply(up.client, now)
         if closed is not None:
             self._release_all([closed])
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-
-def _check(vip: Vip) -> None:
-    if vip.protocol != "udp":
-        raise ValueError(f"vip {vip.name}: UdpListener serves protocol udp, not {vip.protocol}")
-    if vip.proxy_protocol == "v1":
-        raise ValueError(f"vip {vip.name}: PROXY protocol v1 cannot carry UDP; use v2")
-    if vip.udp.per_packet and len({b.address.family_v6 for b in vip.backends}) > 1:
-        raise ValueError(f"vip {vip.name}: udp.per_packet needs every backend in one address family")
