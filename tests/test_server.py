@@ -270,10 +270,7 @@ async def test_a_failing_reload_does_not_end_the_reload_task(
 ) -> None:
     b0, b1 = await backends.add(), await backends.add()
     path = plain_config(tmp_path / "sluice.yaml", [b0])
-    server = Server(path)
-    serving = asyncio.create_task(server.serve())
-    try:
-        assert await notifications.next() == "READY=1"
+    async with in_process(path, notifications) as server:
         assert server.controller is not None
         controller = server.controller
         real_load = server.load
@@ -296,15 +293,6 @@ async def test_a_failing_reload_does_not_end_the_reload_task(
         assert await notifications.next() == "READY=1"
         assert controller.reloads["ok"] == 1
         assert [str(b.address) for b in controller.config.vip("web").backends] == [b0.address, b1.address]
-
-        signal.raise_signal(signal.SIGTERM)
-        assert await notifications.next() == "STOPPING=1"
-        await asyncio.wait_for(serving, 10)
-    finally:
-        if not serving.done():
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
 
 
 @contextlib.asynccontextmanager
