@@ -50,7 +50,8 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
 
 
-def _csum(data: bytes) -> int:
+def ip_checksum(data: bytes) -> int:
+    """The internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
         data += b"\0"
     s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -66,10 +67,10 @@ def frame(dst_mac: str, src_mac: str, src: str, dst: str, sport: int, dport: int
     saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
     pseudo = saddr + daddr + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + body
-    udp_sum = _csum(pseudo + udp) or 0xFFFF
+    udp_sum = ip_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", udp_sum) + udp[8:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0, saddr, daddr)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
     return eth + ip + udp
 

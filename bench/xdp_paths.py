@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import proc, rounds
+from bench.rawgen import ip_checksum
 from bench.rounds import Metric, Row, Scenario, Target
 
 BASELINE_COMMIT = "fb2c44b334e3b17b2e60cdc1b5a274fca874ad1b"
@@ -153,15 +154,6 @@ def net_of_floor(raw: dict[str, float], floor: dict[str, float]) -> Row:
 # ---------------------------------------------------------------- frames
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def frame(proto: str, src: str, dst: str, sport: int, dport: int, flags: int = 0) -> bytes:
     """Ethernet + IPv4 + TCP (flags, no options) or UDP (18 B payload): 60 or 54 B."""
     if proto == "tcp":
@@ -183,7 +175,7 @@ def frame(proto: str, src: str, dst: str, sport: int, dport: int, flags: int = 0
         socket.inet_aton(src),
         socket.inet_aton(dst),
     )
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     return bytes.fromhex(LB_MAC.replace(":", "") + CLIENT_MAC.replace(":", "")) + b"\x08\x00" + ip + l4
 
 
