@@ -4,10 +4,14 @@ pyproject.toml.
 The native engine is optional: when it does not build, the package still installs and the python
 engine runs (`sluice.dataplane.engine.AVAILABLE` is False)."""
 
+from pathlib import Path
+
 from setuptools import Extension, setup
 
 ENGINE_DIR = "src/sluice/dataplane/engine"
-ENGINE_SOURCES = ["loop.c", "tcp.c", "udp.c", "vip.c", "counters.c", "pick.c", "proxy_header.c", "module.c"]
+# Every .c and .h file of the engine folder is the engine: adding a file needs no edit here.
+ENGINE_SOURCES = sorted(p.name for p in Path(ENGINE_DIR).glob("*.c"))
+ENGINE_HEADERS = sorted(p.name for p in Path(ENGINE_DIR).glob("*.h"))
 
 setup(
     ext_modules=[
@@ -15,10 +19,7 @@ setup(
         Extension(
             "sluice.dataplane.engine._engine",
             [f"{ENGINE_DIR}/{name}" for name in ENGINE_SOURCES],
-            depends=[
-                f"{ENGINE_DIR}/{h}"
-                for h in ("engine.h", "udp.h", "counters.h", "reasons.h", "pick.h", "proxy_header.h")
-            ],
+            depends=[f"{ENGINE_DIR}/{name}" for name in ENGINE_HEADERS],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,
