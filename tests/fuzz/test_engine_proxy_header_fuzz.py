@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sluice.core.proxy_protocol import build_proxy_header
-from tests.dataplane.engine.cbuild import ENGINE_DIR, c_parse, python_parse
+from tests.dataplane.engine.cbuild import ENGINE_DIR, PROXY_HEADER_SOURCES, c_parse, python_parse
 from tests.support.privileged import REQUIRE_PRIVILEGED, needs
 
 TARGET = Path(__file__).resolve().parent / "proxy_header_fuzz.c"
@@ -72,7 +72,7 @@ def build_fuzzer(tmp_path: Path) -> Path:
         "-std=c11",
         f"-I{ENGINE_DIR}",
         str(TARGET),
-        str(ENGINE_DIR / "proxy_header.c"),
+        *(str(ENGINE_DIR / name) for name in PROXY_HEADER_SOURCES),
         "-o",
         str(binary),
     ]

@@ -1,4 +1,4 @@
-"""Build the native engine's pure C files (pick.c, proxy_header.c) into a shared library and load it
+"""Build the native engine's pure C files (pick.c, proxy_header*.c) into a shared library and load it
 with ctypes, so differential tests can call them beside their Python twins in core/.
 
 The library is built once per content (sources, headers and flags hashed into its name) in a cache
@@ -20,7 +20,9 @@ from sluice.core.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from tests.support.privileged import needs
 
 ENGINE_DIR = Path(__file__).resolve().parents[3] / "src" / "sluice" / "dataplane" / "engine"
-PURE_SOURCES = ("pick.c", "proxy_header.c")
+PROXY_HEADER_SOURCES = ("proxy_header.c", "proxy_header_v1.c", "proxy_header_v2.c")
+"""The PROXY header codec: which format (proxy_header.c), v1 text, v2 binary and TLVs."""
+PURE_SOURCES = ("pick.c", *PROXY_HEADER_SOURCES)
 """The engine files that know nothing of sockets or Python."""
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared")
 

@@ -1,5 +1,9 @@
 /* engine.h: the native engine's objects (engine, workers, VIPs, tables, connections) and its control API.
  *
+ * Python.h only in the module's files (module.h, module*.c: the `_engine` extension); everything else
+ * knows nothing of Python and links into a plain C test or a libFuzzer target
+ * (tests/dataplane/engine/test_layout.py checks it, and that no engine file exceeds 500 lines).
+ *
  * Threads and ownership
  * - The control thread is whoever calls the engine_* functions (Python, holding no GIL while it waits).
  *   Control calls are serialized by engine->control (a mutex); each one hands a `struct command` to every
@@ -97,11 +101,11 @@ struct eng_table *table_new(uint32_t n, uint32_t m, unsigned workers);
 void table_ref(struct eng_table *t);
 void table_unref(struct eng_table *t);
 
-/* ------------------------------------------------------------------ connections (tcp.c) */
+/* ------------------------------------------------------------------ connections (tcp*.c, tcp.h) */
 
 enum side { SIDE_CLIENT = 0, SIDE_BACKEND = 1 };
 /* CONN_LINGER: counted closed after a reset; the surviving socket waits for its send queue to empty
- * (tcp.c reset_after_sent), then is reset. */
+ * (tcp_move.c abort_flow), then is reset. */
 enum conn_state { CONN_FREE, CONN_HANDSHAKE, CONN_CONNECTING, CONN_ESTABLISHED, CONN_DEAD, CONN_LINGER };
 
 /* One direction: bytes read from its source, held in a pipe or a buffer, written to its destination. */
@@ -268,7 +272,7 @@ void worker_ack(struct worker *w, struct command *cmd);
 int epoll_add(struct worker *w, int fd, uint32_t events, enum handle_kind kind, uint32_t gen, uint32_t id);
 uint64_t worker_random(struct worker *w);
 
-/* tcp.c: the worker side */
+/* tcp*.c: the worker side (tcp.h: what the TCP files share among themselves) */
 void tcp_on_listen(struct worker *w, struct worker_vip *wv);
 void tcp_on_event(struct worker *w, struct conn *c, enum side s, uint32_t events);
 void tcp_run_again(struct worker *w);
