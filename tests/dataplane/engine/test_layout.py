@@ -15,7 +15,7 @@ import pytest
 from tests.dataplane.engine.cbuild import ENGINE_DIR
 
 MAX_LINES = 500
-PENDING_SPLIT = frozenset({"udp.c"})
+PENDING_SPLIT: frozenset[str] = frozenset()
 """Files still over MAX_LINES whose split is under way (issue 9); each must still be over, so the
 entry goes when its split lands."""
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)

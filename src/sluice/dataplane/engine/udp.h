@@ -12,6 +12,9 @@
  *   session to that backend (no socket/connect/close per session once warm). At most `held_max`
  *   are held; beyond it the oldest is closed.
  * - Scratch buffers for recvmmsg/sendmmsg: one set per worker (`worker.udp_scratch`), freed with it.
+ *
+ * Files: udp.c (the datagram path: reads, sends, replies), udp_session.c (the session table),
+ * udp_sock.c (the upstream socket pool and its quarantine), udp_control.c (VIP lifecycle, control side).
  */
 #ifndef SLUICE_ENGINE_UDP_H
 #define SLUICE_ENGINE_UDP_H
@@ -108,21 +111,49 @@ struct udp_wv {
 
 extern const char *const dropped_names[DROPPED__COUNT];
 
-/* udp.c, control side (vip.c) */
+/* udp_control.c, control side (vip.c) */
 int udp_wv_new(struct worker_vip *wv, uint32_t backend_slots);   /* -ENOMEM */
 void udp_wv_free(struct worker_vip *wv);
 int udp_bind_listener(struct vip *v, unsigned index, int *fd_out); /* -errno */
 
-/* udp.c, worker side (loop.c) */
+/* udp_control.c (commands) and udp.c (events), worker side (loop.c) */
 void udp_command(struct worker *w, struct worker_vip *wv, struct command *cmd);
 void udp_on_event(struct worker *w, enum handle_kind kind, uint32_t vip_id, uint32_t index);
 void udp_worker_free(struct worker *w);
 
-/* udp.c, control side (module.c). Sums one worker's (worker >= 0) or every worker's counters;
+/* udp_control.c, control side (module.c). Sums one worker's (worker >= 0) or every worker's counters;
  * `to` and `from` hold the VIP's backend_slots entries. -ENOENT when the VIP is unknown or not UDP. */
 int engine_udp_counters(struct engine *e, uint32_t id, int worker, struct udp_counters *out);
 /* Fills fds / quarantined (cap entries) with the held upstream sockets of every worker; their number
  * (may exceed cap: only cap written), -ENOENT. */
 int engine_udp_held(struct engine *e, uint32_t id, int *fds, uint8_t *quarantined, uint32_t cap);
+
+/* Between the UDP files, worker side only. */
+
+/* udp.c: the worker's recvmmsg/sendmmsg buffers, made once (0, -ENOMEM). */
+int udp_scratch_make(struct worker *w);
+
+/* udp_session.c: the session table */
+int udp_sessions_attach(struct worker *w, struct worker_vip *wv); /* empty table of the worker's share; -ENOMEM */
+void udp_sessions_detach(struct worker *w, struct worker_vip *wv); /* every session ends `shutdown` */
+void udp_sessions_update(struct worker *w, struct worker_vip *wv); /* wv->table is new: apply its limits */
+unsigned long udp_sessions_close_backend(struct worker *w, struct worker_vip *wv, uint32_t slot, enum closed_reason r);
+/* The session of client `from`: found, else opened (NULL: refused and counted). */
+struct udp_session *udp_session_of(struct worker *w, struct worker_vip *wv, const struct sockaddr_storage *from,
+                                   socklen_t fromlen);
+void udp_session_touch(struct worker *w, struct udp_wv *u, struct udp_session *s); /* most recently used */
+void udp_session_end(struct worker *w, struct worker_vip *wv, struct udp_session *s, enum closed_reason reason);
+void udp_on_refused(struct worker_vip *wv, struct udp_session *s);
+int udp_rebalance(struct worker *w, struct worker_vip *wv, struct udp_session *s);
+int32_t udp_pick(struct worker *w, struct worker_vip *wv, uint32_t hash, const struct udp_session *s);
+void udp_endpoint_of(const struct sockaddr_storage *ss, uint8_t ip16[16], uint16_t *port);
+
+/* udp_sock.c: the upstream socket pool */
+void udp_socks_attach(struct udp_wv *u); /* empty held list */
+void udp_socks_detach(struct udp_wv *u); /* closes every held socket, frees the index */
+struct udp_sock *udp_sock_new(struct worker *w, struct worker_vip *wv, int family, const struct eng_backend *to);
+struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx);
+void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k);
+void udp_sock_list_held(struct worker *w, struct worker_vip *wv, struct command *cmd); /* CMD_UDP_HELD */
 
 #endif

@@ -1,0 +1,163 @@
+/* udp_sock.c: the UDP upstream socket pool (one connected socket per session, held after it with a port quarantine).
+ *
+ * A closed session's socket is held, not closed: during its quarantine (vip.quarantine_us) nobody may
+ * use it (replies still arriving are read and discarded by udp.c), then it waits, still connected to
+ * its backend, for the next session to that backend; beyond held_max the oldest held is closed.
+ * Everything here runs on the socket's worker (udp.h: ownership).
+ */
+#define _GNU_SOURCE
+#include "udp.h"
+
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+static void held_unlink(struct udp_wv *u, struct udp_sock *k)
+{
+    k->hprev->hnext = k->hnext;
+    k->hnext->hprev = k->hprev;
+    k->hprev = k->hnext = NULL;
+    u->n_held--;
+    if (k->slot >= 0) {
+        struct slot_list *l = &u->slot_held[k->slot];
+        if (k->sprev != NULL)
+            k->sprev->snext = k->snext;
+        else
+            l->head = k->snext;
+        if (k->snext != NULL)
+            k->snext->sprev = k->sprev;
+        else
+            l->tail = k->sprev;
+        k->sprev = k->snext = NULL;
+    }
+}
+
+static void udp_sock_close(struct udp_wv *u, struct udp_sock *k)
+{
+    if (k->hnext != NULL)
+        held_unlink(u, k);
+    close(k->fd); /* leaves the epoll set with it */
+    u->socks[k->index] = NULL;
+    u->free_index[u->n_free_index++] = k->index;
+    free(k);
+}
+
+/* A new non-blocking socket of `family`, connected to `to` (NULL: unconnected), in epoll. */
+struct udp_sock *udp_sock_new(struct worker *w, struct worker_vip *wv, int family, const struct eng_backend *to)
+{
+    struct udp_wv *u = wv->udp;
+    if (u->n_free_index == 0) {
+        uint32_t cap = u->cap_socks ? u->cap_socks * 2 : 256;
+        struct udp_sock **socks = realloc(u->socks, sizeof(*socks) * cap);
+        if (socks == NULL)
+            return NULL;
+        u->socks = socks;
+        uint32_t *free_index = realloc(u->free_index, sizeof(*free_index) * cap);
+        if (free_index == NULL)
+            return NULL;
+        u->free_index = free_index;
+        for (uint32_t i = cap; i > u->cap_socks; i--) {
+            socks[i - 1] = NULL;
+            free_index[u->n_free_index++] = i - 1;
+        }
+        u->cap_socks = cap;
+    }
+    struct udp_sock *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (k->fd < 0)
+        goto fail;
+    if (to != NULL && connect(k->fd, (const struct sockaddr *)&to->addr, to->addrlen) < 0)
+        goto fail;
+    k->index = u->free_index[u->n_free_index - 1];
+    if (epoll_add(w, k->fd, EPOLLIN, H_UDP_UP, wv->vip->id, k->index) < 0)
+        goto fail;
+    u->n_free_index--;
+    u->socks[k->index] = k;
+    k->family = family;
+    k->slot = to != NULL ? (int32_t)to->slot : -1;
+    if (k->index >= u->n_socks)
+        u->n_socks = k->index + 1;
+    return k;
+fail:
+    if (k->fd >= 0)
+        close(k->fd);
+    free(k);
+    return NULL;
+}
+
+/* An upstream socket connected to backend `idx` of the worker's table: a held one of that backend
+ * past its quarantine, else the oldest held one past it (connected anew), else a new one. */
+struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx)
+{
+    struct udp_wv *u = wv->udp;
+    const struct eng_backend *b = &wv->table->backends[idx];
+    struct udp_sock *k = u->slot_held[b->slot].head;
+    if (k != NULL && k->release_us <= w->now_us) {
+        held_unlink(u, k);
+        return k;
+    }
+    k = u->held.hnext;
+    if (k != &u->held && k->release_us <= w->now_us && k->family == b->addr.ss_family) {
+        held_unlink(u, k);
+        if (connect(k->fd, (const struct sockaddr *)&b->addr, b->addrlen) == 0) {
+            k->slot = (int32_t)b->slot;
+            return k;
+        }
+        udp_sock_close(u, k);
+    }
+    return udp_sock_new(w, wv, b->addr.ss_family, b);
+}
+
+/* Hold a closed session's socket: quarantined, then reusable; the oldest closed beyond held_max. */
+void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k)
+{
+    struct udp_wv *u = wv->udp;
+    k->session = NULL;
+    k->release_us = w->now_us + wv->vip->quarantine_us;
+    k->hnext = &u->held;
+    k->hprev = u->held.hprev;
+    u->held.hprev->hnext = k;
+    u->held.hprev = k;
+    u->n_held++;
+    if (k->slot >= 0) {
+        struct slot_list *l = &u->slot_held[k->slot];
+        k->sprev = l->tail;
+        k->snext = NULL;
+        if (l->tail != NULL)
+            l->tail->snext = k;
+        else
+            l->head = k;
+        l->tail = k;
+    }
+    while (u->n_held > wv->vip->held_max)
+        udp_sock_close(u, u->held.hnext);
+}
+
+void udp_sock_list_held(struct worker *w, struct worker_vip *wv, struct command *cmd)
+{
+    struct udp_wv *u = wv->udp;
+    pthread_mutex_lock(cmd->held_lock);
+    for (struct udp_sock *k = u->held.hnext; k != &u->held; k = k->hnext) {
+        unsigned long at = atomic_fetch_add(&cmd->result, 1);
+        if (at < cmd->fds_cap) {
+            cmd->fds[at] = k->fd;
+            cmd->fd_quarantined[at] = k->release_us > w->now_us;
+        }
+    }
+    pthread_mutex_unlock(cmd->held_lock);
+}
+
+void udp_socks_attach(struct udp_wv *u) { u->held.hnext = u->held.hprev = &u->held; }
+
+void udp_socks_detach(struct udp_wv *u)
+{
+    while (u->held.hnext != &u->held)
+        udp_sock_close(u, u->held.hnext);
+    free(u->socks);
+    u->socks = NULL;
+    free(u->free_index);
+    u->free_index = NULL;
+    u->cap_socks = u->n_socks = u->n_free_index = 0;
+}
