@@ -88,7 +88,10 @@ async def test_reload_reports_errors(
     api, token, _, reloader = server
     assert await cli("reload", "--api", api, "--token-file", str(token)) == 0
     out = capsys.readouterr().out
-    assert out.startswith("reloaded: web: \n") and "  vip dns added (udp/127.0.0.1:5353, 2 backends)" in out
+    assert (
+        out.startswith("reloaded (VIPs: web); changes:\n")
+        and "  vip dns added (udp/127.0.0.1:5353, 2 backends)" in out
+    )
     assert "drain (set at runtime) stays; a restart of sluice undoes it" in out
     assert await cli("reload", "--dry-run", "--api", api, "--token-file", str(token)) == 0
     out = capsys.readouterr().out

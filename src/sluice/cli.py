@@ -223,7 +223,9 @@ def _cmd_reload(args: argparse.Namespace, client: ApiClient) -> int:
     if args.dry_run:
         print("dry run, nothing applied; a reload would " + ("change:" if lines else "change nothing"))
     else:
-        print("reloaded: " + ", ".join(result.get("vips", [])) + (": " if lines else ", no change"))
+        print(
+            f"reloaded (VIPs: {', '.join(result.get('vips', []))}); " + ("changes:" if lines else "no change")
+        )
     for line in lines:
         print(f"  {line}")
     for line in result.get("runtime", []):

@@ -196,7 +196,7 @@ def _check(b: dict[str, Any]) -> str:
     if b["last_check"] is None:
         return "-"
     latency = b.get("last_check_latency_s")
-    return b["last_check"] if latency is None else f"{b['last_check']} {latency * 1000:.1f}ms"
+    return f"{b['last_check']} {latency * 1000:.1f}ms" if latency else b["last_check"]
 
 
 def _short_bytes(n: float) -> str:

@@ -178,10 +178,11 @@ class Controller:
                 ) from None
         except ConfigError as exc:
             if not dry_run:
-                self._reloaded("invalid", "; ".join(exc.errors))
-                log.error(
-                    "reload of %s rejected, keeping the running config: %s", path, "; ".join(exc.errors)
-                )
+                errors = "; ".join(
+                    " ".join(e.split()) for e in exc.errors
+                )  # one line, whatever the YAML said
+                self._reloaded("invalid", errors)
+                log.error("reload of %s rejected, keeping the running config: %s", path, errors)
             raise
         except Exception as exc:
             if not dry_run:
