@@ -523,3 +523,23 @@ async def test_a_request_the_parser_refuses_is_answered_json_naming_no_versions(
     assert headers[b"Server"] == b"sluice" and b"Python" not in head and b"aiohttp" not in head
     assert headers[b"Content-Type"].startswith(b"application/json")
     assert json.loads(body)["error"]
+
+
+async def test_a_handler_that_raises_is_a_json_500_naming_no_versions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(FakeController):
+        def snapshot(self) -> Any:
+            raise RuntimeError("a bug")
+
+    admin = AdminServer(AdminOptions(listen=f"127.0.0.1:{free_port()}"), lambda unix: build_app(Broken()))
+    await admin.start()
+    try:
+        async with ClientSession() as s, s.get(f"http://127.0.0.1:{admin.port}/api/v1/vips") as r:
+            assert r.status == 500 and r.headers["Server"] == "sluice"
+            assert await r.json() == {"error": "internal error; the sluice log has the details"}
+    finally:
+        await admin.close()
+    assert any(
+        r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records
+    )  # the traceback is logged

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sluice.config import Config, Endpoint, Vip
-from sluice.core.maglev import build_table, count_slots_changed
+from sluice.core.maglev import MaglevTable, build_table, count_slots_changed
 
 RESTART_KEYS: Final = ("admin", "announce")
 """Top-level blocks a reload does not apply: they take effect at the next restart."""
@@ -175,7 +175,8 @@ def _diff_vip(old: Vip, new: Vip, old_eff: Vip | None, new_eff: Vip | None) -> V
     slots = size = None
     if old.scheduler == new.scheduler == "maglev" and old_eff is not None and new_eff is not None:
         size = new.maglev_table_size
-        slots = count_slots_changed(_table(old_eff), _table(new_eff))
+        same = old_eff.maglev_table_size == size and _weights(old_eff) == _weights(new_eff)
+        slots = 0 if same else count_slots_changed(_table(old_eff), _table(new_eff))  # tables only if needed
     return VipChange(
         name=new.name,
         backends_added=tuple((a, w) for a, w in after.items() if a not in before),
@@ -187,8 +188,12 @@ def _diff_vip(old: Vip, new: Vip, old_eff: Vip | None, new_eff: Vip | None) -> V
     )
 
 
-def _table(vip: Vip) -> Any:
-    return build_table([(str(b.address), b.weight) for b in vip.backends], vip.maglev_table_size)
+def _weights(vip: Vip) -> list[tuple[str, int]]:
+    return [(str(b.address), b.weight) for b in vip.backends]
+
+
+def _table(vip: Vip) -> MaglevTable:
+    return build_table(_weights(vip), vip.maglev_table_size)
 
 
 def _vip(config: Config, name: str) -> Vip | None:
