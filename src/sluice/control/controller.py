@@ -178,9 +178,8 @@ class Controller:
                 ) from None
         except ConfigError as exc:
             if not dry_run:
-                errors = "; ".join(
-                    " ".join(e.split()) for e in exc.errors
-                )  # one line, whatever the YAML said
+                # one line, whatever the YAML parser's message spans
+                errors = "; ".join(" ".join(e.split()) for e in exc.errors)
                 self._reloaded("invalid", errors)
                 log.error("reload of %s rejected, keeping the running config: %s", path, errors)
             raise
