@@ -14,6 +14,7 @@ from sluice.cli import main
 from sluice.config import AdminOptions, load_config
 from sluice.config.model import DEFAULT_ADMIN_PORT
 from sluice.control.api import AdminServer, build_app
+from sluice.control.client import parse_api
 from tests.support.admin import TOKEN, FakeController, Reloader
 from tests.support.loopback import free_port
 
@@ -229,3 +230,26 @@ def test_every_example_has_an_admin_block_and_the_default_port_is_not_prometheus
         config = load_config(path)
         assert config.admin is not None, path
     assert load_config(EXAMPLES / "tcp.yaml").admin == AdminOptions()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:7667", "http://127.0.0.1:7667"),
+        ("[::1]:7667", "http://[::1]:7667"),
+        ("lb1.example:7667", "http://lb1.example:7667"),
+        ("http://127.0.0.1:7667", "http://127.0.0.1:7667"),
+        ("/run/sluice/admin.sock", "/run/sluice/admin.sock"),
+        ("./admin.sock", "./admin.sock"),
+    ],
+)
+def test_api_addresses_host_port_is_tcp_and_a_path_is_a_socket(text: str, expected: str) -> None:
+    assert parse_api(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["admin.sock", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:", "http://:80", "http://h:x"]
+)
+def test_api_addresses_that_are_neither_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=repr(text).replace("[", r"\[")):
+        parse_api(text)

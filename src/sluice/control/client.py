@@ -114,7 +114,10 @@ class ApiClient:
             response = conn.getresponse()
             raw = response.read()
         except OSError as exc:
-            raise ApiError(0, f"cannot reach the admin API at {self.api}: {exc}") from None
+            raise ApiError(
+                0,
+                f"cannot reach the admin API at {self.api}: {exc} (is sluice running, and is this its admin.listen?)",
+            ) from None
         finally:
             conn.close()
         try:
