@@ -190,10 +190,16 @@ async def test_sluice_token_writes_a_private_file_and_never_overwrites_silently(
     assert path.read_text() != first and stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("columns", ["80", "200"])
 async def test_status_shows_the_header_since_latency_and_bytes(
-    server: tuple[str, Path, FakeController, Reloader], capsys: pytest.CaptureFixture[str]
+    server: tuple[str, Path, FakeController, Reloader],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    columns: str,
 ) -> None:
+    """Also on an 80-column terminal, where the rates and counters give way first."""
     api, _, _, _ = server
+    monkeypatch.setenv("COLUMNS", columns)
     assert await cli("status", "--api", api, "--sample", "0") == 0
     out = capsys.readouterr().out
     assert "sluice 9.9.9, up 1h02m, no reload since start" in out

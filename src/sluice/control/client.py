@@ -224,7 +224,7 @@ COLUMNS: Final = (
     ("last check", "left"),
 )
 """Every column of a VIP's table; "in" is client to backend, "out" backend to client."""
-DROP_ORDER: Final = ("B/s in/out", "flows/s", "conn err", "since", "bytes in/out", "flows", "last check")
+DROP_ORDER: Final = ("B/s in/out", "flows/s", "conn err", "flows", "bytes in/out", "since", "last check")
 """Columns left out, in this order, while a table is wider than the terminal (the address, state,
 weight and active flows always stay; the address column is never narrowed)."""
 
@@ -285,7 +285,14 @@ def vip_table(
 
 
 def _build(vip: dict[str, Any], rows: list[dict[str, str | Text]], shown: list[str]) -> Table:
-    table = Table(title=_vip_title(vip), title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+    table = Table(
+        title=_vip_title(vip),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        expand=False,
+    )
     for name, justify in COLUMNS:
         if name not in shown:
             continue
