@@ -158,18 +158,35 @@ async def test_run_serves_reloads_and_reports(tmp_path: Path, backends: Backends
         assert len((await get(s, "/api/v1/vips/web"))["backends"]) == 2
         assert await probe(s.vip_port) in {"b0", "b1"}
 
-        # a valid change applies
+        # a dry run tells the difference and applies nothing; then the change applies
         s.rewrite([b0, b1, b2])
+        status, dry = await post(s, "/api/v1/reload?dry_run=true")
+        added = f"vip web: backend {b2.address} added (weight 1)"
+        assert status == 200 and dry["applied"] is False and dry["lines"][0] == added
+        assert len((await get(s, "/api/v1/vips/web"))["backends"]) == 2
         status, body = await post(s, "/api/v1/reload")
-        assert (status, body) == (200, {"ok": True, "vips": ["web"]})
+        assert status == 200 and body["ok"] is True and body["applied"] is True and body["vips"] == ["web"]
+        assert body["lines"] == dry["lines"] and body["lines"][0] == added
+        assert (
+            body["lines"][1].startswith("vip web: maglev ")
+            and "slots move to another backend" in body["lines"][1]
+        )
         vip = await get(s, "/api/v1/vips/web")
         assert [b["address"] for b in vip["backends"]] == [b0.address, b1.address, b2.address]
         reloads = samples(await get(s, "/metrics"), "sluice_reloads_total")
         assert reloads == {'{"result": "invalid"}': 2.0, '{"result": "ok"}': 1.0}
+        info = await get(s, "/api/v1/server")
+        assert info["last_reload_result"] == "ok" and info["reloads"] == {"invalid": 2, "ok": 1}
 
         s.signal(signal.SIGTERM)
         await s.expect("STOPPING=1")
         assert await asyncio.wait_for(s.proc.wait(), 10) == 0
+        assert s.proc.stderr is not None
+        log = (await s.proc.stderr.read()).decode().splitlines()
+        rejected = [line for line in log if "rejected, keeping the running config" in line]
+        assert len(rejected) == 2  # one line each: the SIGHUP and the API reload
+        assert all("vips[0].backends[0].address" in line for line in rejected)
+        assert any(line.endswith(f"reload: {added}") for line in log)
 
 
 async def test_idle_admin_connections_cannot_starve_the_data_plane(

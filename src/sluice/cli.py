@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sluice import __version__
 from sluice.config import Config, ConfigError, Endpoint, config_json_schema, load_config
@@ -100,28 +101,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def _api_client(args: argparse.Namespace) -> ApiClient:
-    from sluice.control.client import ApiClient, read_token_file
-
-    try:
-        token = read_token_file(args.token_file)
-    except (OSError, IndexError) as exc:
-        raise _ApiArgsError(f"--token-file {args.token_file}: cannot read a token: {exc}") from None
-    return ApiClient(args.api, token)
-
-
 class _ApiArgsError(Exception):
     pass
 
 
-def _api_command(func: Callable[[argparse.Namespace, ApiClient], int]) -> Callable[[argparse.Namespace], int]:
+API_ENV: Final = ("SLUICE_CONFIG", "SLUICE_API", "SLUICE_TOKEN_FILE")
+"""Environment variables the API commands read when -c, --api or --token-file is not given."""
+
+
+def _api_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The API address and token file of an API command: each from its option, else its environment
+    variable, else the admin block of the config (-c / SLUICE_CONFIG), else the default address and
+    no token file."""
+    from sluice.control.client import DEFAULT_API
+
+    api = args.api or os.environ.get("SLUICE_API") or None
+    token_file = args.token_file or os.environ.get("SLUICE_TOKEN_FILE") or None
+    config_path = args.config or os.environ.get("SLUICE_CONFIG") or None
+    if config_path is not None and (api is None or token_file is None):
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            raise _ApiArgsError(f"{config_path}: invalid\n  " + "\n  ".join(exc.errors)) from None
+        if config.admin is None:
+            raise _ApiArgsError(
+                f"{config_path} has no admin: block, so sluice runs no admin API for it; add one, "
+                "e.g. admin: {listen: 127.0.0.1:7667, token_file: /etc/sluice/token}, and restart sluice"
+            )
+        api = api or config.admin.listen
+        token_file = token_file or config.admin.token_file
+    return api or DEFAULT_API, token_file
+
+
+def _api_client(args: argparse.Namespace, *, changes: bool) -> ApiClient:
+    """A client for the daemon `_api_target` finds; `changes`: with the token (refused when its file
+    is shared with group or others), else without (reads need none)."""
+    from sluice.control.client import ApiClient, read_token_file
+
+    api, token_file = _api_target(args)
+    token = None
+    if changes:
+        try:
+            token = read_token_file(token_file)
+        except (OSError, IndexError) as exc:
+            raise _ApiArgsError(f"token file: {exc}") from None
+    try:
+        return ApiClient(api, token)
+    except ValueError as exc:
+        raise _ApiArgsError(f"--api {exc}") from None
+
+
+def _api_command(
+    func: Callable[[argparse.Namespace, ApiClient], int], *, changes: bool = False
+) -> Callable[[argparse.Namespace], int]:
     """Wraps an API subcommand: API errors -> message and exit code (4xx invalid, else failure)."""
 
     def run(args: argparse.Namespace) -> int:
         from sluice.control.client import ApiError
 
         try:
-            return func(args, _api_client(args))
+            return func(args, _api_client(args, changes=changes))
         except _ApiArgsError as exc:
             print(f"sluice {args.command}: {exc}", file=sys.stderr)
             return EXIT_INVALID
@@ -132,19 +171,28 @@ def _api_command(func: Callable[[argparse.Namespace, ApiClient], int]) -> Callab
     return run
 
 
+def _header(client: ApiClient) -> str:
+    from sluice.control.client import status_header
+
+    return status_header(client.server_info(), time.time())
+
+
 def _cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
     from rich.console import Console
 
-    from sluice.control.client import status_table
+    from sluice.control.client import status_view, widen_to_fit
 
     before = client.vips() if args.sample > 0 else None
     if before is not None:
         time.sleep(args.sample)
     vips = client.vips()
     if args.json:
-        print(json.dumps(vips, indent=1))
+        print(json.dumps({"server": client.server_info(), "vips": vips}, indent=1))
     else:
-        Console().print(status_table(vips, before, args.sample))
+        console = Console()
+        view = status_view(vips, before, args.sample, header=_header(client), width=console.width)
+        widen_to_fit(console, view)
+        console.print(view)
     return EXIT_OK
 
 
@@ -165,12 +213,23 @@ def _cmd_backend(args: argparse.Namespace, client: ApiClient) -> int:
         return EXIT_INVALID
     result = client.backend_action(args.vip, address, args.action, args.weight)
     print(f"{args.vip} {address}: {result.get('state', '?')}, weight {result.get('weight', '?')}")
+    print("  (runtime state: a reload keeps it, a restart of sluice undoes it)")
     return EXIT_OK
 
 
 def _cmd_reload(args: argparse.Namespace, client: ApiClient) -> int:
-    result = client.reload()
-    print("reloaded: " + ", ".join(result.get("vips", [])))
+    result = client.reload(dry_run=args.dry_run)
+    lines: list[str] = result.get("lines", [])
+    if args.dry_run:
+        print("dry run, nothing applied; a reload would " + ("change:" if lines else "change nothing"))
+    else:
+        print(
+            f"reloaded (VIPs: {', '.join(result.get('vips', []))}); " + ("changes:" if lines else "no change")
+        )
+    for line in lines:
+        print(f"  {line}")
+    for line in result.get("runtime", []):
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -178,17 +237,39 @@ def _cmd_top(args: argparse.Namespace, client: ApiClient) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from sluice.control.client import status_table
+    from sluice.control.client import status_view, widen_to_fit
 
+    console = Console()
+    terminal = console.width
     before = client.vips()
     stamp = time.monotonic()
-    with Live(status_table(before), console=Console(), refresh_per_second=4, screen=False) as live:
+    view = status_view(before, header=_header(client), width=terminal)
+    widen_to_fit(console, view)
+    with Live(view, console=console, refresh_per_second=4, screen=False) as live:
         for _ in range(args.iterations) if args.iterations else itertools.count():
             time.sleep(args.interval)
             vips = client.vips()
             now = time.monotonic()
-            live.update(status_table(vips, before, now - stamp))
+            view = status_view(vips, before, now - stamp, header=_header(client), width=terminal)
+            widen_to_fit(console, view)
+            live.update(view)
             before, stamp = vips, now
+    return EXIT_OK
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from sluice.control.token import TokenError, TokenExists, write_token
+
+    try:
+        write_token(args.path, force=args.force)
+    except TokenExists as exc:
+        print(f"sluice token: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except TokenError as exc:
+        print(f"sluice token: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote a new admin token to {args.path} (mode 0600)")
+    print(f"  config: admin: {{listen: ..., token_file: {args.path}}}  (read at start: restart sluice)")
     return EXIT_OK
 
 
@@ -236,9 +317,20 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
     from sluice.control.client import DEFAULT_API
 
     p.add_argument(
-        "--api", default=DEFAULT_API, help=f"admin API URL or Unix socket path (default {DEFAULT_API})"
+        "-c",
+        "--config",
+        help="the daemon's config file: --api and --token-file come from its admin block (env SLUICE_CONFIG)",
     )
-    p.add_argument("--token-file", help="file holding the admin bearer token (needed for changes over TCP)")
+    p.add_argument(
+        "--api",
+        help="admin API: host:port, http://host:port, or a Unix socket path with a / "
+        f"(env SLUICE_API; default: the config's admin.listen, else {DEFAULT_API})",
+    )
+    p.add_argument(
+        "--token-file",
+        help="file holding the admin bearer token, mode 0600; needed for changes over TCP "
+        "(env SLUICE_TOKEN_FILE; default: the config's admin.token_file)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,17 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="ADDR", help="backend address, e.g. 10.0.0.1:80")
     p.add_argument("weight", nargs="?", type=int, help="weight: 0..65535")
     _add_api_options(p)
-    p.set_defaults(func=_api_command(_cmd_backend))
+    p.set_defaults(func=_api_command(_cmd_backend, changes=True))
 
-    p = sub.add_parser("reload", help="re-read the config file and apply the difference (admin API)")
+    p = sub.add_parser(
+        "reload", help="have the daemon re-read its config file and apply the difference (admin API)"
+    )
     _add_api_options(p)
-    p.set_defaults(func=_api_command(_cmd_reload))
+    p.add_argument("--dry-run", action="store_true", help="print what the reload would change; apply nothing")
+    p.set_defaults(func=_api_command(_cmd_reload, changes=True))
 
     p = sub.add_parser("top", help="live view, refreshed every second (admin API)")
     _add_api_options(p)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     p.set_defaults(func=_api_command(_cmd_top))
+
+    p = sub.add_parser("token", help="write a fresh random admin token to a new file (mode 0600)")
+    p.add_argument("path", metavar="PATH", help="the token file to create, e.g. /etc/sluice/token")
+    p.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    p.set_defaults(func=_cmd_token)
 
     p = sub.add_parser("lab", help="network-namespace lab: up, down or status (root)")
     p.add_argument("action", choices=("up", "down", "status"))

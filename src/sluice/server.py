@@ -15,7 +15,7 @@ from sluice.config import Config, ConfigError, load_config
 from sluice.control import systemd
 from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
-from sluice.control.controller import Controller
+from sluice.control.controller import Controller, ReloadResult
 from sluice.control.metrics import Sources, build_registry
 from sluice.dataplane.limits import raise_nofile_limit
 
@@ -197,23 +197,27 @@ class Server:
 
     # ------------------------------------------------------------ reloads
 
-    async def reload(self) -> Config:
+    async def reload(self, dry_run: bool = False) -> ReloadResult:
         """Re-read the config file and apply it (one reload at a time); raises ConfigError for a bad
-        file, which leaves the running config untouched. Also the admin API's reload."""
+        file, which leaves the running config untouched. Also the admin API's reload. `dry_run`:
+        only tell what would change (`Controller.reload`)."""
         started, controller = self._running()
         async with self._reload_lock:
+            if dry_run:
+                return await controller.reload(self.config_path, load=self.load, dry_run=True)
             systemd.notify(systemd.reloading_message())
             try:
-                new = await self._load_and_apply(controller)
+                result = await self._load_and_apply(controller)
             finally:
                 systemd.notify("READY=1")
+            new = result.config
             if new.admin != started.admin:
                 log.warning("the admin block changed; it takes effect at the next restart")
             if new.announce is not None and started.announce is None:
                 log.warning("the announce block was added; it takes effect at the next restart")
-            return new
+            return result
 
-    async def _load_and_apply(self, controller: Controller) -> Config:
+    async def _load_and_apply(self, controller: Controller) -> ReloadResult:
         """The file, loaded in a thread, then applied; `controller.reloads` counts the result."""
         return await controller.reload(self.config_path, load=self.load)
 
@@ -225,14 +229,8 @@ class Server:
     async def _run_reloads(self) -> None:
         while True:
             await self._reload_requests.get()
-            try:
+            with contextlib.suppress(Exception):  # logged by Controller.reload, one line (or a traceback)
                 await self.reload()
-            except ConfigError as exc:
-                log.error("reload of %s rejected, keeping the running config: %s", self.config_path, exc)
-            except OSError as exc:
-                log.error("reload of %s failed while applying: %s", self.config_path, exc)
-            except Exception:
-                log.exception("reload of %s failed", self.config_path)
 
     def _stop_reloads(self) -> None:
         if self._reloader is not None:

@@ -95,11 +95,37 @@ async def test_reload_reports_invalid_config(
 ) -> None:
     client, _, reloader = api
     r = await client.post("/api/v1/reload", headers=AUTH)
-    assert r.status == 200 and (await r.json()) == {"ok": True, "vips": ["web"]}
+    body = await r.json()
+    assert r.status == 200 and body["ok"] is True and body["applied"] is True and body["vips"] == ["web"]
+    assert body["changes"]["vips_added"] == ["dns"]
+    assert body["lines"] == ["vip dns added (udp/127.0.0.1:5353, 2 backends)"]
+    assert body["runtime"][0].startswith("vip web: backend 127.0.0.1:9001 drain")
+    r = await client.post("/api/v1/reload?dry_run=true", headers=AUTH)
+    assert (await r.json())["applied"] is False and reloader.dry_runs == 1
+    r = await client.post("/api/v1/reload?dry_run=maybe", headers=AUTH)
+    assert r.status == 400 and "dry_run must be true or false" in (await r.json())["error"]
+    assert reloader.count == 2
     reloader.valid = False
     r = await client.post("/api/v1/reload", headers=AUTH)
     body = await r.json()
     assert r.status == 400 and body["ok"] is False and body["errors"][0].startswith("vips[0].listen")
+
+
+async def test_server_info_has_version_uptime_and_the_last_reload(
+    api: tuple[TestClient[Any, Any], FakeController, Reloader],
+) -> None:
+    client, _, _ = api
+    r = await client.get("/api/v1/server")
+    assert r.status == 200
+    assert await r.json() == {
+        "version": "9.9.9",
+        "started_at": 1_700_000_000.0,
+        "uptime_s": 3725.0,
+        "last_reload_at": None,
+        "last_reload_result": None,
+        "last_reload_error": None,
+        "reloads": {},
+    }
 
 
 async def test_openapi_and_metrics(api: tuple[TestClient[Any, Any], FakeController, Reloader]) -> None:
@@ -469,3 +495,51 @@ async def test_a_request_the_http_parser_refuses_is_one_warning_line(
     records = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
     assert "malformed request refused (400)" in records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GET / HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n", b"BAD\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"],
+    ids=["control byte in a header", "bad method", "NUL in the path"],
+)
+async def test_a_request_the_parser_refuses_is_answered_json_naming_no_versions(request_bytes: bytes) -> None:
+    """aiohttp answers those itself, before the app: text and ``Server: Python/3.x aiohttp/3.x`` unless
+    the admin server's connection handler rewrites them."""
+    admin = AdminServer(
+        AdminOptions(listen=f"127.0.0.1:{free_port()}"), lambda unix: build_app(FakeController(), token=TOKEN)
+    )
+    await admin.start()
+    assert admin.port is not None
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+        writer.write(request_bytes)
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+    finally:
+        await admin.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert head.split(b" ")[1] == b"400"
+    assert headers[b"Server"] == b"sluice" and b"Python" not in head and b"aiohttp" not in head
+    assert headers[b"Content-Type"].startswith(b"application/json")
+    assert json.loads(body)["error"]
+
+
+async def test_a_handler_that_raises_is_a_json_500_naming_no_versions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(FakeController):
+        def snapshot(self) -> Any:
+            raise RuntimeError("a bug")
+
+    admin = AdminServer(AdminOptions(listen=f"127.0.0.1:{free_port()}"), lambda unix: build_app(Broken()))
+    await admin.start()
+    try:
+        async with ClientSession() as s, s.get(f"http://127.0.0.1:{admin.port}/api/v1/vips") as r:
+            assert r.status == 500 and r.headers["Server"] == "sluice"
+            assert await r.json() == {"error": "internal error; the sluice log has the details"}
+    finally:
+        await admin.close()
+    assert any(
+        r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records
+    )  # the traceback is logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,75 @@ async def test_snapshot_shows_state_and_weights() -> None:
     assert [b.state for b in snap[0].backends] == ["up", "up", "down"]
     assert [b.effective_weight for b in snap[0].backends] == [1, 1, 0]
     assert snap[0].backends[2].last_check == "refused"
+
+
+async def test_reload_returns_and_logs_one_line_per_change_and_dry_run_applies_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    controller, plane, _, _ = build(make_config(backends=3))
+    await controller.apply(controller.config)
+    await controller.set_admin("web", ep(9001), Admin.DRAIN)
+    await controller.set_weight("web", ep(9002), 9)
+    path = tmp_path / "sluice.yaml"
+    write(path, make_config(backends=4))
+    applied = len(plane.applied)
+    caplog.set_level(logging.INFO, logger="sluice.control.controller")
+    caplog.clear()
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "sluice.control.controller"]
+
+    dry = await controller.reload(path, dry_run=True)
+    assert not dry.applied and len(plane.applied) == applied and len(controller.config.vips[0].backends) == 3
+    assert controller.reloads == {} and controller.last_reload is None and logged() == []
+    assert dry.diff.lines()[0] == "vip web: backend 127.0.0.1:9004 added (weight 1)"
+    assert dry.diff.lines()[1].startswith("vip web: maglev ")
+    assert dry.runtime == [
+        "vip web: backend 127.0.0.1:9001 drain (set at runtime) stays; a restart of sluice undoes it",
+        "vip web: backend 127.0.0.1:9002 runtime weight 9 (set at runtime) stays; a restart of sluice undoes it",
+    ]
+
+    result = await controller.reload(path)
+    assert result.applied and len(controller.config.vips[0].backends) == 4
+    assert result.diff.lines() == dry.diff.lines()  # the dry run predicted what was applied
+    assert logged()[0] == f"reloaded {path}: 1 VIPs, 2 changes"
+    assert logged()[1:] == [f"reload: {line}" for line in result.diff.lines() + result.runtime]
+    info = controller.server_info()
+    assert info.last_reload_result == "ok" and info.last_reload_at is not None and info.reloads == {"ok": 1}
+
+
+async def test_a_rejected_reload_is_one_error_line_and_shows_in_server_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    controller, _, _, _ = build(make_config())
+    await controller.apply(controller.config)
+    path = tmp_path / "sluice.yaml"
+    path.write_text("vips: [")
+    with pytest.raises(ConfigError):
+        await controller.reload(path, dry_run=True)
+    assert caplog.records == [] and controller.reloads == {}
+    with pytest.raises(ConfigError):
+        await controller.reload(path)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].levelname == "ERROR" and errors[0].exc_info is None
+    assert errors[0].getMessage().startswith(f"reload of {path} rejected, keeping the running config: ")
+    assert "\n" not in errors[0].getMessage()
+    info = controller.server_info()
+    assert info.last_reload_result == "invalid" and info.last_reload_error and info.reloads == {"invalid": 1}
+
+
+async def test_a_reload_that_changes_a_runtime_weight_reports_it_undone(tmp_path: Path) -> None:
+    controller, plane, _, _ = build(make_config(backends=2))
+    await controller.apply(controller.config)
+    await controller.set_weight("web", ep(9002), 9)
+    path = tmp_path / "sluice.yaml"
+    new = make_config(backends=2)
+    vip = new.vips[0]
+    backends = (vip.backends[0], vip.backends[1].model_copy(update={"weight": 4}))
+    write(path, new.model_copy(update={"vips": (vip.model_copy(update={"backends": backends}),)}))
+    result = await controller.reload(path)
+    assert result.runtime == [
+        "vip web: backend 127.0.0.1:9002 runtime weight 9 (set at runtime) ends: the file sets weight 4"
+    ]
+    assert "vip web: backend 127.0.0.1:9002 weight 1 -> 4" in result.diff.lines()
+    assert plane.weights()["127.0.0.1:9002"] == 4

@@ -1,18 +1,18 @@
-"""The admin token file: private to its owner or refused (the server) / loudly warned about (the CLI),
-and compared in constant time (issue 12.7)."""
+"""The admin token file: private to its owner or refused (by the server and the CLI alike), written
+fresh by `sluice token`, and compared in constant time (issue 12.7)."""
 
 from __future__ import annotations
 
 import hmac
-import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from sluice.control import token as token_module
 from sluice.control.client import read_token_file
-from sluice.control.token import TokenError, read_token, token_matches
+from sluice.control.token import TokenError, TokenExists, read_token, token_matches, write_token
 from tests.support.admin import TOKEN
 
 
@@ -38,12 +38,38 @@ def test_a_private_token_file_is_read(tmp_path: Path, mode: int) -> None:
     assert read_token(token_file(tmp_path, mode)) == TOKEN
 
 
-def test_the_cli_client_warns_loudly_and_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = token_file(tmp_path, 0o644)
-    with caplog.at_level(logging.WARNING, logger="sluice.control.token"):
-        assert read_token_file(path) == TOKEN
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert f"chmod 600 {path}" in caplog.records[0].getMessage()
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=oct)
+def test_the_cli_client_refuses_a_shared_token_file_too(tmp_path: Path, mode: int) -> None:
+    path = token_file(tmp_path, mode)
+    with pytest.raises(TokenError) as info:
+        read_token_file(path)
+    assert f"chmod 600 {path}" in str(info.value)
+
+
+def test_write_token_makes_a_private_file_with_a_fresh_readable_token(tmp_path: Path) -> None:
+    old = os.umask(0)  # the widest umask: the file must still be 0600
+    try:
+        path = tmp_path / "token"
+        token = write_token(path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_token(path) == token and len(token) >= 40
+    assert write_token(tmp_path / "other") != token
+
+
+def test_write_token_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    path = token_file(tmp_path, 0o600)
+    with pytest.raises(TokenExists, match="--force"):
+        write_token(path)
+    assert read_token(path) == TOKEN
+    path.chmod(0o644)  # replaced by a new private file, not re-used
+    token = write_token(path, force=True)
+    assert read_token(path) == token != TOKEN
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]  # no temporary file left
+    with pytest.raises(TokenError, match="cannot write"):
+        write_token(tmp_path / "missing-dir" / "token")
 
 
 @pytest.mark.parametrize(

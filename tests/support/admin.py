@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluice.config import Config, ConfigError, Endpoint
-from sluice.control.controller import BackendSnapshot, UnknownBackend, VipSnapshot
+from sluice.config import ConfigError, Endpoint
+from sluice.control.controller import BackendSnapshot, ReloadResult, UnknownBackend, VipSnapshot
+from sluice.control.reload_diff import ReloadDiff
+from sluice.control.snapshot import ServerInfo
 from sluice.core.health import Admin
 from tests.support.fakes import make_config
 
@@ -59,6 +61,17 @@ class FakeController:
             )
         ]
 
+    def server_info(self) -> ServerInfo:
+        return ServerInfo(
+            version="9.9.9",
+            started_at=1_700_000_000.0,
+            uptime_s=3725.0,
+            last_reload_at=None,
+            last_reload_result=None,
+            last_reload_error=None,
+            reloads={},
+        )
+
     def _check(self, vip: str, address: Endpoint) -> None:
         if vip != "web" or str(address) not in self.states:
             raise UnknownBackend(f"no backend {address} in {vip}")
@@ -77,12 +90,20 @@ class FakeController:
 
 
 class Reloader:
+    """A reload that adds VIP ``dns`` (or, `valid` False, is refused); `dry_runs` counts dry runs."""
+
     def __init__(self) -> None:
         self.valid = True
         self.count = 0
+        self.dry_runs = 0
 
-    async def __call__(self) -> Config:
+    async def __call__(self, dry_run: bool = False) -> ReloadResult:
         self.count += 1
+        self.dry_runs += dry_run
         if not self.valid:
             raise ConfigError(["vips[0].listen: expected IPv4:port or [IPv6]:port, got 'x'"])
-        return make_config()
+        diff = ReloadDiff(vips_added=("dns",), added_detail={"dns": "udp/127.0.0.1:5353, 2 backends"})
+        runtime = [
+            "vip web: backend 127.0.0.1:9001 drain (set at runtime) stays; a restart of sluice undoes it"
+        ]
+        return ReloadResult(make_config(), diff, runtime, applied=not dry_run)

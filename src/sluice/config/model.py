@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from pydantic import (
     Field,
@@ -15,11 +15,17 @@ from sluice.config.values import Duration, EngineName, FrozenModel, Workers
 from sluice.config.vip import Vip
 from sluice.core.endpoint import Endpoint
 
+DEFAULT_ADMIN_PORT: Final = 7667
+"""The admin API's default TCP port (on 127.0.0.1). Not 9090 (Prometheus's own) nor any port of the
+Prometheus exporters' range (9100-10000, their wiki's "default port allocations"), nor the admin
+ports of HAProxy (8404), Envoy (9901), Traefik (8080) or Consul (8500); absent from Debian's
+/etc/services, and below Linux's ephemeral range (32768-60999), so no outgoing connection holds it."""
+
 
 class AdminOptions(FrozenModel):
     """The admin REST API, `/metrics` and `/healthz` (the ``admin:`` block)."""
 
-    listen: str = "127.0.0.1:9090"
+    listen: str = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
     """IP:port, or the absolute path of a Unix socket."""
     token_file: str | None = None
     """File holding the bearer token changes need (mode 0600: a file group or others may read is

@@ -25,15 +25,18 @@ from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sluice import __version__
-from sluice.config import AdminOptions, Config, ConfigError, Endpoint
-from sluice.control import page
-from sluice.control.controller import UnknownBackend, VipSnapshot
+from sluice.config import AdminOptions, Endpoint
+from sluice.control import page, reload_api
+from sluice.control.controller import UnknownBackend
 from sluice.control.openapi import API as API
 from sluice.control.openapi import MAX_BODY_BYTES as MAX_BODY_BYTES
 from sluice.control.openapi import openapi_document as openapi_document
+from sluice.control.reload_api import Reloader as Reloader
+from sluice.control.snapshot import ServerInfo, VipSnapshot
 from sluice.control.token import TokenError as TokenError  # re-exported: the server reads the token here
 from sluice.control.token import read_token as read_token
 from sluice.control.token import token_matches
@@ -47,18 +50,17 @@ log = logging.getLogger(__name__)
 class AdminTarget(Protocol):
     def snapshot(self) -> list[VipSnapshot]: ...
 
+    def server_info(self) -> ServerInfo: ...
+
     async def set_admin(self, vip_name: str, address: Endpoint, admin: Admin) -> None: ...
 
     async def set_weight(self, vip_name: str, address: Endpoint, weight: int) -> None: ...
 
 
-Reloader = Callable[[], Awaitable[Config]]
-"""Re-reads and applies the config file; raises ConfigError for an invalid one."""
-
 _TARGET = web.AppKey("target", AdminTarget)
 _TOKEN = web.AppKey("token", str)
 _UNIX = web.AppKey("unix", bool)
-_RELOAD = web.AppKey("reload", object)
+_RELOAD: web.AppKey[Reloader | None] = web.AppKey("reload")
 _REGISTRY = web.AppKey("registry", object)
 
 
@@ -181,17 +183,11 @@ async def _set_weight(request: web.Request) -> web.Response:
 
 
 async def _reload(request: web.Request) -> web.Response:
-    reload = request.app[_RELOAD]
-    if reload is None:
-        return _error(501, "this server has no config file to reload")
-    assert callable(reload)
-    try:
-        config: Config = await reload()
-    except ConfigError as exc:
-        return _json({"ok": False, "errors": exc.errors}, status=400)
-    except OSError as exc:
-        return _json({"ok": False, "errors": [f"applying failed: {exc}"]}, status=500)
-    return _json({"ok": True, "vips": [v.name for v in config.vips]})
+    return await reload_api.reload(request, request.app[_RELOAD])
+
+
+async def _server(request: web.Request) -> web.Response:
+    return await reload_api.server_info(request, request.app[_TARGET])
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -237,6 +233,7 @@ def build_app(
             web.post(backend + "/maintenance", _admin_action(Admin.MAINTENANCE)),
             web.post(backend + "/weight", _set_weight),
             web.post(API + "/reload", _reload),
+            web.get(API + "/server", _server),
             web.get(API + "/openapi.json", _openapi),
             web.get("/healthz", _healthz),
             web.get("/metrics", _metrics),
@@ -307,11 +304,35 @@ class _GuardedSite(web.BaseSite):
             if not self._admit(len(live)):
                 return _Refuse()
             handler = server()
+            handler.__class__ = _JsonErrorHandler  # same slots: only handle_error differs
             live.add(handler)
             return handler
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocol, sock=self._sock, backlog=self._backlog)
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler whose answer to a request it could not parse, or to a handler
+    that raised, is JSON with ``Server: sluice`` (aiohttp's own is text naming the Python and aiohttp
+    versions: the app's hooks never see a request that did not parse). It still logs and closes."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)
+        text = "internal error; the sluice log has the details"
+        if status != 500:
+            text = " ".join((message or "bad request").split())[:200]
+        response = web.json_response({"error": text}, status=status, headers={hdrs.SERVER: page.SERVER})
+        response.force_close()
+        return response
 
 
 class _HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from sluice import __version__
 from sluice.config import Config, ConfigError, Endpoint, Mode, Vip, load_config
 from sluice.control.effective import BackendView, effective_config
 from sluice.control.monitor import BackendTransition, Monitor
+from sluice.control.reload_diff import ReloadDiff, diff_configs, runtime_notes
+from sluice.control.snapshot import BackendSnapshot as BackendSnapshot
+from sluice.control.snapshot import ServerInfo, counters
+from sluice.control.snapshot import VipSnapshot as VipSnapshot
 from sluice.core.health import USABLE, Admin, State
 from sluice.dataplane import DataPlane
 from sluice.dataplane.stats import BackendStats, VipStats
@@ -83,57 +89,14 @@ def _default_planes() -> dict[Mode, PlaneFactory]:
 
 
 @dataclass(frozen=True)
-class BackendSnapshot:
-    """One backend as the API and the CLI show it."""
+class ReloadResult:
+    """What `Controller.reload` read and what it changed (or, for a dry run, would change)."""
 
-    address: str
-    state: str
-    admin: str
-    weight: int
-    """Configured weight (runtime override applied)."""
-    effective_weight: int
-    """What the data plane uses now (0 when unusable)."""
-    active: int
-    flows_total: int
-    connect_attempts: int
-    connect_ok: int
-    connect_errors: dict[str, int]
-    bytes_to_backend: int
-    bytes_from_backend: int
-    datagrams_to_backend: int
-    datagrams_from_backend: int
-    suspect: bool
-    last_check: str | None
-    last_check_latency_s: float | None
-    since_s: float
-    """Seconds since the last state change."""
-
-
-@dataclass(frozen=True)
-class VipSnapshot:
-    name: str
-    protocol: str
-    listen: str
-    mode: str
-    scheduler: str
-    active: int
-    flows_total: int
-    sessions: int
-    refused: dict[str, int]
-    closed: dict[str, int]
-    rebalanced: int
-    backends: list[BackendSnapshot] = field(default_factory=list)
-    announced: bool | None = None
-    """Whether this node announces the VIP over BGP now (None: no ``announce:`` block)."""
-
-
-def _counters(stats: BackendStats) -> dict[str, Any]:
-    """Every counter of `stats` as a `BackendSnapshot` field (Counters as plain dicts)."""
-    out: dict[str, Any] = {}
-    for f in fields(stats):
-        value = getattr(stats, f.name)
-        out[f.name] = dict(value) if isinstance(value, Counter) else value
-    return out
+    config: Config
+    diff: ReloadDiff
+    runtime: list[str]
+    """State set at runtime that this reload undoes, or keeps until a restart (`runtime_notes`)."""
+    applied: bool
 
 
 class Controller:
@@ -147,6 +110,7 @@ class Controller:
         monitor: Monitor | None = None,
         clock: Callable[[], float] = time.monotonic,
         announcer: Announcer | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         """The desired config (as read from the file)."""
@@ -164,6 +128,11 @@ class Controller:
         self._monitor_task: asyncio.Task[None] | None = None
         self.reloads: Counter[str] = Counter()
         """Reloads by result: ok, invalid, failed."""
+        self.wall_clock = wall_clock
+        self.started_at = wall_clock()
+        self._started = clock()
+        self.last_reload: tuple[float, str, str | None] | None = None
+        """(Unix time, result, error) of the last reload."""
         self.closed_by_control: Counter[tuple[str, str]] = Counter()
         """(vip, reason) -> flows the controller had the data plane close."""
         self.announcer = announcer
@@ -191,29 +160,86 @@ class Controller:
         path: str | Path,
         load: Callable[[Path], Config] = load_config,
         timeout_s: float = RELOAD_PARSE_TIMEOUT_S,
-    ) -> Config:
+        *,
+        dry_run: bool = False,
+    ) -> ReloadResult:
         """Re-read `path` and apply it; on ConfigError the running config stays untouched.
 
         The file is read, parsed and validated by `load` in a worker thread, bounded by `timeout_s`,
-        so a slow or huge config never stops traffic on the event loop. `reloads` counts the result."""
+        so a slow or huge config never stops traffic on the event loop. `reloads` counts the result;
+        each change is logged on a line of its own, a refused or failed reload on one line.
+        `dry_run`: read, validate and tell the difference; apply, count and log nothing."""
         try:
-            config = await asyncio.wait_for(asyncio.to_thread(load, Path(path)), timeout_s)
-        except ConfigError:
-            self.reloads["invalid"] += 1
+            try:
+                config = await asyncio.wait_for(asyncio.to_thread(load, Path(path)), timeout_s)
+            except TimeoutError:
+                raise ConfigError(
+                    [f"{path}: reading and validating took over {timeout_s:.0f}s; not applied"]
+                ) from None
+        except ConfigError as exc:
+            if not dry_run:
+                # one line, whatever the YAML parser's message spans
+                errors = "; ".join(" ".join(e.split()) for e in exc.errors)
+                self._reloaded("invalid", errors)
+                log.error("reload of %s rejected, keeping the running config: %s", path, errors)
             raise
-        except TimeoutError:
-            self.reloads["invalid"] += 1
-            raise ConfigError(
-                [f"{path}: reading and validating took over {timeout_s:.0f}s; not applied"]
-            ) from None
+        except Exception as exc:
+            if not dry_run:
+                self._reloaded("failed", str(exc))
+                log.exception("reload of %s failed while reading it", path)
+            raise
+        if dry_run:
+            return ReloadResult(config, self.plan(config), self._runtime(config), applied=False)
+        old, old_effective, runtime = self.config, self.effective, self._runtime(config)
         try:
             await self.apply(config)
-        except Exception:
-            self.reloads["failed"] += 1
+        except Exception as exc:
+            self._reloaded("failed", str(exc))
+            # an OSError (a port taken, a map full) is one line; anything else is a bug: its traceback
+            log.error(
+                "reload of %s failed while applying: %s", path, exc, exc_info=not isinstance(exc, OSError)
+            )
             raise
-        self.reloads["ok"] += 1
-        log.info("reloaded %s: %d VIPs", path, len(config.vips))
-        return config
+        self._reloaded("ok", None)
+        diff = diff_configs(old, config, old_effective, self.effective)
+        log.info("reloaded %s: %d VIPs, %d changes", path, len(config.vips), len(diff.lines()))
+        for line in diff.lines():
+            log.info("reload: %s", line)
+        for line in runtime:
+            log.info("reload: %s", line)
+        return ReloadResult(config, diff, runtime, applied=True)
+
+    def plan(self, config: Config) -> ReloadDiff:
+        """What applying `config` would change now (health and runtime state as they are)."""
+        dropped = self._pruned_weights(config)
+        views = {
+            k: dataclasses.replace(v, weight=None) if k in dropped else v for k, v in self._views().items()
+        }
+        return diff_configs(
+            self.config, config, self.effective, effective_config(config, views, self.clock())
+        )
+
+    def _runtime(self, config: Config) -> list[str]:
+        """`runtime_notes` for a reload to `config` (call before applying it)."""
+        admin = {(r.vip, r.address): str(r.health.admin) for r in self.monitor.records()}
+        admin = {k: a for k, a in admin.items() if a != str(Admin.ACTIVE)}
+        return runtime_notes(config, admin, self._weights, self._pruned_weights(config))
+
+    def _reloaded(self, result: str, error: str | None) -> None:
+        self.reloads[result] += 1
+        self.last_reload = (self.wall_clock(), result, error)
+
+    def server_info(self) -> ServerInfo:
+        at, result, error = self.last_reload if self.last_reload is not None else (None, None, None)
+        return ServerInfo(
+            version=__version__,
+            started_at=self.started_at,
+            uptime_s=max(0.0, self.clock() - self._started),
+            last_reload_at=at,
+            last_reload_result=result,
+            last_reload_error=error,
+            reloads=dict(self.reloads),
+        )
 
     async def shutdown(self, timeout_s: float) -> int:
         """Graceful stop: take no new flows, let established ones finish for up to `timeout_s`, then
@@ -278,7 +304,7 @@ class Controller:
                         admin=str(h.admin),
                         weight=self._weights.get((vip.name, b.address), b.weight),
                         effective_weight=eff.get(b.address, 0),
-                        **_counters(bs),
+                        **counters(bs),
                         suspect=h.suspect,
                         last_check=last.detail if last is not None else None,
                         last_check_latency_s=last.latency_s if last is not None else None,
@@ -391,13 +417,18 @@ class Controller:
         if self.announcer is not None:
             await self.announcer.update(effective)
 
-    def _prune_overrides(self, config: Config) -> None:
-        """Runtime weights survive a reload unless the file changed that backend or removed it."""
+    def _pruned_weights(self, config: Config) -> set[tuple[str, Endpoint]]:
+        """Backends whose runtime weight a reload to `config` drops: the file changes that backend's
+        weight or removes it."""
         old = {(v.name, b.address): b.weight for v in self.config.vips for b in v.backends}
         new = {(v.name, b.address): b.weight for v in config.vips for b in v.backends}
-        for key in list(self._weights):
-            if key not in new or old.get(key) != new[key]:
-                del self._weights[key]
+        return {k for k in self._weights if k not in new or old.get(k) != new[k]}
+
+    def _prune_overrides(self, config: Config) -> None:
+        """Runtime weights survive a reload unless the file changed that backend or removed it."""
+        for key in self._pruned_weights(config):
+            del self._weights[key]
+        new = {(v.name, b.address) for v in config.vips for b in v.backends}
         for key in list(self._drains):
             if key not in new:
                 self._drains.pop(key).cancel()

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from sluice import __version__
-from sluice.control.controller import BackendSnapshot, VipSnapshot
+from sluice.control.snapshot import BackendSnapshot, ServerInfo, VipSnapshot
 
 API = "/api/v1"
 MAX_BODY_BYTES = 4096
@@ -23,6 +23,51 @@ _TYPES: dict[str, dict[str, Any]] = {
     "float | None": {"type": ["number", "null"]},
     "bool | None": {"type": ["boolean", "null"]},
     "list[BackendSnapshot]": {"type": "array", "items": {"$ref": "#/components/schemas/Backend"}},
+}
+
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_SETTINGS = {
+    "type": "array",
+    "items": {"type": "object", "properties": {"key": {"type": "string"}, "old": {}, "new": {}}},
+}
+_RELOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "applied", "vips", "changes", "lines", "runtime"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "applied": {"type": "boolean", "description": "false for a dry run"},
+        "vips": {**_STRINGS, "description": "the VIPs of the file read"},
+        "lines": {**_STRINGS, "description": "one line per change, as the log has them"},
+        "runtime": {
+            **_STRINGS,
+            "description": "state set at runtime (drain, maintenance, weight) this reload undoes, "
+            "or keeps until a restart",
+        },
+        "changes": {
+            "type": "object",
+            "properties": {
+                "vips_added": _STRINGS,
+                "vips_removed": _STRINGS,
+                "settings": _SETTINGS,
+                "vips_changed": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "backends_added": {"type": "array", "items": {"type": "object"}},
+                            "backends_removed": _STRINGS,
+                            "reweighted": {"type": "array", "items": {"type": "object"}},
+                            "settings": _SETTINGS,
+                            "maglev_slots_moved": {"type": ["integer", "null"]},
+                            "maglev_table_size": {"type": ["integer", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+    },
 }
 
 
@@ -94,6 +139,8 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "Vip": _schema(VipSnapshot),
                 "Backend": _schema(BackendSnapshot),
+                "Server": _schema(ServerInfo),
+                "Reload": _RELOAD_SCHEMA,
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
             },
         },
@@ -143,16 +190,25 @@ def openapi_document() -> dict[str, Any]:
             base + "/weight": weight_op,
             API + "/reload": {
                 "post": {
-                    "summary": "re-read the config file and apply the difference",
+                    "summary": "re-read the config file and apply the difference (dry_run: only tell it)",
                     "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "dry_run",
+                            "in": "query",
+                            "required": False,
+                            "description": "true: read, validate and return the difference; apply nothing",
+                            "schema": {"type": "boolean", "default": False},
+                        }
+                    ],
                     "responses": {
-                        "200": ok({"type": "object"}),
+                        "200": ok({"$ref": "#/components/schemas/Reload"}),
                         "400": ok(
                             {
                                 "type": "object",
                                 "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
                             },
-                            "invalid config (or a non-ASCII Authorization header); the running config stays",
+                            "invalid config (or a bad dry_run, or a non-ASCII Authorization header); the running config stays",
                         ),
                         **{k: v for k, v in change_errors.items() if k not in ("400", "404")},
                         "500": ok(
@@ -164,6 +220,12 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         "501": ok(error, "this server has no config file to reload"),
                     },
+                }
+            },
+            API + "/server": {
+                "get": {
+                    "summary": "version, start time, uptime and the last reload",
+                    "responses": {"200": ok({"$ref": "#/components/schemas/Server"})},
                 }
             },
             API + "/openapi.json": {
