@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import random
 import socket
 import struct
+import termios
+import time
 from collections.abc import Callable
 
 import pytest
 
-from sluice.dataplane.proxy.splice import PIPE_SIZE, SPLICE_AVAILABLE, CopyMover, PipeMover, Splice
+from sluice.dataplane.proxy.splice import (
+    PIPE_SIZE,
+    READS_PER_EVENT,
+    SPLICE_AVAILABLE,
+    CopyMover,
+    Lingerer,
+    PipeMover,
+    Splice,
+)
 from tests.dataplane.proxy.helpers import run
 
 KINDS = [("uvloop", True), ("asyncio", False), ("asyncio", True), ("uvloop", False)]
@@ -141,6 +152,74 @@ def test_a_reset_on_one_side_resets_the_other(kind: tuple[str, bool], side: str)
             with pytest.raises(ConnectionResetError):
                 await read_all(other)
         assert await closed == f"{side}_reset"
+
+    run(loop_name, scenario())
+
+
+TCP_CLOSE = 7  # tcpi_state of a connection that was reset
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Until `condition()` holds (polled: the kernel raises no event for it), at most `within` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {within}s")
+        await asyncio.sleep(0.002)
+
+
+def unacked(sock: socket.socket) -> int:
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), "little")
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.parametrize(
+    ("size", "buffer_size"),
+    [(1000, None), (48 * 1024, 4096)],  # the second takes more reads than one event makes
+    ids=["small", "many-reads"],
+)
+def test_bytes_and_a_reset_arriving_together_are_passed_on_then_the_reset(
+    kind: tuple[str, bool], side: str, size: int, buffer_size: int | None
+) -> None:
+    """uvloop (libuv's uv_poll) calls a reader once for an error event, then stops watching the fd:
+    the splice must still read to the reset behind the bytes (issues 12.8/12.9)."""
+    loop_name, use_splice = kind
+    assert buffer_size is None or size > READS_PER_EVENT * buffer_size
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        (a_peer, a), (b_peer, b) = await tcp_pair(), await tcp_pair()
+        resetting, reset_sock, other = (a_peer, a, b_peer) if side == "a" else (b_peer, b, a_peer)
+        payload = random.Random(3).randbytes(size)
+        await loop.sock_sendall(resetting, payload)
+        await until(lambda: unacked(resetting) == 0, "acknowledged")  # all in reset_sock's queue
+        resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        resetting.close()
+        await until(lambda: tcp_state(reset_sock) == TCP_CLOSE, "reset")  # before anyone reads
+        closed: asyncio.Future[str] = loop.create_future()
+        lingerer = Lingerer(loop)  # the bytes passed on reach `other` before its reset
+        Splice(
+            a,
+            b,
+            on_closed=closed.set_result,
+            names=("a", "b"),
+            use_splice=use_splice,
+            buffer_size=buffer_size,
+            lingerer=lingerer,
+        ).start()
+        got = bytearray()
+        with other:
+            async with asyncio.timeout(10):
+                assert await closed == f"{side}_reset"
+                with pytest.raises(ConnectionResetError):
+                    while chunk := await loop.sock_recv(other, 1 << 20):
+                        got += chunk
+        assert got == payload
+        lingerer.close()
 
     run(loop_name, scenario())
 

@@ -771,17 +771,10 @@ def abort_socket(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-UVLOOP_RESET = (
-    "issues 12.8/12.9, python engine on uvloop, open: a peer's reset is sometimes never reported to "
-    "the reader of its socket (the epoll event arrives and uvloop drops it: strace shows the fd removed "
-    "from epoll, no callback), so the flow waits for the other peer or the idle timeout; asyncio is right"
-)
-
-
 @contextlib.asynccontextmanager
 async def peer_loop() -> AsyncIterator[Callable[[Coroutine[Any, Any, T]], Awaitable[T]]]:
     """A second event loop, in a thread, for the test's clients and backends: the mode's loop then
-    serves only the LB, as in production (peers sharing a uvloop with the LB hid resets from it).
+    serves only the LB, as in production.
     Yields `on_peers(coro)`: run `coro` there and wait for its result."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="peers", daemon=True)
@@ -816,11 +809,9 @@ async def reset_after_sending(address: tuple[str, int], ident: bytes, n: int, si
 @pytest.mark.parametrize("size", [1000, 256 * 1024])
 @pytest.mark.parametrize("wait", [True, False], ids=["established", "at-once"])
 def test_clients_resetting_after_sending_close_their_flows_at_once(
-    heavy_mode: Mode, size: int, wait: bool, request: pytest.FixtureRequest
+    heavy_mode: Mode, size: int, wait: bool
 ) -> None:
     n = 100
-    if heavy_mode.engine == "python" and heavy_mode.loop == "uvloop":
-        request.applymarker(pytest.mark.xfail(reason=UVLOOP_RESET, strict=False))
 
     async def scenario() -> None:
         async with peer_loop() as on_peers:
@@ -881,12 +872,8 @@ async def read_until_reset(address: tuple[str, int]) -> bytes:
 
 
 @pytest.mark.parametrize("size", [1000, 300 * 1024])
-def test_backend_reset_after_data_reaches_the_client_as_data_then_reset(
-    mode: Mode, size: int, request: pytest.FixtureRequest
-) -> None:
+def test_backend_reset_after_data_reaches_the_client_as_data_then_reset(mode: Mode, size: int) -> None:
     n = 30
-    if mode.engine == "python" and mode.loop == "uvloop":
-        request.applymarker(pytest.mark.xfail(reason=UVLOOP_RESET, strict=False))
 
     async def scenario() -> None:
         backend = ResettingBackend(size)

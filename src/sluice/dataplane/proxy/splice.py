@@ -40,6 +40,7 @@ COPY_BUFFER_SIZE: Final = 256 * 1024  # bytes per direction for the recv/send fa
 PIPE_POOL_SIZE: Final = 16  # drained pipes kept for reuse (per pool)
 RESET_LINGER_S: Final = 1.0  # most seconds a reset waits for bytes already written to reach the peer
 _LINGER_POLL_S: Final = 0.002  # how often a lingering socket's send queue is looked at
+READS_PER_EVENT: Final = 8  # most reads of one socket per readable event, then it is watched anew
 
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -290,8 +291,7 @@ class _Direction:
 
     def stop(self) -> None:
         if self._reading:
-            self._loop.remove_reader(self._src_fd)
-            self._reading = False
+            self._stop_reading()
         if self._writing:
             self._loop.remove_writer(self._dst_fd)
             self._writing = False
@@ -300,22 +300,35 @@ class _Direction:
         self._loop.add_reader(self._src_fd, self._on_readable)
         self._reading = True
 
+    def _stop_reading(self) -> None:
+        self._loop.remove_reader(self._src_fd)
+        self._reading = False
+
     def _on_readable(self) -> None:
-        try:
-            n = self.mover.fill(self.src)
-        except NoPipe:
-            self._splice.close("no_resources", reset=True)
-            return
-        except OSError as exc:
-            self._splice.abort(self.src, exc)
-            return
-        if n is None:
-            return
-        if n == 0:
-            self._eof = True
-            self._loop.remove_reader(self._src_fd)
-            self._reading = False
-        self._flush()
+        # Read on until the socket says EAGAIN, the stream ends or fails, or the destination is
+        # full. uvloop (libuv's uv_poll) calls the reader once for an error event (a reset: EPOLLERR)
+        # and then stops watching the socket: bytes that arrived with the reset would otherwise be
+        # its last call, and the reset behind them would never be read (issues 12.8/12.9).
+        for _ in range(READS_PER_EVENT):
+            try:
+                n = self.mover.fill(self.src)
+            except NoPipe:
+                self._splice.close("no_resources", reset=True)
+                return
+            except OSError as exc:
+                self._splice.abort(self.src, exc)
+                return
+            if n is None:
+                return
+            if n == 0:
+                self._eof = True
+                self._stop_reading()
+            self._flush()
+            if not self._reading:  # end of stream, the destination full, or the splice closed
+                return
+        # More may wait: watch the socket anew (uvloop may have dropped its watcher, see above).
+        self._stop_reading()
+        self._start_reading()
 
     def _on_writable(self) -> None:
         self._flush()
@@ -330,8 +343,7 @@ class _Direction:
             self._on_moved(moved)
         if self.mover.held:  # the destination is full: stop reading until it takes the rest
             if self._reading:
-                self._loop.remove_reader(self._src_fd)
-                self._reading = False
+                self._stop_reading()
             if not self._writing:
                 self._loop.add_writer(self._dst_fd, self._on_writable)
                 self._writing = True
