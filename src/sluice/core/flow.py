@@ -19,20 +19,29 @@ Definition (all integers unsigned 32-bit, arithmetic modulo 2**32):
                   h ^= k; h = rotl(h, 13); h = h * 5 + 0xe6546b64
      h ^= 40   (the key length in bytes)
      h ^= h >> 16; h *= 0x85ebca6b; h ^= h >> 13; h *= 0xc2b2ae35; h ^= h >> 16
+
+A keyed VIP (``hash_key:``, a `HashKey`) replaces step 2 and 3: the hash is the low 32 bits of
+SipHash-1-3 (core/siphash.py) of the same 40-byte key, with k0 = key bytes 0..7 and k1 = key bytes
+8..15 read little-endian (what the Linux kernel's hsiphash returns on 64-bit machines). Vectors:
+tests/vectors/flow_hash_keyed.json. Unkeyed VIPs keep MurmurHash3 unchanged.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
+
+from sluice.core.siphash import siphash13
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 FLOW_HASH_SEED = 0x51CE_F10E
 KEY_LEN = 40
+HASH_KEY_LEN = 16
+"""Bytes of a `HashKey` (SipHash's 128-bit key)."""
 ADDRESS_CACHE_SIZE = 4096
 """Host strings whose parsed address `parse_address` keeps."""
 DST_CACHE_SIZE = 256
@@ -65,6 +74,45 @@ class FiveTuple:
             + _ip16(self.dst_ip)
             + struct.pack("!HHB3x", self.src_port, self.dst_port, self.proto)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """A VIP's secret flow-hash key: 16 bytes shared by every node of the VIP. Its repr and str never
+    show the bytes (configs, errors and logs print objects); compare keys with ==."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != HASH_KEY_LEN:
+            raise ValueError(f"a hash key is {HASH_KEY_LEN} bytes, got {len(self.secret)}")
+        if not any(self.secret):
+            raise ValueError("a hash key of zeros is no secret")
+
+    @classmethod
+    def from_hex(cls, text: str) -> HashKey:
+        """The key written as 32 hex digits (e.g. `openssl rand -hex 16`). The error never repeats
+        the text: it is (nearly) the secret."""
+        digits = text.strip()
+        if len(digits) != 2 * HASH_KEY_LEN or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise ValueError(
+                f"expected {2 * HASH_KEY_LEN} hex digits ({HASH_KEY_LEN} random bytes, e.g. from "
+                f"`openssl rand -hex {HASH_KEY_LEN}`), got {len(digits)} characters"
+            )
+        return cls(bytes.fromhex(digits))
+
+    @property
+    def k0(self) -> int:
+        """SipHash's k0: bytes 0..7, little-endian."""
+        return int.from_bytes(self.secret[:8], "little")
+
+    @property
+    def k1(self) -> int:
+        """SipHash's k1: bytes 8..15, little-endian."""
+        return int.from_bytes(self.secret[8:], "little")
+
+    def __str__(self) -> str:
+        return "HashKey(<secret>)"
 
 
 def client_flow(
@@ -141,13 +189,21 @@ def _mixed_destination(address: int, v4: bool) -> tuple[int, ...]:
     return tuple(_mix((x >> shift) & _MASK) for shift in (0, 32, 64, 96))
 
 
-def flow_hash(flow: FiveTuple) -> int:
-    """sluice's 32-bit flow hash (see the module docstring for the exact definition).
+def keyed_flow_hash(flow: FiveTuple, key: HashKey) -> int:
+    """The 32-bit flow hash of a keyed VIP: the low 32 bits of SipHash-1-3 of the 40-byte key."""
+    return siphash13(key.k0, key.k1, flow.key()) & _MASK
 
-    Bit-identical to ``murmur3_words(struct.unpack("<10I", flow.key()), FLOW_HASH_SEED, KEY_LEN)``,
+
+def flow_hash(flow: FiveTuple, key: HashKey | None = None) -> int:
+    """sluice's 32-bit flow hash (see the module docstring for the exact definition): MurmurHash3,
+    or `keyed_flow_hash` when the VIP has a `key`.
+
+    Unkeyed, bit-identical to ``murmur3_words(struct.unpack("<10I", flow.key()), FLOW_HASH_SEED, KEY_LEN)``,
     computed without building the key: the constant IPv4 prefix is folded in advance and the
     destination's words are cached.
     """
+    if key is not None:
+        return keyed_flow_hash(flow, key)
     src = flow.src_ip
     if src.version == 4:
         h = _V4_PREFIX_STATE

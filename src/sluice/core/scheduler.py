@@ -7,7 +7,8 @@ backend with weight 0 never gets a new flow from any scheduler (it may still hav
 - ``maglev``: consistent hashing. ``slot = flow_hash(flow) % M`` in the Maglev table
   (`sluice.core.maglev`); the same flow always lands on the same backend, on every node. With
   `exclude` (a connect retry after a failure) the walk goes on to slot + 1, slot + 2, ... up to the
-  first backend not excluded: deterministic, and bounded by M.
+  first backend not excluded: deterministic, and bounded by M. A VIP with ``hash_key:`` hashes
+  with that key (`HashKey`: SipHash-1-3, so a client cannot choose its slot); the others ignore it.
 - ``round_robin``: smooth weighted round robin as nginx does it: every eligible backend gains its
   weight, the one with the most current weight is picked (first in config order on a tie) and
   loses the total of the weights. Weights 5, 1, 1 give a a b a c a a, not a a a a a b c.
@@ -25,7 +26,7 @@ from collections.abc import Collection, Sequence
 from typing import Literal, Protocol
 
 from sluice.core.endpoint import Endpoint
-from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.flow import FiveTuple, HashKey, flow_hash
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
 
 SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
@@ -72,7 +73,10 @@ class _Base:
         *,
         table_size: int = DEFAULT_TABLE_SIZE,
         rng: random.Random | None = None,
+        hash_key: HashKey | None = None,
     ) -> None:
+        self.hash_key = hash_key
+        """The VIP's flow-hash key (maglev); None = the unkeyed MurmurHash3."""
         self.backends: tuple[tuple[Endpoint, int], ...] = tuple(backends)
         """(endpoint, weight) in config order."""
         self.weights: dict[Endpoint, int] = dict(self.backends)
@@ -119,7 +123,7 @@ class MaglevScheduler(_Base):
     def pick(self, flow: FiveTuple, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         slots = self.table.slots
         size = len(slots)
-        slot = flow_hash(flow) % size
+        slot = flow_hash(flow, self.hash_key) % size
         index = int(slots[slot])
         if index < 0:
             return None
@@ -204,15 +208,16 @@ def build_scheduler(
     backends: WeightedBackends | Sequence[HasAddressAndWeight],
     table_size: int = DEFAULT_TABLE_SIZE,
     rng: random.Random | None = None,
+    hash_key: HashKey | None = None,
 ) -> Scheduler:
     """The scheduler called `name` over `backends`: (endpoint, weight) pairs in config order (or
     objects with `.address` and `.weight`, as the config's backends). `table_size` is Maglev's M;
-    `rng` feeds random_two (tests inject a seeded one)."""
+    `rng` feeds random_two (tests inject a seeded one); `hash_key` keys Maglev's flow hash."""
     try:
         cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r} (have: {', '.join(REGISTRY)})") from None
-    return cls(weighted(backends), table_size=table_size, rng=rng)
+    return cls(weighted(backends), table_size=table_size, rng=rng, hash_key=hash_key)
 
 
 def weighted(backends: WeightedBackends | Sequence[HasAddressAndWeight]) -> WeightedBackends:
@@ -222,8 +227,10 @@ def weighted(backends: WeightedBackends | Sequence[HasAddressAndWeight]) -> Weig
 
 def maglev_slots_changed(old: Scheduler, new: Scheduler) -> int:
     """Maglev slots whose backend differs between the tables of two schedulers (a listener's
-    `update`): `count_slots_changed` of their tables. Every slot when the table size changed; 0 unless
-    both schedulers are Maglev."""
+    `update`): `count_slots_changed` of their tables. Every slot when the table size or the hash key
+    changed (a new key moves flows as a whole new table would); 0 unless both schedulers are Maglev."""
     if not (isinstance(old, MaglevScheduler) and isinstance(new, MaglevScheduler)):
         return 0
+    if old.hash_key != new.hash_key:
+        return len(new.table.slots)
     return count_slots_changed(old.table, new.table)
