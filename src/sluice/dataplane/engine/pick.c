@@ -47,6 +47,67 @@ uint32_t flow_hash(const uint8_t key[FLOW_KEY_LEN])
     return h;
 }
 
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+static inline uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* SipHash's state: four 64-bit words. */
+struct sip {
+    uint64_t v0, v1, v2, v3;
+};
+
+static inline void sip_round(struct sip *s)
+{
+    s->v0 += s->v1;
+    s->v1 = rotl64(s->v1, 13) ^ s->v0;
+    s->v0 = rotl64(s->v0, 32);
+    s->v2 += s->v3;
+    s->v3 = rotl64(s->v3, 16) ^ s->v2;
+    s->v0 += s->v3;
+    s->v3 = rotl64(s->v3, 21) ^ s->v0;
+    s->v2 += s->v1;
+    s->v1 = rotl64(s->v1, 17) ^ s->v2;
+    s->v2 = rotl64(s->v2, 32);
+}
+
+/* One message word, one compression round (the "1" of SipHash-1-3). */
+static inline void sip_word(struct sip *s, uint64_t m)
+{
+    s->v3 ^= m;
+    sip_round(s);
+    s->v0 ^= m;
+}
+
+/* SipHash-1-3 over the five little-endian 64-bit words of the key, then the last word (no tail bytes,
+ * the length 40 in its top byte), three finalisation rounds, truncated to 32 bits (core/siphash.py). */
+uint32_t flow_hash_keyed(const struct flow_hash_key *k, const uint8_t key[FLOW_KEY_LEN])
+{
+    struct sip s = {k->k0 ^ 0x736f6d6570736575ull, k->k1 ^ 0x646f72616e646f6dull, k->k0 ^ 0x6c7967656e657261ull,
+                    k->k1 ^ 0x7465646279746573ull};
+    for (int i = 0; i < FLOW_KEY_LEN; i += 8)
+        sip_word(&s, load_le64(key + i));
+    sip_word(&s, (uint64_t)FLOW_KEY_LEN << 56);
+    s.v2 ^= 0xff;
+    sip_round(&s);
+    sip_round(&s);
+    sip_round(&s);
+    return (uint32_t)(s.v0 ^ s.v1 ^ s.v2 ^ s.v3);
+}
+
+uint32_t sched_flow_hash(const struct sched_table *t, const uint8_t key[FLOW_KEY_LEN])
+{
+    return t->keyed ? flow_hash_keyed(&t->hash_key, key) : flow_hash(key);
+}
+
 /* ------------------------------------------------------------------------------------ schedulers */
 
 static int is_excluded(uint32_t i, const uint32_t *exclude, size_t n_exclude)

@@ -14,8 +14,19 @@
 void flow_key_build(uint8_t key[FLOW_KEY_LEN], const uint8_t src_ip[16], const uint8_t dst_ip[16],
                     uint16_t src_port, uint16_t dst_port, uint8_t proto);
 
-/* core.flow.flow_hash of the flow whose key is `key` (same value for every input). */
+/* core.flow.flow_hash of the flow whose key is `key` (same value for every input): MurmurHash3,
+ * the hash of a VIP without hash_key. */
 uint32_t flow_hash(const uint8_t key[FLOW_KEY_LEN]);
+
+/* A keyed VIP's secret (config hash_key, core.flow.HashKey): SipHash's k0 = bytes 0..7 and k1 = bytes
+ * 8..15 of the 16-byte key, read little-endian. */
+struct flow_hash_key {
+    uint64_t k0, k1;
+};
+
+/* core.flow.keyed_flow_hash: the low 32 bits of SipHash-1-3 of `key` under `k` (core/siphash.py says
+ * why SipHash-1-3). */
+uint32_t flow_hash_keyed(const struct flow_hash_key *k, const uint8_t key[FLOW_KEY_LEN]);
 
 /* Scheduler kinds, named as core/scheduler.py's REGISTRY. */
 enum sched_kind { SCHED_MAGLEV = 0, SCHED_ROUND_ROBIN = 1, SCHED_LEAST_CONN = 2, SCHED_RANDOM_TWO = 3 };
@@ -28,7 +39,12 @@ struct sched_table {
     const uint32_t *weights; /* n weights; 0 = takes no new flow */
     uint32_t m;              /* Maglev table size (0 for the other kinds) */
     const int32_t *slots;    /* m entries: backend index (config order) or -1 for an empty table */
+    uint32_t keyed;          /* 1: the VIP has a hash_key, flows hash with hash_key; 0: flow_hash */
+    struct flow_hash_key hash_key; /* the secret (keyed only); never logged */
 };
+
+/* The flow hash of a new flow of `t`'s VIP: flow_hash_keyed with its key if keyed, else flow_hash. */
+uint32_t sched_flow_hash(const struct sched_table *t, const uint8_t key[FLOW_KEY_LEN]);
 
 /* One pick. Returns the backend index, or -1 when no backend is eligible (weight 0 or excluded).
  * - hash: flow_hash() of the flow (maglev).
