@@ -9,6 +9,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -29,6 +32,7 @@ from sluice.config.values import (
     yaml_off_none,
 )
 from sluice.core.endpoint import Endpoint
+from sluice.core.flow import HashKey
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, is_prime
 from sluice.core.scheduler import SchedulerName
 
@@ -132,6 +136,27 @@ def _accept_proxy_protocol(value: Any) -> Any:
     return value
 
 
+def _hash_key(value: Any) -> HashKey:
+    """``hash_key:`` as written: 32 hex digits, quoted. No error repeats the value (it is the secret)."""
+    if isinstance(value, HashKey):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"expected a string of 32 hex digits, got {type(value).__name__} (quote the key: YAML "
+            "reads bare digits as a number)"
+        )
+    return HashKey.from_hex(value)
+
+
+HashKeyField = Annotated[
+    HashKey,
+    PlainValidator(_hash_key),
+    PlainSerializer(lambda _: "<secret>", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9A-Fa-f]{32}$", "writeOnly": True}),
+]
+"""A `HashKey` in the config: parsed from hex, dumped as ``<secret>``."""
+
+
 class Vip(FrozenModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     """Unique name, used in metrics and the API."""
@@ -143,6 +168,11 @@ class Vip(FrozenModel):
     scheduler: SchedulerName = "maglev"
     maglev_table_size: int = DEFAULT_TABLE_SIZE
     """Maglev lookup table size M (a prime up to `MAX_TABLE_SIZE`, ideally >= 100 x number of backends)."""
+    hash_key: HashKeyField | None = None
+    """Secret key of the flow hash (maglev): 32 hex digits (16 random bytes, `openssl rand -hex 16`),
+    the same on every node of the VIP. Set: flows hash with SipHash-1-3 under it, so a client cannot
+    choose ports that land on one backend; unset: the public MurmurHash3. Never shown (logs, API,
+    errors); changing it moves flows like a new table (README "Flow hash and hash_key")."""
     backends: tuple[Backend, ...]
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=10000, ge=1, le=MAX_CONNECTIONS)
@@ -197,6 +227,8 @@ class Vip(FrozenModel):
             raise ValueError("mode: dsr needs a dsr block (interface, forwarding)")
         if self.mode == "proxy" and self.dsr is not None:
             raise ValueError("a dsr block is only valid with mode: dsr")
+        if self.hash_key is not None and self.scheduler != "maglev":
+            raise ValueError(f"hash_key keys Maglev's flow hash; scheduler {self.scheduler} hashes no flows")
         if self.accept_proxy_protocol and self.protocol != "tcp":
             raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
         if self.protocol == "udp" and self.proxy_protocol == "v1":

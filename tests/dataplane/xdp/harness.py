@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, ip_address, ip_network
 
 import numpy as np
 
-from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, flow_hash
+from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, HashKey, flow_hash
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.maps import (
     BACKEND_F_ACTIVE,
@@ -20,6 +20,7 @@ from sluice.dataplane.xdp.maps import (
     FWD_IPIP,
     FWD_L2,
     NO_BACKEND,
+    VIP_F_HASH_KEYED,
     BackendEntry,
     VipMeta,
     XdpMaps,
@@ -58,6 +59,7 @@ class TVip:
     idle_s: float = 1.0
     maglev_size: int = M
     slots: list[int] = field(default_factory=list)  # backend index per Maglev slot
+    hash_key: HashKey | None = None  # hash_key: new flows hash with SipHash-1-3 under it
 
     def outer_prefix_and_mask(self) -> tuple[bytes, int]:
         net = ip_network(self.outer)
@@ -142,6 +144,9 @@ class World:
         prefix, mask = v.outer_prefix_and_mask()
         meta.outer_src[:] = prefix
         meta.outer_hash_mask = mask
+        if v.hash_key is not None:
+            meta.flags = VIP_F_HASH_KEYED
+            meta.hash_key[:] = (v.hash_key.k0, v.hash_key.k1)
         self.maps.vips.update(vip_key(v.addr, v.port, v.proto), meta)
         for b in v.backends:
             self.set_backend(v, b)
@@ -204,7 +209,7 @@ def pinned_cpu() -> Iterator[None]:
 
 def model_backend(v: TVip, src: str, sport: int) -> TBackend:
     """Which backend Maglev gives a new flow: slot = flow_hash % M, as core/flow.py defines it."""
-    h = flow_hash(FiveTuple.of((src, sport), (v.addr, v.port), v.proto))
+    h = flow_hash(FiveTuple.of((src, sport), (v.addr, v.port), v.proto), v.hash_key)
     index = v.slots[h % v.maglev_size]
     return next(b for b in v.backends if b.index == index)
 
@@ -219,7 +224,7 @@ def model_ipip(frame: bytes, v: TVip, be: TBackend, flow: FiveTuple, *, vlan: in
     inner = frame[l2_len:]
     inner_v4 = inner[0] >> 4 == 4
     ip_len = int.from_bytes(inner[2:4]) if inner_v4 else 40 + int.from_bytes(inner[4:6])
-    h = flow_hash(flow)
+    h = flow_hash(flow, v.hash_key)
     net = ip_network(v.outer)
     _, mask = v.outer_prefix_and_mask()
     outer_src = str(ip_address(int(net.network_address) | (h & mask)))

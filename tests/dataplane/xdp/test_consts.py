@@ -25,7 +25,15 @@ def header_defines(name: str = "xdp_consts.h") -> dict[str, int]:
 
 
 # constants maps.py copies from the header, under the same names
-MIRRORED = ("NO_BACKEND", "FWD_L2", "FWD_IPIP", "BACKEND_F_ACTIVE", "FAMILY_V4", "FAMILY_V6")
+MIRRORED = (
+    "NO_BACKEND",
+    "FWD_L2",
+    "FWD_IPIP",
+    "BACKEND_F_ACTIVE",
+    "VIP_F_HASH_KEYED",
+    "FAMILY_V4",
+    "FAMILY_V6",
+)
 
 
 def test_parser_reads_the_header() -> None:

@@ -24,6 +24,7 @@ NO_BACKEND: Final = 0xFFFFFFFF
 FWD_L2: Final = 0
 FWD_IPIP: Final = 1
 BACKEND_F_ACTIVE: Final = 0x1
+VIP_F_HASH_KEYED: Final = 0x1
 FAMILY_V4: Final = 4
 FAMILY_V6: Final = 6
 
@@ -68,6 +69,7 @@ class VipMeta(ctypes.Structure):
         ("outer_src", _u8 * 16),  # network order, IPv4-mapped
         ("outer_hash_mask", _u32),  # host order
         ("pad", _u32),
+        ("hash_key", _u64 * 2),  # host order: k0, k1 (VIP_F_HASH_KEYED only)
     )
 
 

@@ -70,6 +70,7 @@ from sluice.dataplane.xdp.vipstate import (
     VipState,
     check_vip,
     flow_backend,
+    hash_key_of,
     identity_of,
     key_tuple,
     raw_counters,
@@ -204,7 +205,7 @@ class XdpPlane:
         by_index: dict[int, VipState] = {}
         for key, meta in maps.vips.items():
             kt = (bytes(key.addr), socket.ntohs(key.port), int(key.proto))
-            state = VipState(name=f"#{meta.index}", index=meta.index, key=kt)
+            state = VipState(name=f"#{meta.index}", index=meta.index, key=kt, hash_key=hash_key_of(meta))
             self._vips[kt] = by_index[meta.index] = state
         for i in range(self._defines["MAX_BACKENDS"]):
             entry = maps.backends.lookup(ctypes.c_uint32(i))
@@ -327,9 +328,10 @@ class XdpPlane:
         else:
             changed = np.arange(len(row), dtype=np.uint32)
         maps.write_maglev(state.index, self._defines["MAGLEV_SIZE"], changed, row[changed])
-        if state.table is not None:
-            state.slots_changed += count_slots_changed(state.table, table)
-        state.row, state.table = row, table
+        if state.table is not None:  # a new hash key moves flows as a new table would
+            same_key = state.hash_key == vip.hash_key
+            state.slots_changed += count_slots_changed(state.table, table) if same_key else len(row)
+        state.row, state.table, state.hash_key = row, table, vip.hash_key
         log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
         # 3. the VIP entry
         maps.vips.update(

@@ -13,13 +13,14 @@ import numpy as np
 import numpy.typing as npt
 
 from sluice.config import Vip
-from sluice.core.flow import FiveTuple, flow_hash
+from sluice.core.flow import FiveTuple, HashKey, flow_hash
 from sluice.core.maglev import MaglevTable
 from sluice.dataplane.stats import BackendStats, VipStats
 from sluice.dataplane.xdp.instance import XdpConfigError
 from sluice.dataplane.xdp.maps import (
     FWD_IPIP,
     FWD_L2,
+    VIP_F_HASH_KEYED,
     BackendEntry,
     VipMeta,
     XdpMaps,
@@ -41,6 +42,7 @@ class VipState:
     table: MaglevTable | None = None  # the Maglev table `row` was written from
     slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
     protocol: str = "tcp"
+    hash_key: HashKey | None = None  # what the VIP entry's flow hash is keyed with (None: unkeyed)
 
 
 def identity_of(entry: BackendEntry) -> str:
@@ -92,7 +94,18 @@ def vip_meta(vip: Vip, index: int, src_mac: str, clock_period_s: float) -> VipMe
         host_bits = min(32, net.max_prefixlen - net.prefixlen)
         meta.outer_src[:] = addr16(net.network_address)
         meta.outer_hash_mask = (1 << host_bits) - 1
+    if vip.hash_key is not None:
+        meta.flags |= VIP_F_HASH_KEYED
+        meta.hash_key[:] = (vip.hash_key.k0, vip.hash_key.k1)
     return meta
+
+
+def hash_key_of(meta: VipMeta) -> HashKey | None:
+    """The key a `vips` map value hashes new flows with (None: unkeyed): how a restarted plane that
+    adopts the pinned maps answers `flow_backend` before the config is applied again."""
+    if not meta.flags & VIP_F_HASH_KEYED:
+        return None
+    return HashKey(b"".join(int(k).to_bytes(8, "little") for k in meta.hash_key))
 
 
 def raw_counters(maps: XdpMaps, states: Iterable[VipState]) -> dict[str, dict[str, int]]:
@@ -135,5 +148,5 @@ def flow_backend(maps: XdpMaps, state: VipState, flow: FiveTuple) -> tuple[str, 
         return by_slot[entry.backend], "conntrack"
     if state.row is None:
         return None
-    slot = int(state.row[flow_hash(flow) % len(state.row)])
+    slot = int(state.row[flow_hash(flow, state.hash_key) % len(state.row)])
     return (by_slot[slot], "maglev") if slot in by_slot else None

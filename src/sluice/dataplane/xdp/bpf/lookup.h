@@ -104,7 +104,7 @@ static __always_inline struct backend *pick_backend(const struct vip_meta *vip, 
 			count_ct_miss(vs);
 	}
 
-	*hash = flow_hash(&pkt->flow);
+	*hash = vip_flow_hash(&pkt->flow, vip);
 	*index = maglev_pick(vip, *hash);
 	be = usable_backend(*index, vip);
 	if (!be || pkt->is_icmp)

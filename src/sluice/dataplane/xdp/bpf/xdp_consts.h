@@ -24,6 +24,9 @@
 #define FWD_L2 0   /* rewrite MACs, XDP_TX on the same segment */
 #define FWD_IPIP 1 /* IPv4-in-IPv4 / IPv6-in-IPv6 (by backend family), XDP_TX to the next hop */
 
+/* vip_meta.flags */
+#define VIP_F_HASH_KEYED 0x1 /* the VIP has a hash_key: new flows hash with SipHash-1-3 (flow_hash.h) */
+
 /* backend.flags */
 #define BACKEND_F_ACTIVE 0x1 /* slot in use; connection entries to an inactive slot are ignored */
 

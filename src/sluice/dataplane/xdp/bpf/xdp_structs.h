@@ -39,11 +39,13 @@ struct vip_meta {
 	__u32 maglev_size;     /* this VIP's prime M (<= MAGLEV_SIZE) */
 	__u64 idle_ns;         /* connection entries (TCP and UDP) idle longer than this are re-hashed */
 	__u8 fwd;              /* FWD_L2 / FWD_IPIP */
-	__u8 flags;            /* reserved, 0 */
+	__u8 flags;            /* VIP_F_HASH_KEYED, else 0 */
 	__u8 src_mac[6];       /* source MAC of forwarded frames: the LB interface's */
 	__u8 outer_src[16];    /* ipip: outer source prefix, network order, IPv4-mapped for IPv4 */
 	__u32 outer_hash_mask; /* ipip: host order; these bits of the prefix's last 32-bit word come from the flow hash */
 	__u32 pad;
+	__u64 hash_key[2];     /* VIP_F_HASH_KEYED: the secret SipHash key k0, k1 (host order: hash_key bytes
+	                        * 0..7 and 8..15 read little-endian); zero otherwise */
 };
 
 /* One backend slot. */
