@@ -110,3 +110,27 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
         and record["level"] == "warning"
         and record["logger"] == "sluice.test"
     )
+
+
+SECRET = "8d2f6a0c4e1b3957a2c4e6f8091b3d5f"
+
+
+def test_a_keyed_vip_is_answered_with_its_key_and_the_key_is_not_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keyed.yaml"
+    path.write_text(CONFIG.replace("  - name: rtp", f'    hash_key: "{SECRET}"\n  - name: rtp', 1))
+    config = parse_config(yaml.safe_load(path.read_text()))
+    vip = config.vip("web")
+    assert vip.hash_key is not None
+    keyed = build_scheduler("maglev", vip.backends, vip.maglev_table_size, hash_key=vip.hash_key)
+    unkeyed = build_scheduler("maglev", vip.backends, vip.maglev_table_size)
+    differ = 0
+    for port in range(40000, 40040):
+        flow = FiveTuple(Endpoint.parse("10.1.2.3:1").ip, vip.listen.ip, port, 8000, 6)
+        assert main(["flow", str(path), "web", f"10.1.2.3:{port}"]) == 0
+        out = capsys.readouterr().out
+        assert out.split()[0] == str(keyed.pick(flow)) and ", keyed," in out
+        assert SECRET not in out.lower()
+        differ += out.split()[0] != str(unkeyed.pick(flow))
+    assert differ > 10  # the key changes the answer (about 2 in 3 with these weights)

@@ -1,7 +1,8 @@
 """Answers `sluice flow`: which backend a VIP's scheduler picks for a client address.
 
 Uses the very scheduler code the data planes use, so the answer is what the data plane does (for
-Maglev, with every configured backend up; health and admin state are not known offline).
+Maglev, with every configured backend up; health and admin state are not known offline). A VIP with
+``hash_key:`` is answered with that key, as every plane hashes its flows; the key is never printed.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def explain_flow(config: Config, vip_name: str, source: Endpoint) -> str:
         raise FlowQueryError(
             f"VIP {vip_name!r} uses {vip.scheduler}, which depends on live state; only maglev answers offline"
         )
-    backend = build_scheduler("maglev", vip.weighted_backends, vip.maglev_table_size).pick(flow)
+    scheduler = build_scheduler("maglev", vip.weighted_backends, vip.maglev_table_size, hash_key=vip.hash_key)
+    backend = scheduler.pick(flow)
     if backend is None:
         raise FlowQueryError(f"VIP {vip_name!r} has no backend with weight > 0")
-    h = flow_hash(flow)
-    return f"{backend}  (vip {vip_name}, hash 0x{h:08x}, slot {h % vip.maglev_table_size} of {vip.maglev_table_size})"
+    h = flow_hash(flow, vip.hash_key)
+    keyed = ", keyed" if vip.hash_key is not None else ""
+    return (
+        f"{backend}  (vip {vip_name}, hash 0x{h:08x}{keyed}, slot {h % vip.maglev_table_size} of "
+        f"{vip.maglev_table_size})"
+    )
