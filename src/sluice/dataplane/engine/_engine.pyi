@@ -14,12 +14,13 @@ COPY_BUFFER_SIZE: Final[int]
 
 BackendSpec = tuple[str, int, int, int]
 """host, port, weight, counter slot."""
-TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | bytes]
+TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, bytes]
 """scheduler index, backends (config order), Maglev slots (int32, config-order indexes), connect timeout
 (s), idle timeout (s), max_connections, proxy_protocol out (0 off, 1, 2), accept_proxy_protocol (False,
-or the prefixes allowed to send a PROXY header: family 4/6, length, 16 address bytes each)."""
+or the prefixes allowed to send a PROXY header: family 4/6, length, 16 address bytes each), hash_key
+(b"": unkeyed, or its 16 secret bytes)."""
 UdpTableSpec = tuple[
-    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, int, int, bool, bool
+    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, bytes, int, int, bool, bool
 ]
 """TableSpec + udp max_sessions (all workers), responses (0: no limit), per_packet, hash source_ip."""
 UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...]]

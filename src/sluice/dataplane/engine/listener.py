@@ -80,6 +80,7 @@ def _table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> T
         vip.max_connections,
         _PROXY_OUT[vip.proxy_protocol],
         _accept_from(vip),
+        vip.hash_key.secret if vip.hash_key is not None else b"",
     )
 
 
@@ -122,10 +123,11 @@ class NativeVip:
     def update(self, vip: Vip) -> None:
         old = self.vip
         self.vip = vip
-        if (vip.scheduler, vip.backends, vip.maglev_table_size) != (
+        if (vip.scheduler, vip.backends, vip.maglev_table_size, vip.hash_key) != (
             old.scheduler,
             old.backends,
             old.maglev_table_size,
+            old.hash_key,
         ):
             old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
             self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
@@ -186,7 +188,9 @@ class NativeVip:
                     raise ValueError(f"vip {vip.name}: more than {BACKEND_SLOTS} backends ever seen")
                 self._slots[backend.address] = len(self._slots)
                 self._stats.backend(str(backend.address))
-        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+        return build_scheduler(
+            vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size, hash_key=vip.hash_key
+        )
 
     def _fill_flows(self, stats: VipStats, counters: Counters) -> None:
         """What every protocol counts: flows, refused, closed, and per backend its flows, connect

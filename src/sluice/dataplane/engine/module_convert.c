@@ -35,8 +35,9 @@ int parse_sockaddr(const char *host, int port, struct sockaddr_storage *ss, sock
 
 /* (kind, backends[(host, port, weight, slot)], maglev slots (int32 bytes), connect_timeout s,
  *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy (False, or bytes: the prefixes whose
- *  peers may send a PROXY header, ACCEPT_PREFIX_BYTES each)[, udp max_sessions, udp responses
- *  (0: no limit), udp per_packet, udp hash source_ip]) -> a new table (refs 1). */
+ *  peers may send a PROXY header, ACCEPT_PREFIX_BYTES each), hash_key (b"": unkeyed, or the 16 secret
+ *  bytes)[, udp max_sessions, udp responses (0: no limit), udp per_packet, udp hash source_ip]) -> a new
+ *  table (refs 1). */
 struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backend_slots)
 {
     int kind, max_conns, proxy_out, per_packet = 0, source_ip = 0;
@@ -44,15 +45,17 @@ struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backen
     PyObject *backends, *accept_from;
     Py_buffer slots;
     double connect_s, idle_s;
-    if (!PyArg_ParseTuple(spec, "iO!y*ddiiO|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
-                          &max_conns, &proxy_out, &accept_from, &udp_max_sessions, &udp_responses, &per_packet,
-                          &source_ip))
+    const char *hash_key;
+    Py_ssize_t hash_key_len;
+    if (!PyArg_ParseTuple(spec, "iO!y*ddiiOy#|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
+                          &max_conns, &proxy_out, &accept_from, &hash_key, &hash_key_len, &udp_max_sessions,
+                          &udp_responses, &per_packet, &source_ip))
         return NULL;
     struct eng_table *t = NULL;
     Py_ssize_t n = PyList_GET_SIZE(backends);
     if (kind < SCHED_MAGLEV || kind > SCHED_RANDOM_TWO || slots.len % 4 != 0 || max_conns < 1 ||
         proxy_out < 0 || proxy_out > 2 || connect_s < 0 || idle_s < 0 || n < 0 || n > (Py_ssize_t)backend_slots ||
-        udp_max_sessions < 1) {
+        udp_max_sessions < 1 || (hash_key_len != 0 && hash_key_len != 16)) {
         PyErr_SetString(PyExc_ValueError, "bad table");
         goto out;
     }
@@ -63,6 +66,13 @@ struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backen
         goto out;
     }
     t->sched.kind = (enum sched_kind)kind;
+    if (hash_key_len == 16) { /* pick.h: k0, k1 = bytes 0..7, 8..15 little-endian */
+        t->sched.keyed = 1;
+        for (int i = 7; i >= 0; i--) {
+            t->sched.hash_key.k0 = t->sched.hash_key.k0 << 8 | (uint8_t)hash_key[i];
+            t->sched.hash_key.k1 = t->sched.hash_key.k1 << 8 | (uint8_t)hash_key[8 + i];
+        }
+    }
     memcpy(t->slots, slots.buf, (size_t)slots.len);
     for (uint32_t i = 0; i < m; i++) {
         if (t->slots[i] < -1 || t->slots[i] >= (int32_t)n) {

@@ -184,7 +184,7 @@ void tcp_start_connect(struct worker *w, struct conn *c)
     }
     ip16_of(c->real.family, c->real.dst, dst16);
     flow_key_build(key, src16, dst16, src_port, c->real.dst_port, IPPROTO_TCP);
-    c->hash = flow_hash(key);
+    c->hash = sched_flow_hash(&t->sched, key);
     if (t->proxy_out) {
         const struct proxy_addrs *a = c->flow_known ? &c->flow : &c->real;
         int n = proxy_header_build(c->out_header, sizeof(c->out_header), t->proxy_out, 0, a);

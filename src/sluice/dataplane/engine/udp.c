@@ -111,7 +111,7 @@ static void send_per_packet(struct worker *w, struct worker_vip *wv, struct udp_
     u->seq = (u->seq + 1) & 0xffff;
     uint8_t fkey[FLOW_KEY_LEN];
     flow_key_build(fkey, s->client_ip16, u->vip_ip16, (uint16_t)u->seq, u->vip_port, IPPROTO_UDP);
-    int32_t idx = udp_pick(w, wv, flow_hash(fkey), NULL);
+    int32_t idx = udp_pick(w, wv, sched_flow_hash(&wv->table->sched, fkey), NULL);
     if (idx < 0) {
         CTR_ADD(u->counters.dropped[DROPPED_NO_BACKEND], 1);
         return;

@@ -39,7 +39,7 @@ is closed."""
 def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> UdpTableSpec:
     udp = vip.udp
     base = _table_spec(vip, scheduler, slots)
-    return (*base[:8], udp.max_sessions, udp.responses or 0, udp.per_packet, udp.hash == "source_ip")
+    return (*base, udp.max_sessions, udp.responses or 0, udp.per_packet, udp.hash == "source_ip")
 
 
 class NativeUdpListener(NativeVip):

@@ -207,7 +207,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
         flow_key_build(fkey, ip16, u->vip_ip16, 0, 0, IPPROTO_UDP);
     else
         flow_key_build(fkey, ip16, u->vip_ip16, port, u->vip_port, IPPROTO_UDP);
-    uint32_t hash = flow_hash(fkey);
+    uint32_t hash = sched_flow_hash(&t->sched, fkey);
     int32_t idx = -1;
     if (!t->udp_per_packet) {
         idx = udp_pick(w, wv, hash, NULL);

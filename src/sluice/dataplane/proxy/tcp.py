@@ -139,10 +139,11 @@ class TcpListener:
     def update(self, vip: Vip) -> None:
         old = self.vip
         self.vip = vip
-        if (vip.scheduler, vip.backends, vip.maglev_table_size) == (
+        if (vip.scheduler, vip.backends, vip.maglev_table_size, vip.hash_key) == (
             old.scheduler,
             old.backends,
             old.maglev_table_size,
+            old.hash_key,
         ):
             return
         old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
@@ -220,7 +221,9 @@ class TcpListener:
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         for backend in vip.backends:
             self.backend_info(backend.address)
-        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+        return build_scheduler(
+            vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size, hash_key=vip.hash_key
+        )
 
     def _on_acceptable(self) -> None:
         assert self._sock is not None and self._loop is not None

@@ -212,7 +212,9 @@ class UdpListener:
             for b in vip.backends
         }
         self._by_addr = {ref.addr: ref for ref in self._backends.values()}
-        return build_scheduler(vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size)
+        return build_scheduler(
+            vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size, hash_key=vip.hash_key
+        )
 
     # ------------------------------------------------------------------------- client -> backend
 
