@@ -36,23 +36,23 @@ int parse_sockaddr(const char *host, int port, struct sockaddr_storage *ss, sock
 /* (kind, backends[(host, port, weight, slot)], maglev slots (int32 bytes), connect_timeout s,
  *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy (False, or bytes: the prefixes whose
  *  peers may send a PROXY header, ACCEPT_PREFIX_BYTES each)[, udp max_sessions, udp responses
- *  (0: no limit), udp per_packet, udp hash source_ip]) -> a new table (refs 1). */
+ *  (0: no limit), udp per_packet, udp hash source_ip, udp max_queue_delay s (0: none)]) -> a new table. */
 struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backend_slots)
 {
     int kind, max_conns, proxy_out, per_packet = 0, source_ip = 0;
     unsigned int udp_max_sessions = 65536, udp_responses = 0;
     PyObject *backends, *accept_from;
     Py_buffer slots;
-    double connect_s, idle_s;
-    if (!PyArg_ParseTuple(spec, "iO!y*ddiiO|IIpp", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
+    double connect_s, idle_s, queue_delay_s = 0;
+    if (!PyArg_ParseTuple(spec, "iO!y*ddiiO|IIppd", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
                           &max_conns, &proxy_out, &accept_from, &udp_max_sessions, &udp_responses, &per_packet,
-                          &source_ip))
+                          &source_ip, &queue_delay_s))
         return NULL;
     struct eng_table *t = NULL;
     Py_ssize_t n = PyList_GET_SIZE(backends);
     if (kind < SCHED_MAGLEV || kind > SCHED_RANDOM_TWO || slots.len % 4 != 0 || max_conns < 1 ||
         proxy_out < 0 || proxy_out > 2 || connect_s < 0 || idle_s < 0 || n < 0 || n > (Py_ssize_t)backend_slots ||
-        udp_max_sessions < 1) {
+        udp_max_sessions < 1 || !(queue_delay_s >= 0 && queue_delay_s <= 3600)) {
         PyErr_SetString(PyExc_ValueError, "bad table");
         goto out;
     }
@@ -116,6 +116,7 @@ struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backen
     t->udp_responses = udp_responses;
     t->udp_per_packet = per_packet;
     t->udp_source_ip = source_ip;
+    t->udp_max_queue_delay_ns = (uint64_t)(queue_delay_s * 1e9);
     goto out;
 fail:
     table_unref(t);
