@@ -60,6 +60,22 @@ class Timeouts(FrozenModel):
     """Seconds with no bytes either way before a flow is closed (TCP 350, UDP 120 by default)."""
 
 
+MIN_QUEUE_DELAY_S = 0.001
+"""Shortest ``udp.max_queue_delay`` accepted (seconds): below it ordinary scheduling delays drop."""
+MAX_QUEUE_DELAY_S = 10.0
+"""Longest ``udp.max_queue_delay`` accepted (seconds): past that a datagram's answer is useless anyway."""
+EXPECTED_DATAGRAMS_PER_S = 20_000
+"""Datagrams per second one listen socket is sized for when ``udp.receive_buffer`` is unset (the
+native engine has one listen socket per worker)."""
+DATAGRAM_TRUESIZE = 2048
+"""Bytes of socket memory the kernel charges a queued datagram (its skb truesize: buffer + struct
+sk_buff, not the payload; a NIC driver's page fragment is typically 2 KiB whatever the payload)."""
+RECEIVE_BUFFER_MIN = 212_992
+"""Smallest default listen SO_RCVBUF asked (bytes): the kernel's usual net.core.rmem_default."""
+RECEIVE_BUFFER_MAX = 4 << 20
+"""Largest default listen SO_RCVBUF asked (bytes); udp.receive_buffer may ask more."""
+
+
 class UdpOptions(FrozenModel):
     hash: UdpHash = "five_tuple"
     """What picks the backend: the whole 5-tuple, or the source IP only (keeps RTP+RTCP together)."""
@@ -69,10 +85,41 @@ class UdpOptions(FrozenModel):
     """No session: every datagram is balanced on its own."""
     max_sessions: int = Field(default=65536, ge=1, le=MAX_SESSIONS)
     """Bound of the session (NAT) table; the least recently used session is evicted beyond it."""
+    max_queue_delay: Duration = 0.05
+    """Seconds a client datagram may wait in the listen socket's queue (its kernel receive
+    timestamp, SO_TIMESTAMPNS, against the clock when sluice reads it); an older one is dropped and
+    counted as dropped ``queue_delay``. 1 ms .. 10 s, default 50 ms: an overloaded VIP answers late
+    by at most this much instead of by seconds, and 50 ms is under the retry timers of DNS stub
+    resolvers (1-5 s), SIP (T1 500 ms) and RTP jitter buffers, so a datagram dropped here would
+    have been useless (or duplicated by a retry) anyway. Applies at once on reload."""
     receive_buffer: int | None = Field(default=None, ge=4096, le=2**31 - 1)
     """Bytes of the listen socket's receive buffer (SO_RCVBUF, capped by net.core.rmem_max); unset =
-    4 MiB. Datagrams the kernel drops at a full buffer are counted (native engine: dropped
+    sized from max_queue_delay (`default_receive_buffer`: 1,024,000 bytes for 50 ms). Set when the
+    VIP starts. Datagrams the kernel drops at a full buffer are counted (native engine: dropped
     ``kernel_overflow``)."""
+
+    @field_validator("max_queue_delay")
+    @classmethod
+    def _queue_delay_bounds(cls, value: float) -> float:
+        if not MIN_QUEUE_DELAY_S <= value <= MAX_QUEUE_DELAY_S:
+            raise ValueError(f"must be 1ms to 10s, got {value * 1000:g}ms")
+        return value
+
+    @property
+    def listen_receive_buffer(self) -> int:
+        """The SO_RCVBUF the listen sockets ask for: ``receive_buffer``, else the default."""
+        return self.receive_buffer or default_receive_buffer(self.max_queue_delay)
+
+
+def default_receive_buffer(max_queue_delay_s: float) -> int:
+    """The listen SO_RCVBUF (bytes) that holds about `max_queue_delay_s` of traffic at
+    `EXPECTED_DATAGRAMS_PER_S`: rate x delay x `DATAGRAM_TRUESIZE` / 2, since the kernel doubles the
+    value asked (the doubled value is what the queued skbs' truesize is charged against), clamped to
+    `RECEIVE_BUFFER_MIN` .. `RECEIVE_BUFFER_MAX`. 50 ms: 20,000/s x 0.05 s = 1,000 datagrams x 2,048
+    bytes = 2,048,000 bytes of skb memory -> ask 1,024,000. Older datagrams than the bound that still
+    fit are dropped by the queue-delay check; this only keeps the queue from holding seconds."""
+    wanted = round(EXPECTED_DATAGRAMS_PER_S * max_queue_delay_s * DATAGRAM_TRUESIZE / 2)
+    return max(RECEIVE_BUFFER_MIN, min(RECEIVE_BUFFER_MAX, wanted))
 
 
 class DsrOptions(FrozenModel):

@@ -53,5 +53,6 @@ DROPPED: Final = (
     "no_backend",
     "unknown_source",  # a reply from an address that is not the session's backend
     "kernel_overflow",  # dropped by the kernel at a full listen socket (SO_RXQ_OVFL, native engine)
+    "queue_delay",  # waited in the listen socket's queue longer than udp.max_queue_delay (SO_TIMESTAMPNS)
 )
 """Why a datagram was dropped after it was received (other errno names may appear, in lower case)."""

@@ -20,9 +20,10 @@ TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | 
 or the prefixes allowed to send a PROXY header: family 4/6, length, 16 address bytes each), hash_key
 (b"": unkeyed, or its 16 secret bytes)."""
 UdpTableSpec = tuple[
-    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, bytes, int, int, bool, bool
+    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, bytes, int, int, bool, bool, float
 ]
-"""TableSpec + udp max_sessions (all workers), responses (0: no limit), per_packet, hash source_ip."""
+"""TableSpec + udp max_sessions (all workers), responses (0: no limit), per_packet, hash source_ip,
+max_queue_delay (s, 0: no bound)."""
 UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...]]
 """sessions, evictions, rebalanced, dropped (DROPPED order), {errno: dropped}, (datagrams to, from) per slot."""
 BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int]

@@ -94,6 +94,7 @@ struct eng_table {
     uint32_t udp_responses;    /* 0: no limit */
     bool udp_per_packet;
     bool udp_source_ip;
+    uint64_t udp_max_queue_delay_ns; /* older client datagrams are dropped (queue_delay); 0: no bound */
 };
 
 /* n backends, m Maglev slots, room for `workers` round robin states; refs = 1. NULL on ENOMEM. */
@@ -294,7 +295,7 @@ struct vip_params {
     uint32_t buffer_size; /* 0: the default of the mover */
     uint32_t backend_slots;
     bool udp;                /* a UDP VIP (udp.c): the fields below */
-    uint32_t receive_buffer; /* 0: UDP_RCVBUF_DEFAULT */
+    uint32_t receive_buffer; /* 0: the kernel's default */
     uint32_t held_max;       /* 0: UDP_HELD_MAX_DEFAULT */
     uint64_t quarantine_us;
 };

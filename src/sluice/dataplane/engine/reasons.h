@@ -46,7 +46,8 @@
     X(BACKEND_REFUSED, "backend_refused")                                                                    \
     X(NO_BACKEND, "no_backend")                                                                              \
     X(UNKNOWN_SOURCE, "unknown_source")                                                                      \
-    X(KERNEL_OVERFLOW, "kernel_overflow")
+    X(KERNEL_OVERFLOW, "kernel_overflow")                                                                    \
+    X(QUEUE_DELAY, "queue_delay")
 
 #define REASON_ENUM_REFUSED(name, str) REFUSED_##name,
 #define REASON_ENUM_CLOSED(name, str) CLOSED_##name,

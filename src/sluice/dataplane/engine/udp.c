@@ -10,7 +10,10 @@
  * - per_packet: one unconnected socket per session, every datagram picks its backend
  *   (per_packet_flow), replies only from current backends (`unknown_source`);
  * - sends that fail are dropped and counted by errno (EAGAIN/ENOBUFS `send_buffer_full`, EMSGSIZE
- *   `too_large`), never queued.
+ *   `too_large`), never queued;
+ * - a client datagram that waited in the listen socket's queue longer than udp.max_queue_delay (its
+ *   SO_TIMESTAMPNS receive time, in the same recvmmsg, against CLOCK_REALTIME read once per batch:
+ *   vDSO, no syscall) is dropped and counted `queue_delay`, each GRO segment as one datagram.
  */
 #define _GNU_SOURCE
 #include "udp.h"
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SOL_UDP
@@ -33,7 +37,8 @@
 #define REASON_NAME(name, str) str,
 const char *const dropped_names[DROPPED__COUNT] = {DROPPED_REASONS(REASON_NAME)};
 
-#define CONTROL_SPACE (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)))
+/* UDP_GRO segment size, SO_RXQ_OVFL drop count, SO_TIMESTAMPNS receive time */
+#define CONTROL_SPACE (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct timespec)))
 
 /* One worker's recvmmsg/sendmmsg buffers (udp_scratch). */
 struct scratch {
@@ -190,6 +195,34 @@ static void prepare_in(struct scratch *sc, bool control)
     }
 }
 
+/* The control messages of one listen read: the GRO segment size (0: none) and the kernel receive
+ * time in ns since the epoch (0: none); the socket's kernel drop total is stored as it comes. */
+static void read_control(struct udp_wv *u, struct msghdr *m, int *segment, uint64_t *received_ns)
+{
+    *segment = 0;
+    *received_ns = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm != NULL; cm = CMSG_NXTHDR(m, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            memcpy(segment, CMSG_DATA(cm), sizeof(*segment));
+        } else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
+            *received_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        } else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
+            uint32_t drops;
+            memcpy(&drops, CMSG_DATA(cm), sizeof(drops));
+            CTR_SET(u->counters.dropped[DROPPED_KERNEL_OVERFLOW], drops); /* the socket's total */
+        }
+    }
+}
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* the receive timestamps' clock */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void on_listen(struct worker *w, struct worker_vip *wv)
 {
     struct udp_wv *u = wv->udp;
@@ -202,21 +235,21 @@ static void on_listen(struct worker *w, struct worker_vip *wv)
                 count_drop(u, errno);
             return;
         }
+        uint64_t max_delay = wv->table->udp_max_queue_delay_ns, now_ns = max_delay ? realtime_ns() : 0;
         for (int i = 0; i < n; i++) {
             struct msghdr *m = &sc->in[i].msg_hdr;
             size_t len = sc->in[i].msg_len;
-            int segment = 0;
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm != NULL; cm = CMSG_NXTHDR(m, cm)) {
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                    memcpy(&segment, CMSG_DATA(cm), sizeof(segment));
-                } else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
-                    uint32_t drops;
-                    memcpy(&drops, CMSG_DATA(cm), sizeof(drops));
-                    CTR_SET(u->counters.dropped[DROPPED_KERNEL_OVERFLOW], drops); /* the socket's total */
-                }
-            }
+            int segment;
+            uint64_t received_ns;
+            read_control(u, m, &segment, &received_ns);
             if (m->msg_flags & MSG_TRUNC) {
                 CTR_ADD(u->counters.dropped[DROPPED_TRUNCATED], 1);
+                continue;
+            }
+            if (max_delay != 0 && received_ns != 0 && now_ns > received_ns + max_delay) {
+                bool split = segment > 0 && (size_t)segment < len;
+                size_t datagrams = split ? (len + (size_t)segment - 1) / (size_t)segment : 1;
+                CTR_ADD(u->counters.dropped[DROPPED_QUEUE_DELAY], datagrams);
                 continue;
             }
             const uint8_t *data = sc->in_iov[i].iov_base;

@@ -28,7 +28,6 @@
 #define UDP_BATCH 32              /* datagrams per recvmmsg / sendmmsg */
 #define UDP_BUFFER 65536          /* bytes per datagram slot: > any UDP payload, >= one GRO read */
 #define UDP_LISTEN_ROUNDS 4       /* recvmmsg calls per readable event of a listen socket */
-#define UDP_RCVBUF_DEFAULT (4 << 20) /* listen SO_RCVBUF asked without udp.receive_buffer (udp.py) */
 #define UDP_HELD_MAX_DEFAULT 4096 /* held upstream sockets per worker and VIP */
 #define UDP_EXCLUDE_MAX 8         /* backends one session remembers as refusing it */
 #define UDP_ERRNO_MAX 134         /* dropped datagrams counted per errno below this (others: EIO's) */

@@ -130,11 +130,12 @@ int udp_bind_listener(struct vip *v, unsigned index, int *fd_out)
     if (fd < 0)
         return -errno;
     *fd_out = fd; /* closed by the caller's cleanup on failure */
-    int one = 1, rcvbuf = (int)(v->receive_buffer ? v->receive_buffer : UDP_RCVBUF_DEFAULT);
+    int one = 1, rcvbuf = (int)v->receive_buffer;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
+        (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0) ||
+        setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0) /* queue delay (udp.c) */
         return -errno;
     if (v->family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
         return -errno;

@@ -12,7 +12,10 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
   backend, so a warm DNS VIP makes no socket()/connect()/close() per request. At most `held_max` per
   worker are held. `quarantined_fds` are the held ones still in quarantine, `pooled_fds` the others.
 - Kernel drops at a full listen socket (SO_RXQ_OVFL) are counted as ``dropped["kernel_overflow"]``;
-  the listen sockets' receive buffer is ``udp.receive_buffer`` (default 4 MiB).
+  every listen socket asks for ``udp.listen_receive_buffer`` (``udp.receive_buffer``, else sized
+  from ``udp.max_queue_delay``). Datagrams that waited longer than ``udp.max_queue_delay`` are
+  dropped (``dropped["queue_delay"]``) as in udp.py; the kernel receive timestamp comes in the same
+  recvmmsg, the clock is read once per batch.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ is closed."""
 def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) -> UdpTableSpec:
     udp = vip.udp
     base = _table_spec(vip, scheduler, slots)
-    return (*base, udp.max_sessions, udp.responses or 0, udp.per_packet, udp.hash == "source_ip")
+    return (
+        *base,
+        udp.max_sessions,
+        udp.responses or 0,
+        udp.per_packet,
+        udp.hash == "source_ip",
+        udp.max_queue_delay,
+    )
 
 
 class NativeUdpListener(NativeVip):
@@ -72,7 +82,7 @@ class NativeUdpListener(NativeVip):
             BACKEND_SLOTS,
             spec,
             True,
-            vip.udp.receive_buffer or 0,
+            vip.udp.listen_receive_buffer,
             self._held_max,
             self._quarantine_s,
         )

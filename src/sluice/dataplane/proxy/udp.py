@@ -21,6 +21,10 @@ Choices, each the simplest design found correct:
   `udp_sockets`); a kernel without UDP_GRO gives them one by one (`gro` says which).
 - **Sends never queue.** UDP is lossy; a send that would block is dropped and counted
   (``dropped["send_buffer_full"]``), so no buffer grows without bound.
+- **Reads never serve stale datagrams.** A client datagram that waited in the listen socket's queue
+  longer than ``udp.max_queue_delay`` (its kernel receive timestamp, from the same ``recvmsg``) is
+  dropped and counted (``dropped["queue_delay"]``): an overloaded VIP answers late by at most that
+  bound. The listen socket's buffer is ``udp.receive_buffer``, by default sized from the bound.
 - **Empty datagrams are forwarded** both ways (UDP allows zero-length payloads; some protocols use
   them as keepalives) and counted like any other. The payload is never parsed, so "garbage" is just
   data. A datagram that cannot be sent (too large once the PROXY header is added: EMSGSIZE) is
@@ -61,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
@@ -79,14 +84,14 @@ from sluice.core.udp_session import (
 )
 from sluice.dataplane.listener import check_udp_vip
 from sluice.dataplane.proxy.udp_sockets import (
-    GRO_CMSG_SPACE,
+    LISTEN_CMSG_SPACE,
     Address,
     BackendRef,
     PortQuarantine,
     Upstream,
     drop_reason,
-    gro_segment_size,
-    try_enable_gro,
+    listen_socket,
+    read_ancillary,
     upstream_socket,
 )
 from sluice.dataplane.stats import VipStats
@@ -95,9 +100,6 @@ log = logging.getLogger(__name__)
 
 BUFFER_SIZE: Final = 65536  # bytes; > any UDP payload and >= a GRO-coalesced read
 READ_BATCH: Final = 64  # datagrams read per readiness event, then other sockets get a turn
-LISTEN_RCVBUF: Final = (
-    4 << 20
-)  # bytes asked for the listen socket without udp.receive_buffer (capped by net.core.rmem_max)
 PORT_QUARANTINE_S: Final = 2.0  # seconds a closed session's upstream socket is held before close
 PORT_QUARANTINE_MAX: Final = 1024  # sockets held at most; beyond it the oldest are closed
 
@@ -138,15 +140,9 @@ class UdpListener:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if self._vip.listen.family_v6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        listen, udp = self._vip.listen, self._vip.udp
+        sock, self.gro = listen_socket(listen.host, listen.port, listen.family_v6, udp.listen_receive_buffer)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVBUF, self._vip.udp.receive_buffer or LISTEN_RCVBUF
-            )
-            sock.bind((self._vip.listen.host, self._vip.listen.port))
-            self.gro = try_enable_gro(sock)
             self._vip_port = sock.getsockname()[1]
             self._loop.add_reader(sock, self._on_client_readable)
         except BaseException:
@@ -221,11 +217,11 @@ class UdpListener:
     def _on_client_readable(self) -> None:
         assert self._loop is not None and self._sock is not None
         sock, view, buffers = self._sock, self._view, [self._buf]
-        ancsize = GRO_CMSG_SPACE if self.gro else 0
         now = self._loop.time()
+        max_delay_ns = round(self._vip.udp.max_queue_delay * 1e9)
         for _ in range(READ_BATCH):
             try:
-                n, ancdata, flags, addr = sock.recvmsg_into(buffers, ancsize)
+                n, ancdata, flags, addr = sock.recvmsg_into(buffers, LISTEN_CMSG_SPACE)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -234,7 +230,10 @@ class UdpListener:
             if flags & socket.MSG_TRUNC:
                 self.stats.dropped["truncated"] += 1
                 continue
-            segment = gro_segment_size(ancdata) if ancdata else 0
+            segment, received_ns = read_ancillary(ancdata)
+            if received_ns and time.time_ns() - received_ns > max_delay_ns:  # the clock: vDSO, no syscall
+                self.stats.dropped["queue_delay"] += -(-n // segment) if 0 < segment < n else 1
+                continue
             if 0 < segment < n:
                 for start in range(0, n, segment):
                     self._on_client_datagram(view[start : min(start + segment, n)], addr, now)

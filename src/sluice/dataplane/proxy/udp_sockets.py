@@ -3,8 +3,13 @@ reasons by errno, and the port quarantine of closed sessions' sockets.
 
 UDP_GRO: the listen socket asks for it (``setsockopt(SOL_UDP, 104)``). When the kernel hands over
 several same-flow datagrams coalesced into one buffer, a ``UDP_GRO`` control message gives the
-segment size (`gro_segment_size`) and the listener splits the buffer back into the original
+segment size (`read_ancillary`) and the listener splits the buffer back into the original
 datagrams. A kernel without UDP_GRO refuses the option and the listener reads datagram by datagram.
+
+Queue delay: the listen socket asks for kernel receive timestamps (SO_TIMESTAMPNS); each read's
+control messages carry the time the datagram entered the host (CLOCK_REALTIME, nanoseconds), so
+the listener knows how long it waited in the socket's queue without another syscall
+(`read_ancillary`). A datagram queued before the option was set carries the time of the read.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from sluice.dataplane.stats import BackendStats
 
 SOL_UDP: Final = 17
 UDP_GRO: Final = 104  # linux/udp.h; the control message carries the segment size as an int
-GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
+SO_TIMESTAMPNS: Final = 35  # asm-generic/socket.h SO_TIMESTAMPNS_OLD: a native struct timespec
+_TIMESPEC: Final = struct.Struct("@ll")  # tv_sec, tv_nsec (time_t and long are native longs on Linux)
+LISTEN_CMSG_SPACE: Final = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TIMESPEC.size)
 _INT: Final = struct.Struct("=i")
 
 Address: TypeAlias = tuple[Any, ...]
@@ -68,6 +75,21 @@ def upstream_socket(addr: tuple[str, int] | None, family_v6: bool) -> socket.soc
     return sock
 
 
+def listen_socket(host: str, port: int, family_v6: bool, receive_buffer: int) -> tuple[socket.socket, bool]:
+    """The VIP's non-blocking listen socket, bound, with SO_RCVBUF `receive_buffer` and receive
+    timestamps; and whether it reads GRO-coalesced datagrams."""
+    sock = socket.socket(socket.AF_INET6 if family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.bind((host, port))
+        return sock, try_enable_gro(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def try_enable_gro(sock: socket.socket) -> bool:
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -76,11 +98,16 @@ def try_enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-def gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
+def read_ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]:
+    """(GRO segment size or 0, kernel receive time in ns since the epoch or 0) of one read."""
+    segment = received_ns = 0
     for level, kind, data in ancdata:
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= _INT.size:
-            return int(_INT.unpack_from(data)[0])
-    return 0
+            segment = int(_INT.unpack_from(data)[0])
+        elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            received_ns = sec * 1_000_000_000 + nsec
+    return segment, received_ns
 
 
 _ERRNO_REASONS: Final = {
