@@ -148,8 +148,8 @@ async def test_udp_sessions_observed_in_flow_duration(engine: str) -> None:
     }
     controller = await running(engine, [vip])
     try:
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
         for i in range(5):
-            replies: asyncio.Queue[bytes] = asyncio.Queue()
             client, _ = await loop.create_datagram_endpoint(
                 lambda: _Client(replies), remote_addr=("127.0.0.1", port)
             )
