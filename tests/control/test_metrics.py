@@ -9,11 +9,12 @@ import resource
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice import __version__
-from sluice.config import Config, parse_config
+from sluice.config import Config, ConfigError, parse_config
 from sluice.control.metrics import Sources, build_registry, xdp_counters
 from sluice.control.monitor import BackendRecord
 from sluice.core.health import BackendHealth, State
@@ -22,7 +23,8 @@ from sluice.server import metrics_sources
 from tests.control.test_announce import config as announce_config
 from tests.control.test_announce import controller as announcing_controller
 from tests.control.test_announce import dsr_vip
-from tests.support.fakes import FakeClock, ep
+from tests.control.test_controller import build, write
+from tests.support.fakes import FakeClock, ep, make_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
@@ -243,6 +245,37 @@ def test_reload_time_and_success() -> None:
     assert got[("sluice_reload_last_success", ())] == 0
     assert got[("sluice_reload_last_timestamp_seconds", ())] == 1005.0
     assert got[("sluice_reload_last_success_timestamp_seconds", ())] == 1000.0
+
+
+async def test_the_controllers_reloads_reach_the_reload_gauges(tmp_path: Path) -> None:
+    controller, _, _, _ = build(make_config(backends=2))
+    sources = metrics_sources(controller)
+    await controller.apply(controller.config)
+    path = tmp_path / "sluice.yaml"
+    write(path, make_config(backends=3))
+    before = time.time()
+    await controller.reload(path)
+    ok = scrape(sources)
+    assert ok[("sluice_reload_last_success", ())] == 1
+    assert before <= ok[("sluice_reload_last_timestamp_seconds", ())] <= time.time()
+    assert (
+        ok[("sluice_reload_last_success_timestamp_seconds", ())]
+        == ok[("sluice_reload_last_timestamp_seconds", ())]
+    )
+    path.write_text("vips: [")
+    with pytest.raises(ConfigError):
+        await controller.reload(path)
+    bad = scrape(sources)
+    assert bad[("sluice_reload_last_success", ())] == 0
+    assert (
+        bad[("sluice_reload_last_timestamp_seconds", ())] >= ok[("sluice_reload_last_timestamp_seconds", ())]
+    )
+    assert (
+        bad[("sluice_reload_last_success_timestamp_seconds", ())]
+        == ok[("sluice_reload_last_success_timestamp_seconds", ())]
+    )
+    assert bad[("sluice_reload_total", (("result", "invalid"),))] == 1
+    assert bad[("sluice_vip_max_connections", (("vip", "web"),))] == 10000  # the config's limits, live
 
 
 def test_process_and_build_info() -> None:
