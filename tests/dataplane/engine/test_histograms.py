@@ -20,12 +20,3 @@ def test_c_bounds_equal_the_python_buckets(c_name: str, python_name: str) -> Non
     from sluice.dataplane.engine import _engine
 
     assert getattr(_engine, c_name) == tuple(round(b * 1e6) for b in getattr(histogram, python_name))
-
-
-def test_python_buckets_are_inclusive_upper_bounds() -> None:
-    """A value equal to a bound counts in that bound's bucket (Prometheus ``le``), as counters.h does."""
-    h = histogram.Histogram((1.0, 2.0))
-    for value in (0.5, 1.0, 1.5, 2.0, 3.0):
-        h.observe(value)
-    assert h.counts == [2, 2, 1]
-    assert h.cumulative() == [(1.0, 2), (2.0, 4), (float("inf"), 5)]
