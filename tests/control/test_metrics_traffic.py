@@ -130,10 +130,7 @@ class _Client(asyncio.DatagramProtocol):
         self.replies.put_nowait(data)
 
 
-@pytest.mark.parametrize(
-    "engine",
-    ["python", pytest.param("native", marks=pytest.mark.xfail(strict=True, reason="udp.c hook pending"))],
-)
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_udp_sessions_observed_in_flow_duration(engine: str) -> None:
     loop = asyncio.get_running_loop()
     echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
