@@ -133,10 +133,10 @@ async def test_run_serves_reloads_and_reports(tmp_path: Path, backends: Backends
     async with sluice(tmp_path, [b0, b1]) as s:
         assert {await probe(s.vip_port) for _ in range(20)} <= {"b0", "b1"}
         metrics = await get(s, "/metrics")
-        flows = samples(metrics, "sluice_flows_total")
+        flows = samples(metrics, "sluice_backend_flows_total")
         assert sum(flows.values()) == 20
         await asyncio.gather(*(probe(s.vip_port) for _ in range(10)))
-        assert sum(samples(await get(s, "/metrics"), "sluice_flows_total").values()) == 30
+        assert sum(samples(await get(s, "/metrics"), "sluice_backend_flows_total").values()) == 30
         assert samples(await get(s, "/metrics"), "sluice_backend_up") == {
             json.dumps({"backend": b.address, "vip": "web"}, sort_keys=True): 1.0 for b in (b0, b1)
         }
@@ -173,7 +173,7 @@ async def test_run_serves_reloads_and_reports(tmp_path: Path, backends: Backends
         )
         vip = await get(s, "/api/v1/vips/web")
         assert [b["address"] for b in vip["backends"]] == [b0.address, b1.address, b2.address]
-        reloads = samples(await get(s, "/metrics"), "sluice_reloads_total")
+        reloads = samples(await get(s, "/metrics"), "sluice_reload_total")
         assert reloads == {'{"result": "invalid"}': 2.0, '{"result": "ok"}': 1.0}
         info = await get(s, "/api/v1/server")
         assert info["last_reload_result"] == "ok" and info["reloads"] == {"invalid": 2, "ok": 1}

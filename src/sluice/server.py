@@ -16,7 +16,7 @@ from sluice.control import systemd
 from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
 from sluice.control.controller import Controller, ReloadResult
-from sluice.control.metrics import Sources, build_registry
+from sluice.control.metrics import Sources, build_registry, xdp_counters
 from sluice.dataplane.limits import raise_nofile_limit
 
 log = logging.getLogger("sluice")
@@ -73,11 +73,16 @@ def _announcer(config: Config) -> Announcer | None:
 def metrics_sources(controller: Controller) -> Sources:
     sources = Sources(
         stats=controller.stats,
+        config=lambda: controller.config,
         health=controller.monitor.records,
         weights=controller.effective_weights,
         transitions=lambda: controller.monitor.transitions,
+        clock=controller.monitor.clock,
         reloads=lambda: controller.reloads,
+        last_reload=lambda: None if (last := controller.last_reload) is None else (last[0], last[1]),
+        last_good_reload=lambda: controller.last_good_reload,
         closed_by_control=lambda: controller.closed_by_control,
+        xdp=lambda: xdp_counters(controller.plane("dsr")),
     )
     if (announcer := controller.announcer) is not None:
         sources.announce_changes = lambda: announcer.counts

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import dns.message
 import dns.rcode
 import pytest
 
-from sluice.checks import CHECKERS, build_checker
+import sluice.checks
+from sluice.checks import CHECKERS, CheckFailed, build_checker
 from sluice.config import Endpoint, HealthCheck
+from sluice.core.reasons import CHECK_FAILURES
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -59,20 +63,20 @@ async def test_tcp_connect(echo: Endpoint) -> None:
     ok = await checker(echo)
     assert ok.ok and ok.latency_s < 0.5
     bad = await checker(closed_port())
-    assert (bad.ok, bad.detail) == (False, "refused")
+    assert (bad.ok, bad.detail, bad.reason) == (False, "refused", "refused")
 
 
 @pytest.mark.parametrize(
-    ("fields", "ok", "detail"),
+    ("fields", "ok", "detail", "reason"),
     [
-        ({"send": "PING\r\n", "expect": "+OK PING"}, True, "matched"),
-        ({"send": "PING\r\n", "expect_regex": r"^\+OK [A-Z]+\r\n$"}, True, "matched"),
-        ({"send": "PING\r\n", "expect": "PONG"}, False, "closed before the expected reply"),
+        ({"send": "PING\r\n", "expect": "+OK PING"}, True, "matched", "other"),
+        ({"send": "PING\r\n", "expect_regex": r"^\+OK [A-Z]+\r\n$"}, True, "matched", "other"),
+        ({"send": "PING\r\n", "expect": "PONG"}, False, "closed before the expected reply", "closed"),
     ],
 )
-async def test_tcp_expect(echo: Endpoint, fields: dict[str, Any], ok: bool, detail: str) -> None:
+async def test_tcp_expect(echo: Endpoint, fields: dict[str, Any], ok: bool, detail: str, reason: str) -> None:
     result = await build_checker(spec(type="tcp_expect", **fields))(echo)
-    assert (result.ok, result.detail) == (ok, detail)
+    assert (result.ok, result.detail, result.reason) == (ok, detail, reason)
 
 
 async def test_tcp_expect_times_out_on_a_silent_server() -> None:
@@ -86,7 +90,7 @@ async def test_tcp_expect_times_out_on_a_silent_server() -> None:
         result = await build_checker(spec(type="tcp_expect", send="x", expect="y", timeout=0.2))(ep)
     finally:
         server.close()
-    assert (result.ok, result.detail) == (False, "timeout")
+    assert (result.ok, result.detail, result.reason) == (False, "timeout", "timeout")
     assert 0.19 < result.latency_s < 0.5
 
 
@@ -114,13 +118,13 @@ async def test_http_status() -> None:
         server.close()
     assert (good.ok, good.detail) == (True, "status 200")
     assert b"Host: svc.example\r\n" in seen[0]
-    assert (bad.ok, bad.detail) == (False, "status 503")
+    assert (bad.ok, bad.detail, bad.reason) == (False, "status 503", "bad_status")
     assert allowed.ok
 
 
 async def test_http_not_http(echo: Endpoint) -> None:
     result = await build_checker(spec(type="http"))(echo)
-    assert (result.ok, result.detail) == (False, "not an HTTP response")
+    assert (result.ok, result.detail, result.reason) == (False, "not an HTTP response", "bad_reply")
 
 
 class _Dns(asyncio.DatagramProtocol):
@@ -165,8 +169,8 @@ async def test_dns() -> None:
     finally:
         transport.close()
     assert (good.ok, good.detail) == (True, "NOERROR")
-    assert (bad.ok, bad.detail) == (False, "rcode NXDOMAIN")
-    assert not down.ok
+    assert (bad.ok, bad.detail, bad.reason) == (False, "rcode NXDOMAIN", "bad_status")
+    assert (down.ok, down.reason) == (False, "timeout")
 
 
 async def test_udp_send_expect_and_port_unreachable() -> None:
@@ -182,13 +186,25 @@ async def test_udp_send_expect_and_port_unreachable() -> None:
     assert (good.ok, any_reply.ok) == (True, True)
     assert (wrong.ok, wrong.detail) == (False, "timeout")
     assert (silent.ok, silent.detail) == (False, "timeout")
-    assert (unreachable.ok, unreachable.detail) == (False, "port unreachable")
+    assert (unreachable.ok, unreachable.detail, unreachable.reason) == (False, "port unreachable", "refused")
     assert unreachable.latency_s < 0.2  # the ICMP error answers at once, no waiting for the timeout
 
 
 async def test_none_always_passes() -> None:
     result = await build_checker(spec(type="none"))(closed_port())
     assert result.ok
+
+
+def test_every_check_failure_names_a_reason_of_the_table() -> None:
+    """Each ``CheckFailed(detail, reason)`` in the checkers names a `CHECK_FAILURES` reason."""
+    found = []
+    for path in sorted((Path(sluice.checks.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CheckFailed":
+                found.append(ast.literal_eval(node.args[1]))
+    assert len(found) >= 9 and set(found) <= set(CHECK_FAILURES)
+    with pytest.raises(ValueError, match="unknown check failure reason"):
+        CheckFailed("x", "no_such_reason")
 
 
 def test_every_config_type_has_a_checker() -> None:

@@ -29,7 +29,7 @@ class ScriptedChecks:
         async def check(target: Endpoint) -> CheckResult:
             self.calls.append(target)
             if target in self.down:
-                return CheckResult(False, "refused", 0.002)
+                return CheckResult(False, "refused", 0.002, "refused")
             return CheckResult(True, "connected", 0.001)
 
         return check

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from sluice.config import Endpoint, HealthCheck
+from sluice.core.connect import CONNECT_ERROR_BY_ERRNO
+from sluice.core.reasons import CHECK_FAILURES
 
 MAX_REPLY_BYTES = 65536
 """The most a send/expect check reads before it gives up on finding its pattern."""
 
 
 class CheckFailed(Exception):
-    """Raised inside a probe; its message is the result's detail."""
+    """Raised inside a probe; its message is the result's detail, `reason` its `CHECK_FAILURES` key."""
+
+    def __init__(self, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        if reason not in CHECK_FAILURES:
+            raise ValueError(f"unknown check failure reason {reason!r}")
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +34,26 @@ class CheckResult:
     """Short reason: ``ok``, ``refused``, ``timeout``, ``status 503``, ..."""
     latency_s: float
     """Seconds the check took (up to the timeout)."""
+    reason: str = "other"
+    """Why a failed check failed (`sluice.core.reasons.CHECK_FAILURES`); unused when `ok`."""
 
 
 class Checker(Protocol):
     async def __call__(self, target: Endpoint) -> CheckResult:
         """Check the backend at `target`; never raises for a failing backend."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The `CHECK_FAILURES` key of an error raised inside a probe."""
+    if isinstance(exc, CheckFailed):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, EOFError):
+        return "closed"
+    if isinstance(exc, OSError) and exc.errno:
+        return CONNECT_ERROR_BY_ERRNO.get(errno.errorcode.get(exc.errno, ""), "other")
+    return "other"
 
 
 def describe_error(exc: BaseException) -> str:
@@ -63,7 +87,7 @@ class ProbeChecker:
             async with asyncio.timeout(self.timeout_s):
                 detail = await self.probe(target)
         except (OSError, TimeoutError, CheckFailed, EOFError, ValueError) as exc:
-            return CheckResult(False, describe_error(exc), time.monotonic() - start)
+            return CheckResult(False, describe_error(exc), time.monotonic() - start, failure_reason(exc))
         return CheckResult(True, detail, time.monotonic() - start)
 
     async def probe(self, target: Endpoint) -> str:

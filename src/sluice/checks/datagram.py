@@ -45,7 +45,7 @@ class UdpChecker(ProbeChecker):
             while True:
                 item = await protocol.queue.get()
                 if isinstance(item, ConnectionRefusedError):
-                    raise CheckFailed("port unreachable")
+                    raise CheckFailed("port unreachable", "refused")
                 if isinstance(item, Exception):
                     raise item
                 if self.matches(item):
@@ -80,8 +80,8 @@ class DnsChecker(ProbeChecker):
         except dns.exception.Timeout:
             raise TimeoutError from None
         except dns.exception.DNSException as exc:
-            raise CheckFailed(f"bad answer: {exc}") from None
+            raise CheckFailed(f"bad answer: {exc}", "bad_reply") from None
         rcode = answer.rcode()
         if rcode != dns.rcode.NOERROR:
-            raise CheckFailed(f"rcode {dns.rcode.to_text(rcode)}")
+            raise CheckFailed(f"rcode {dns.rcode.to_text(rcode)}", "bad_status")
         return "NOERROR"

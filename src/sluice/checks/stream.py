@@ -43,10 +43,11 @@ class TcpExpectChecker(ProbeChecker):
             reply = b""
             while not self.matches(reply):
                 if len(reply) >= self.max_reply_bytes:
-                    raise CheckFailed(f"no match in the first {self.max_reply_bytes} bytes")
+                    raise CheckFailed(f"no match in the first {self.max_reply_bytes} bytes", "bad_reply")
                 chunk = await reader.read(self.max_reply_bytes - len(reply))
                 if not chunk:
-                    raise CheckFailed("closed before the expected reply" if reply else "closed without reply")
+                    detail = "closed before the expected reply" if reply else "closed without reply"
+                    raise CheckFailed(detail, "closed")
                 reply += chunk
             return "matched"
         finally:
@@ -70,16 +71,16 @@ class HttpChecker(ProbeChecker):
             while b"\n" not in head:
                 chunk = await reader.read(1024)
                 if not chunk:
-                    raise CheckFailed("closed without a status line")
+                    raise CheckFailed("closed without a status line", "closed")
                 head += chunk
                 if len(head) > 8192:
-                    raise CheckFailed("status line too long")
+                    raise CheckFailed("status line too long", "bad_reply")
         finally:
             await _close(writer)
         m = _STATUS_LINE.match(head)
         if m is None:
-            raise CheckFailed("not an HTTP response")
+            raise CheckFailed("not an HTTP response", "bad_reply")
         status = int(m.group(1))
         if status not in self.spec.expect_status:
-            raise CheckFailed(f"status {status}")
+            raise CheckFailed(f"status {status}", "bad_status")
         return f"status {status}"

@@ -133,6 +133,8 @@ class Controller:
         self._started = clock()
         self.last_reload: tuple[float, str, str | None] | None = None
         """(Unix time, result, error) of the last reload."""
+        self.last_good_reload: float | None = None
+        """Unix time of the last reload applied (result ok)."""
         self.closed_by_control: Counter[tuple[str, str]] = Counter()
         """(vip, reason) -> flows the controller had the data plane close."""
         self.announcer = announcer
@@ -228,6 +230,8 @@ class Controller:
     def _reloaded(self, result: str, error: str | None) -> None:
         self.reloads[result] += 1
         self.last_reload = (self.wall_clock(), result, error)
+        if result == "ok":
+            self.last_good_reload = self.last_reload[0]
 
     def server_info(self) -> ServerInfo:
         at, result, error = self.last_reload if self.last_reload is not None else (None, None, None)
@@ -277,6 +281,10 @@ class Controller:
         for plane in self._planes.values():
             out.update(plane.stats())
         return out
+
+    def plane(self, mode: Mode) -> DataPlane | None:
+        """The data plane serving `mode` VIPs; None before one was needed."""
+        return self._planes.get(mode)
 
     def active_flows(self) -> int:
         return sum(s.active for s in self.stats().values())

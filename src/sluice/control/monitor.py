@@ -31,6 +31,7 @@ from typing import Final
 from sluice.checks import CHECKERS, Checker, CheckResult
 from sluice.config import CheckType, Config, Endpoint, HealthCheck, Vip
 from sluice.core.health import Admin, BackendHealth, PassivePolicy, State, Transition, ejection_budget
+from sluice.core.histogram import CHECK_LATENCY_BUCKETS_S, Histogram
 from sluice.dataplane.stats import VipStats
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ NO_CHECK: Final = HealthCheck(type="none")
 """What a VIP without a ``health:`` block gets (passes every interval, for re-admission after ejection)."""
 PASSIVE_INTERVAL_S: Final = 0.25
 """Seconds between two reads of the data plane's connect counters."""
-LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 CheckerFactory = Callable[[HealthCheck], Checker]
 StatsSource = Callable[[], Mapping[str, VipStats]]
@@ -49,24 +49,6 @@ RuntimeWeights = Callable[[str, Endpoint], int | None]
 
 def _no_runtime_weights(vip: str, backend: Endpoint) -> int | None:
     return None
-
-
-@dataclass
-class LatencyHistogram:
-    """Check latencies: cumulative-ready bucket counts (Prometheus style), sum and count."""
-
-    bounds: tuple[float, ...] = LATENCY_BUCKETS_S
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    total_s: float = 0.0
-    count: int = 0
-
-    def observe(self, seconds: float) -> None:
-        i = 0
-        while i < len(self.bounds) and seconds > self.bounds[i]:
-            i += 1
-        self.counts[i] += 1
-        self.total_s += seconds
-        self.count += 1
 
 
 @dataclass
@@ -81,7 +63,10 @@ class BackendRecord:
     next_check: float
     last_result: CheckResult | None = None
     checks_total: Counter[bool] = field(default_factory=Counter)
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    check_failures: Counter[str] = field(default_factory=Counter)
+    """Failed active checks by reason (`sluice.core.reasons.CHECK_FAILURES`)."""
+    latency: Histogram = field(default_factory=lambda: Histogram(CHECK_LATENCY_BUCKETS_S))
+    """Active check latencies (seconds)."""
     seen_ok: int = 0
     """connect_ok at the last passive read."""
     seen_replies: int = 0
@@ -222,6 +207,8 @@ class Monitor:
                 continue  # removed by a reload while the check ran
             r.last_result = result
             r.checks_total[result.ok] += 1
+            if not result.ok:
+                r.check_failures[result.reason] += 1
             if v.spec.type != "none":
                 r.latency.observe(result.latency_s)
             t = r.health.on_check(result.ok, done, result.detail)

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sluice.core.histogram import Histogram
 from sluice.dataplane.stats import BackendStats
 
 
@@ -76,5 +77,7 @@ def counters(stats: BackendStats) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(stats):
         value = getattr(stats, f.name)
+        if isinstance(value, Histogram):
+            continue  # metrics only
         out[f.name] = dict(value) if isinstance(value, Counter) else value
     return out

@@ -1,7 +1,7 @@
 """The one table of reason strings every data plane counts under (python engine, native engine, XDP).
 
-`VipStats.refused`, `.dropped`, `.closed` and `BackendStats.connect_errors` are keyed by these
-strings; metrics use them as Prometheus labels. The native engine's C enums carry the same names in
+`VipStats.refused`, `.dropped`, `.closed`, `BackendStats.connect_errors` and the health monitor's
+check failures are keyed by these strings; metrics use them as Prometheus labels. The native engine's C enums carry the same names in
 the same order (`dataplane/engine/reasons.h`), checked by a test. Add a reason here first.
 """
 
@@ -56,3 +56,15 @@ DROPPED: Final = (
     "queue_delay",  # waited in the listen socket's queue longer than udp.max_queue_delay (SO_TIMESTAMPNS)
 )
 """Why a datagram was dropped after it was received (other errno names may appear, in lower case)."""
+
+CHECK_FAILURES: Final = (
+    "refused",  # TCP connect refused (RST), or ICMP port unreachable for a udp check
+    "timeout",  # no (complete) answer within the check's timeout
+    "reset",  # the connection was reset after it was made
+    "unreachable",  # no route to the backend (host or network unreachable, interface down)
+    "closed",  # the backend closed the connection before it answered
+    "bad_reply",  # an answer that is not what the check expects (no match, not HTTP, a malformed DNS reply)
+    "bad_status",  # an HTTP status outside expect_status, a DNS rcode other than NOERROR
+    "other",  # any other error (its detail is in the API's last_check)
+)
+"""Why an active health check failed (python only: the control plane runs the checks)."""

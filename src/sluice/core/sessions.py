@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 __all__ = ["EVICTED", "IDLE_TIMEOUT", "RESPONSES", "Session", "SessionClosed", "SessionTable"]
@@ -60,6 +60,8 @@ class SessionClosed(Generic[K, V]):
     value: V
     reason: str
     """``idle_timeout``, ``responses``, ``evicted`` or the reason the shell passed to `remove`."""
+    created: float = field(default=0.0, compare=False)
+    """The session's `Session.created` (for its duration)."""
 
 
 class SessionTable(Generic[K, V]):
@@ -131,7 +133,7 @@ class SessionTable(Generic[K, V]):
         session.replies += 1
         if self.responses is not None and session.replies >= session.requests * self.responses:
             del self._entries[key]
-            return SessionClosed(key, session.value, RESPONSES)
+            return SessionClosed(key, session.value, RESPONSES, session.created)
         self._entries.move_to_end(key)
         session.last_seen = now
         return None
@@ -139,11 +141,11 @@ class SessionTable(Generic[K, V]):
     def remove(self, key: K, reason: str) -> SessionClosed[K, V] | None:
         """Take a session out for a reason of the shell's; None if it was not there."""
         session = self._entries.pop(key, None)
-        return None if session is None else SessionClosed(key, session.value, reason)
+        return None if session is None else SessionClosed(key, session.value, reason, session.created)
 
     def clear(self, reason: str) -> list[SessionClosed[K, V]]:
         """Remove every session (shutdown)."""
-        closed = [SessionClosed(s.key, s.value, reason) for s in self._entries.values()]
+        closed = [SessionClosed(s.key, s.value, reason, s.created) for s in self._entries.values()]
         self._entries.clear()
         return closed
 
@@ -155,7 +157,7 @@ class SessionTable(Generic[K, V]):
             if session.last_seen + self.idle_timeout_s > now:  # the same sum as next_deadline
                 break
             del self._entries[key]
-            closed.append(SessionClosed(key, session.value, IDLE_TIMEOUT))
+            closed.append(SessionClosed(key, session.value, IDLE_TIMEOUT, session.created))
         return closed
 
     def next_deadline(self) -> float | None:
@@ -168,5 +170,5 @@ class SessionTable(Generic[K, V]):
         evicted: list[SessionClosed[K, V]] = []
         for _ in range(max(count, 0)):
             key, session = self._entries.popitem(last=False)
-            evicted.append(SessionClosed(key, session.value, EVICTED))
+            evicted.append(SessionClosed(key, session.value, EVICTED, session.created))
         return evicted

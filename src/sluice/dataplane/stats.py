@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from sluice.core.histogram import CONNECT_LATENCY_BUCKETS_S, FLOW_DURATION_BUCKETS_S, Histogram
+
 
 @dataclass
 class BackendStats:
@@ -29,6 +31,8 @@ class BackendStats:
     bytes_from_backend: int = 0
     datagrams_to_backend: int = 0
     datagrams_from_backend: int = 0
+    connect_latency: Histogram = field(default_factory=lambda: Histogram(CONNECT_LATENCY_BUCKETS_S))
+    """Seconds from a TCP connect started to the connection established (and the first bytes sent)."""
 
 
 @dataclass
@@ -47,6 +51,10 @@ class VipStats:
     """UDP: sessions evicted because the table was full."""
     rebalanced: int = 0
     """Flows moved to another backend because theirs went away."""
+    retries: int = 0
+    """TCP connects redispatched: each backend tried for a client after its first one failed."""
+    flow_duration: Histogram = field(default_factory=lambda: Histogram(FLOW_DURATION_BUCKETS_S))
+    """Seconds from a flow's start (TCP accept, UDP session opened) to its close, per closed flow."""
     table_slots_changed: int = 0
     """Maglev table slots whose backend changed, summed over the table rebuilds (config, health or
     weight changes); divided by the table size, the share of the flow-hash space (new flows) moved."""

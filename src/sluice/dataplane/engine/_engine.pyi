@@ -7,6 +7,8 @@ CLOSED: Final[tuple[str, ...]]
 CONNECT_ERRORS: Final[tuple[str, ...]]
 DROPPED: Final[tuple[str, ...]]
 SCHEDULERS: Final[tuple[str, ...]]
+CONNECT_LATENCY_BOUNDS_US: Final[tuple[int, ...]]
+FLOW_DURATION_BOUNDS_US: Final[tuple[int, ...]]
 PROXY_HEADER_MAX: Final[int]
 PIPE_SIZE: Final[int]
 POOL_FREE_MAX: Final[int]
@@ -26,10 +28,15 @@ UdpTableSpec = tuple[
 max_queue_delay (s, 0: no bound)."""
 UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...]]
 """sessions, evictions, rebalanced, dropped (DROPPED order), {errno: dropped}, (datagrams to, from) per slot."""
-BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int]
-"""active, flows_total, connect_attempts, connect_ok, connect_errors, bytes_to_backend, bytes_from_backend."""
-Counters = tuple[int, int, tuple[int, ...], tuple[int, ...], int, int, tuple[BackendCounters, ...]]
-"""active, flows_total, refused, closed, buffered, peak, per backend slot."""
+HistogramCounters = tuple[tuple[int, ...], int]
+"""count per bucket (the bounds of CONNECT_LATENCY_BOUNDS_US / FLOW_DURATION_BOUNDS_US, then +Inf), sum (us)."""
+BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int, HistogramCounters]
+"""active, flows_total, connect_attempts, connect_ok, connect_errors, bytes_to_backend, bytes_from_backend,
+connect latency."""
+Counters = tuple[
+    int, int, tuple[int, ...], tuple[int, ...], int, int, tuple[BackendCounters, ...], int, HistogramCounters
+]
+"""active, flows_total, refused, closed, buffered, peak, per backend slot, retries, flow duration."""
 
 class Engine:
     def __init__(self, workers: int, conns_per_worker: int = ..., max_vips: int = ...) -> None: ...

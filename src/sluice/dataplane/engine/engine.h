@@ -133,6 +133,8 @@ struct conn {
     struct direction dir[2]; /* dir[0]: client -> backend, dir[1]: backend -> client */
     struct timer timer;      /* handshake / connect timeout, then idle */
     uint64_t last_active_us;
+    uint64_t accepted_us;      /* when the client was accepted (flow duration) */
+    uint64_t connect_start_us; /* when the current backend connect() was made (connect latency) */
     struct conn *vprev, *vnext; /* the worker_vip's list of its connections */
     struct conn *next_again;    /* worker's list of flows to pump again (PUMP_ROUNDS ran out) */
     bool in_again;

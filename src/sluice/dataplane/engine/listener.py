@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from sluice.config import Endpoint, Vip
+from sluice.core.histogram import CONNECT_LATENCY_BUCKETS_S, FLOW_DURATION_BUCKETS_S, Histogram
 from sluice.core.scheduler import MaglevScheduler, Scheduler, build_scheduler, maglev_slots_changed
 from sluice.dataplane.stats import VipStats
 
 if TYPE_CHECKING:
-    from sluice.dataplane.engine._engine import Counters, Engine, TableSpec
+    from sluice.dataplane.engine._engine import Counters, Engine, HistogramCounters, TableSpec
 
 try:
     from sluice.dataplane.engine import _engine
@@ -92,6 +93,11 @@ def _accept_from(vip: Vip) -> bool | bytes:
         bytes([net.version, net.prefixlen]) + net.network_address.packed.ljust(16, b"\0")
         for net in vip.accept_proxy_protocol.from_
     )
+
+
+def _histogram(bounds: tuple[float, ...], counters: HistogramCounters) -> Histogram:
+    counts, sum_us = counters
+    return Histogram.of_counts(bounds, counts, sum_us / 1e6)
 
 
 class NativeVip:
@@ -195,15 +201,17 @@ class NativeVip:
     def _fill_flows(self, stats: VipStats, counters: Counters) -> None:
         """What every protocol counts: flows, refused, closed, and per backend its flows, connect
         errors and bytes."""
-        active, flows_total, refused, closed, _, _, backends = counters
-        stats.active, stats.flows_total = active, flows_total
+        active, flows_total, refused, closed, _, _, backends, retries, duration = counters
+        stats.active, stats.flows_total, stats.retries = active, flows_total, retries
+        stats.flow_duration = _histogram(FLOW_DURATION_BUCKETS_S, duration)
         stats.refused.clear()
         stats.refused.update({name: n for name, n in zip(_engine.REFUSED, refused, strict=True) if n})
         stats.closed.clear()
         stats.closed.update({name: n for name, n in zip(_engine.CLOSED, closed, strict=True) if n})
         for endpoint, slot in self._slots.items():
             b = stats.backend(str(endpoint))
-            active_b, flows_b, _, _, errors, to_backend, from_backend = backends[slot]
+            active_b, flows_b, _, _, errors, to_backend, from_backend, latency = backends[slot]
+            b.connect_latency = _histogram(CONNECT_LATENCY_BUCKETS_S, latency)
             b.active, b.flows_total = active_b, flows_b
             b.connect_errors.clear()
             b.connect_errors.update({n: c for n, c in zip(_engine.CONNECT_ERRORS, errors, strict=True) if c})

@@ -292,6 +292,8 @@ PyMODINIT_FUNC PyInit__engine(void)
         add_owned(m, "CONNECT_ERRORS", names_tuple(connect_error_names, CONNECT_ERROR__COUNT)) < 0 ||
         add_owned(m, "DROPPED", names_tuple(dropped_names, DROPPED__COUNT)) < 0 ||
         add_owned(m, "SCHEDULERS", names_tuple(sched_names, 4)) < 0 ||
+        add_owned(m, "CONNECT_LATENCY_BOUNDS_US", bounds_tuple(connect_latency_bounds_us)) < 0 ||
+        add_owned(m, "FLOW_DURATION_BOUNDS_US", bounds_tuple(flow_duration_bounds_us)) < 0 ||
         PyModule_AddIntConstant(m, "PROXY_HEADER_MAX", PROXY_HEADER_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PIPE_SIZE", PIPE_SIZE_DEFAULT) < 0 ||
         PyModule_AddIntConstant(m, "POOL_FREE_MAX", POOL_FREE_MAX) < 0 ||

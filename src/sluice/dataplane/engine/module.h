@@ -24,6 +24,7 @@ struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backen
 PyObject *read_counters(EngineObject *self, uint32_t id, int worker, int used);
 /* A tuple of the strings names[0 .. n - 1] (a reason table), NULL with an exception set. */
 PyObject *names_tuple(const char *const *names, int n);
+PyObject *bounds_tuple(const uint64_t *bounds);
 
 /* module.c */
 int check_open(EngineObject *self); /* 0, or -1 with RuntimeError set when the engine was closed */

@@ -137,6 +137,28 @@ out:
     return t;
 }
 
+/* A histogram as ((count per bucket, ...), sum in microseconds). */
+static PyObject *histogram_to_python(const struct histogram *h)
+{
+    PyObject *counts = PyTuple_New(HIST_BOUNDS + 1);
+    if (counts == NULL)
+        return NULL;
+    for (int i = 0; i <= HIST_BOUNDS; i++)
+        PyTuple_SET_ITEM(counts, i, PyLong_FromUnsignedLongLong(h->counts[i]));
+    return Py_BuildValue("(NK)", counts, (unsigned long long)h->sum_us);
+}
+
+/* A table of bucket bounds (microseconds) as a tuple of ints. */
+PyObject *bounds_tuple(const uint64_t *bounds)
+{
+    PyObject *t = PyTuple_New(HIST_BOUNDS);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < HIST_BOUNDS; i++)
+        PyTuple_SET_ITEM(t, i, PyLong_FromUnsignedLongLong(bounds[i]));
+    return t;
+}
+
 static PyObject *counters_to_python(const struct vip_counters *c, uint32_t slots)
 {
     PyObject *refused = PyTuple_New(REFUSED__COUNT), *closed = PyTuple_New(CLOSED__COUNT);
@@ -154,16 +176,25 @@ static PyObject *counters_to_python(const struct vip_counters *c, uint32_t slots
             goto fail;
         for (int e = 0; e < CONNECT_ERROR__COUNT; e++)
             PyTuple_SET_ITEM(errors, e, PyLong_FromUnsignedLongLong(b->connect_errors[e]));
-        PyObject *one = Py_BuildValue("(LKKKNKK)", (long long)b->active, (unsigned long long)b->flows_total,
+        PyObject *latency = histogram_to_python(&b->connect_latency);
+        if (latency == NULL) {
+            Py_DECREF(errors);
+            goto fail;
+        }
+        PyObject *one = Py_BuildValue("(LKKKNKKN)", (long long)b->active, (unsigned long long)b->flows_total,
                                       (unsigned long long)b->connect_attempts, (unsigned long long)b->connect_ok,
                                       errors, (unsigned long long)b->bytes_to_backend,
-                                      (unsigned long long)b->bytes_from_backend);
+                                      (unsigned long long)b->bytes_from_backend, latency);
         if (one == NULL)
             goto fail;
         PyTuple_SET_ITEM(backends, s, one);
     }
-    return Py_BuildValue("(LKNNLLN)", (long long)c->active, (unsigned long long)c->flows_total, refused, closed,
-                         (long long)c->buffered, (long long)c->peak, backends);
+    PyObject *duration = histogram_to_python(&c->flow_duration);
+    if (duration == NULL)
+        goto fail;
+    return Py_BuildValue("(LKNNLLNKN)", (long long)c->active, (unsigned long long)c->flows_total, refused, closed,
+                         (long long)c->buffered, (long long)c->peak, backends, (unsigned long long)c->retries,
+                         duration);
 fail:
     Py_XDECREF(refused);
     Py_XDECREF(closed);

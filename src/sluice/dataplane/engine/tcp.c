@@ -272,6 +272,7 @@ static void accepted(struct worker *w, struct worker_vip *wv, int fd, const stru
     }
     c->fd[SIDE_CLIENT] = fd;
     c->state = CONN_HANDSHAKE;
+    c->accepted_us = w->now_us;
     uint8_t ip[16];
     addr_of(peer, &c->real.family, ip, &c->real.src_port);
     memcpy(c->real.src, ip, 16);

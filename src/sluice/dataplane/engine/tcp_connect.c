@@ -56,6 +56,7 @@ static void established(struct worker *w, struct conn *c)
     c->slot = c->table->backends[c->current].slot;
     struct backend_counters *bc = &wv->counters.backends[c->slot];
     CTR_ADD(bc->connect_ok, 1);
+    histogram_observe(&bc->connect_latency, connect_latency_bounds_us, w->now_us - c->connect_start_us);
     CTR_ADD(bc->flows_total, 1);
     CTR_ADD(bc->active, 1);
     CTR_ADD(wv->counters.flows_total, 1);
@@ -130,6 +131,8 @@ void tcp_connect_next(struct worker *w, struct conn *c)
         if (idx < 0)
             break;
         c->tried[c->n_tried++] = (uint32_t)idx;
+        if (c->n_tried > 1)
+            CTR_ADD(wv->counters.retries, 1);
         const struct eng_backend *b = &t->backends[idx];
         CTR_ADD(wv->counters.backends[b->slot].connect_attempts, 1);
         int fd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -149,6 +152,7 @@ void tcp_connect_next(struct worker *w, struct conn *c)
             tcp_attempt_failed(w, c, errno);
             continue;
         }
+        c->connect_start_us = w->now_us;
         int rc = connect(fd, (const struct sockaddr *)&b->addr, b->addrlen);
         if (rc < 0 && errno != EINPROGRESS) {
             tcp_attempt_failed(w, c, errno);

@@ -127,6 +127,7 @@ static void count_closed(struct conn *c, enum closed_reason reason)
     struct worker_vip *wv = c->wv;
     CTR_ADD(wv->counters.active, -1);
     CTR_ADD(wv->counters.closed[reason], 1);
+    histogram_observe(&wv->counters.flow_duration, flow_duration_bounds_us, wv->w->now_us - c->accepted_us);
     CTR_ADD(wv->counters.backends[c->slot].active, -1);
     if (c->sched_counted)
         wv->sched_active[c->slot]--;

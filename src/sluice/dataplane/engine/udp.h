@@ -71,6 +71,7 @@ struct udp_session {
     uint8_t n_excluded;
     bool stale;                       /* backend refused or removed: rebalance on the next datagram */
     uint64_t last_us;
+    uint64_t created_us;              /* when the session was opened (flow duration) */
     uint64_t requests, replies;
     uint8_t header[UDP_HEADER_MAX];
     uint8_t header_len;

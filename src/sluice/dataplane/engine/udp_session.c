@@ -139,6 +139,7 @@ void udp_session_end(struct worker *w, struct worker_vip *wv, struct udp_session
     detach_backend(w, wv, s);
     u->n_sessions--;
     CTR_ADD(wv->counters.closed[reason], 1);
+    histogram_observe(&wv->counters.flow_duration, flow_duration_bounds_us, w->now_us - s->created_us);
     if (reason == CLOSED_EVICTED)
         CTR_ADD(u->counters.evictions, 1);
     gauges(wv);
@@ -271,7 +272,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     s->flow_hash = hash;
     s->n_excluded = 0;
     s->stale = false;
-    s->last_us = w->now_us;
+    s->last_us = s->created_us = w->now_us;
     s->requests = s->replies = 0;
     memcpy(s->header, header, (size_t)header_len);
     s->header_len = (uint8_t)header_len;

@@ -36,6 +36,7 @@ class Connection:
         self._bstats: BackendStats | None = None
         self._loop = asyncio.get_running_loop()
         self._last_active = 0.0
+        self._accepted = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
 
     def enter(self, phase: Phase) -> None:
@@ -102,5 +103,6 @@ class Connection:
         if self._idle is not None:
             self._idle.cancel()
         self._listener.connection_closed(self, reason)
+        self._listener.stats.flow_duration.observe(self._loop.time() - self._accepted)
         assert self._bstats is not None
         self._bstats.active -= 1

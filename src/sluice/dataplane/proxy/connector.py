@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from sluice.core.connect import ConnectPlan, GiveUp, connect_error_reason
 from sluice.core.endpoint import Endpoint
-from sluice.dataplane.stats import BackendStats
+from sluice.dataplane.stats import BackendStats, VipStats
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Connector:
         on_connected: Callable[[socket.socket, Endpoint], None],
         on_gave_up: Callable[[str], None],
         vip_name: str,
+        vip_stats: VipStats,
     ) -> None:
         self._loop = loop
         self._plan = plan
@@ -67,6 +68,9 @@ class Connector:
         self._on_connected = on_connected
         self._on_gave_up = on_gave_up
         self._vip_name = vip_name
+        self._vip_stats = vip_stats
+        self._started = 0.0
+        """Loop time the current attempt's connect() was made (for `BackendStats.connect_latency`)."""
         self._sock: socket.socket | None = None
         self._backend: Endpoint | None = None
         self._info: BackendInfo | None = None
@@ -92,6 +96,8 @@ class Connector:
             backend = decision.backend
             info = self._backend_info(backend)
             info.stats.connect_attempts += 1
+            if len(self._plan.tried) > 1:
+                self._vip_stats.retries += 1
             try:
                 sock = socket.socket(info.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             except OSError as exc:  # EMFILE and friends
@@ -102,6 +108,7 @@ class Connector:
             self._sock, self._backend, self._info = sock, backend, info
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._started = self._loop.time()
                 err = sock.connect_ex(info.addr)
             except OSError as exc:
                 self._failed(exc)
@@ -137,6 +144,7 @@ class Connector:
             return
         self._stop_waiting()
         self._info.stats.connect_ok += 1
+        self._info.stats.connect_latency.observe(self._loop.time() - self._started)
         self._sock = None
         self._on_connected(sock, self._backend)
 

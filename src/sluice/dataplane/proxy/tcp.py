@@ -315,6 +315,7 @@ class TcpListener:
             ),
             on_gave_up=lambda reason: self._refuse(conn, reason),
             vip_name=vip.name,
+            vip_stats=self.stats,
         )
         conn.connector.start()
 

@@ -405,13 +405,17 @@ class UdpListener:
             self._release_all([closed])
 
     def _release_all(self, closed: list[SessionClosed[Address, Upstream]]) -> None:
+        if not closed:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
         for event in closed:
             self._detach(event.value)
             self.stats.closed[event.reason] += 1
+            self.stats.flow_duration.observe(now - event.created)
             if event.reason == EVICTED:
                 self.stats.evictions += 1
-        if closed:
-            self._count_sessions()
+        self._count_sessions()
 
     def _count_sessions(self) -> None:
         self.stats.sessions = self.stats.active = len(self._table)
