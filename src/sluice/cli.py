@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from sluice import __version__
-from sluice.config import Config, ConfigError, Endpoint, config_json_schema, load_config
+from sluice.config import ConfigError, Endpoint, config_json_schema, load_config
 
 if TYPE_CHECKING:
     from sluice.control.client import ApiClient
@@ -24,31 +24,27 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 
-def _load_checked(path: str) -> Config:
-    """`load_config` plus what `sluice run` checks next: the admin token file (readable, private)."""
-    config = load_config(path)
-    if config.admin is not None and config.admin.token_file is not None:
-        from sluice.control.token import TokenError, read_token
-
-        try:
-            read_token(config.admin.token_file)
-        except TokenError as exc:
-            raise ConfigError([f"admin.token_file: {exc}"]) from None
-    return config
+def _print_invalid(path: str, errors: list[str]) -> None:
+    print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) > 1 else ''})", file=sys.stderr)
+    for line in errors:
+        print(f"  {line}", file=sys.stderr)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = _load_checked(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
-        print(
-            f"{args.config}: invalid ({len(exc.errors)} error{'s' if len(exc.errors) > 1 else ''})",
-            file=sys.stderr,
-        )
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+        _print_invalid(args.config, exc.errors)
         return EXIT_INVALID
-    print(f"{args.config}: ok, {len(config.vips)} VIP(s): " + ", ".join(v.name for v in config.vips))
+    if not args.offline:
+        from sluice.control.preflight import host_errors
+
+        if errors := host_errors(config):
+            _print_invalid(args.config, errors)
+            return EXIT_INVALID
+    names = ", ".join(v.name for v in config.vips)
+    offline = " (offline: the host was not checked)" if args.offline else ""
+    print(f"{args.config}: ok, {len(config.vips)} VIP(s): {names}{offline}")
     return EXIT_OK
 
 
@@ -75,15 +71,17 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sluice.server import run, setup_logging
+    from sluice.server import StartupError, run, setup_logging
 
     setup_logging(args.log_format)
     try:
         run(Path(args.config))
     except ConfigError as exc:
-        print(f"{args.config}: invalid", file=sys.stderr)
+        _print_invalid(args.config, exc.errors)
+        return EXIT_INVALID
+    except StartupError as exc:
         for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
+            print(f"sluice run: cannot start: {line}", file=sys.stderr)
         return EXIT_INVALID
     except OSError as exc:
         print(f"sluice run: {exc}", file=sys.stderr)
@@ -343,8 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("plain", "json"), default="plain")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("check", help="validate a config file (exit 0 valid, 2 invalid)")
+    p = sub.add_parser(
+        "check", help="validate a config file and what it needs from this host (exit 0 valid, 2 invalid)"
+    )
     p.add_argument("config")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="the file only: skip the host checks (token file, interfaces, privileges, listen addresses)",
+    )
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the config")

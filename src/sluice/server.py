@@ -17,6 +17,7 @@ from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
 from sluice.control.controller import Controller, ReloadResult
 from sluice.control.metrics import Sources, build_registry, xdp_counters
+from sluice.control.preflight import host_errors
 from sluice.dataplane.limits import raise_nofile_limit
 
 log = logging.getLogger("sluice")
@@ -56,13 +57,27 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+class StartupError(Exception):
+    """sluice could not start; `errors` holds one line per problem, naming what failed (which
+    listener, file or interface). Whatever startup had set up is released again."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
 def _token(config: Config) -> str | None:
     if config.admin is None or config.admin.token_file is None:
         return None
     try:
         return read_token(config.admin.token_file)
     except TokenError as exc:
-        raise ConfigError([f"admin.token_file: {exc}"]) from None
+        raise StartupError([f"admin.token_file: {exc}"]) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
 
 
 def _announcer(config: Config) -> Announcer | None:
@@ -107,10 +122,17 @@ class Server:
     is set.
     """
 
-    def __init__(self, config_path: Path, load: Callable[[Path], Config] = load_config) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        load: Callable[[Path], Config] = load_config,
+        preflight: Callable[[Config], list[str]] = host_errors,
+    ) -> None:
         self.config_path = config_path
         self.load = load
         """Reads, parses and validates a config file (raises ConfigError); run off the loop on reloads."""
+        self.preflight = preflight
+        """What the config needs from the host, checked before anything starts (``sluice check``'s)."""
         self.config: Config | None = None
         """The config read at startup (its ``admin`` and ``announce`` blocks hold until a restart)."""
         self.controller: Controller | None = None
@@ -134,29 +156,38 @@ class Server:
     # ------------------------------------------------------------ steps
 
     async def startup(self) -> None:
-        """Load the config, start the data planes and the admin API, install the signal handlers,
-        then tell systemd READY=1. If the admin API cannot start, the data planes close again."""
+        """Load the config, check what it needs from the host, start the data planes and the admin
+        API, install the signal handlers, then tell systemd READY=1. Any failure raises ConfigError
+        or StartupError (one line naming what failed) after releasing what was set up: listeners,
+        attached XDP programs, and the pinned maps this start created."""
         config = self.load(self.config_path)
+        if errors := self.preflight(config):
+            raise StartupError(errors)
         token = _token(config)
         self.config = config
         raise_nofile_limit()  # before the data planes open sockets: 2 descriptors per idle TCP flow
         controller = Controller(config, announcer=_announcer(config))
         self.controller = controller
-        await controller.start()
-        if config.admin is not None:
-            registry = build_registry(metrics_sources(controller))
-            self.admin = AdminServer(
-                config.admin,
-                lambda unix: build_app(
-                    controller, token=token, over_unix=unix, reload=self.reload, registry=registry
-                ),
-            )
-            try:
+        step = "starting the data planes"
+        try:
+            await controller.start()
+            if config.admin is not None:
+                step = f"admin API on {config.admin.listen}"
+                registry = build_registry(metrics_sources(controller))
+                self.admin = AdminServer(
+                    config.admin,
+                    lambda unix: build_app(
+                        controller, token=token, over_unix=unix, reload=self.reload, registry=registry
+                    ),
+                )
                 await self.admin.start()
-            except BaseException:
-                self.admin = None
-                await controller.close()
+        except BaseException as exc:
+            self.admin = self.controller = None
+            await controller.close(discard=True)
+            if not isinstance(exc, Exception):
                 raise
+            log.debug("startup failed while %s", step, exc_info=True)
+            raise StartupError([f"{step}: {_one_line(exc)}"]) from exc
         log.info(
             "sluice running: %s",
             ", ".join(f"{v.name}={v.protocol}/{v.listen}" for v in controller.config.vips),

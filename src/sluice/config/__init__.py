@@ -5,7 +5,8 @@ one `Config`; a reload builds a new one and applies the difference, it never mut
 
 The package's rooms: `values` (addresses, durations, the names accepted), `vip` (a VIP and its
 backends), `health` (active checks, passive ejection), `announce` (BGP), `model` (the whole file,
-``admin:``) and `loading` (YAML, the rules across VIPs, `ConfigError`). Import from here.
+``admin:``), `rules` (the rules across keys and VIPs), `messages` (errors in the user's words) and
+`loading` (YAML, `ConfigError`). Import from here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sluice.config.loading import (
     ConfigError,
     config_json_schema,
     load_config,
+    native_engine_built,
     parse_config,
     parse_config_text,
     read_config_text,
@@ -91,6 +93,7 @@ __all__ = [
     "Workers",
     "config_json_schema",
     "load_config",
+    "native_engine_built",
     "parse_config",
     "parse_config_text",
     "parse_duration",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     Field,
@@ -11,7 +11,10 @@ from pydantic import (
     model_validator,
 )
 
-from sluice.config.values import CheckType, Duration, FrozenModel
+from sluice.config.values import CheckType, Duration, FrozenModel, Matches
+
+HttpPath = Annotated[str, Matches(r"/\S*", "a path starting with / and without blanks, like /healthz")]
+DnsType = Annotated[str, Matches(r"[A-Za-z0-9]{1,10}", "a DNS record type like A, AAAA or SOA")]
 
 
 class HealthCheck(FrozenModel):
@@ -35,7 +38,7 @@ class HealthCheck(FrozenModel):
     """tcp_expect / udp: the reply must contain this text."""
     expect_regex: str | None = None
     """tcp_expect / udp: the reply must match this regular expression (searched, UTF-8 / bytes)."""
-    path: str = Field(default="/", pattern=r"^/[^\s]*$")
+    path: HttpPath = "/"
     """http: the path requested with GET."""
     host: str | None = None
     """http: the Host header (default: the backend address)."""
@@ -43,7 +46,7 @@ class HealthCheck(FrozenModel):
     """http: accepted status codes."""
     query_name: str | None = None
     """dns: the name queried; the answer's rcode must be NOERROR."""
-    query_type: str = Field(default="A", pattern=r"^[A-Za-z0-9]{1,10}$")
+    query_type: DnsType = "A"
     """dns: the record type queried (A, AAAA, SOA, ...)."""
 
     @field_validator("expect_status", mode="before")

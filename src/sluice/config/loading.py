@@ -14,8 +14,11 @@ from pydantic import (
     ValidationError,
 )
 
+from sluice.config import rules
+from sluice.config.messages import format_errors
 from sluice.config.model import Config
 from sluice.config.values import to_endpoint
+from sluice.config.vip import Vip
 
 
 class ConfigError(Exception):
@@ -86,15 +89,17 @@ NATIVE_ENGINE_MODULE = "sluice.dataplane.engine._engine"
 """The C extension ``engine: native`` runs on (looked up, not imported: config sits below the planes)."""
 
 
+def native_engine_built() -> bool:
+    """Whether the native engine's C extension is there (found, not imported)."""
+    try:
+        return importlib.util.find_spec(NATIVE_ENGINE_MODULE) is not None
+    except ImportError:
+        return False
+
+
 def _engine_errors(config: Config) -> list[str]:
     """``engine: native`` needs the C extension built (what `sluice run` would stop on)."""
-    if config.engine != "native":
-        return []
-    try:
-        found = importlib.util.find_spec(NATIVE_ENGINE_MODULE) is not None
-    except ImportError:
-        found = False
-    if found:
+    if config.engine != "native" or native_engine_built():
         return []
     return [
         f"engine: native needs the C extension {NATIVE_ENGINE_MODULE}, which is not built; use engine: python"
@@ -104,44 +109,65 @@ def _engine_errors(config: Config) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
-def _format_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out or "(top level)"
+def _valid_vips(data: dict[str, Any]) -> list[tuple[int, Vip]]:
+    """The VIPs of an invalid file that are valid on their own (their value rules are reported too)."""
+    vips = data.get("vips")
+    out = []
+    for i, raw in enumerate(vips if isinstance(vips, list) else []):
+        try:
+            out.append((i, Vip.model_validate(raw)))
+        except ValidationError:
+            continue
+    return out
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{_format_path(loc)}: {msg}")
-    return lines
-
-
-def parse_config(data: Any) -> Config:
-    """Validate a parsed YAML document; raises ConfigError listing every problem."""
+def parse_config(data: Any, *, duplicate_keys: list[str] | None = None) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem (the model's, the
+    rules across keys, and `duplicate_keys` the YAML loader found)."""
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping with a 'vips' list"])
-    errors = _uniqueness_errors(data)
+    errors = list(duplicate_keys or ()) + _uniqueness_errors(data) + rules.protocol_key_errors(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc) + errors) from None
-    errors += _announce_errors(config) + _engine_errors(config)
+        valid = _valid_vips(data)
+        errors = format_errors(exc, Config) + errors + rules.vip_errors(valid) + rules.attach_errors(valid)
+        raise ConfigError(errors) from None
+    errors += rules.config_errors(config) + _announce_errors(config) + _engine_errors(config)
     if errors:
         raise ConfigError(errors)
     return config
 
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's safe loader when PyYAML was built with it (5-10x faster on big files), else PyYAML's."""
+
+
+class _Loader(_YAML_LOADER):  # type: ignore[valid-type,misc]
+    """The safe loader, noting every key a mapping gives twice (YAML would keep the last silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+        """``line N: key `k` given twice (first on line M)``, in file order."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key of its own overrides on purpose
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor reports it
+            if first is None:
+                seen[key] = line
+            else:
+                self.duplicates.append(f"line {line}: key `{key}` given twice (first on line {first})")
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -168,15 +194,19 @@ def read_config_text(path: str | Path) -> str:
 
 def parse_config_text(text: str, path: str | Path = "<config>") -> Config:
     """YAML text -> a validated `Config`; raises ConfigError (YAML errors name `path`)."""
+    loader = _Loader(text)
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
     except (ValueError, RecursionError, OverflowError) as exc:
         # PyYAML raises ValueError for an integer of more than 4300 digits, RecursionError for deep nesting.
         raise ConfigError([f"{path}: invalid YAML: {_one_line(exc)}"]) from None
+    finally:
+        loader.dispose()
+    duplicates = [f"{path}: {line}" for line in loader.duplicates]
     try:
-        return parse_config(data)
+        return parse_config(data, duplicate_keys=duplicates)
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply"]) from None
 
@@ -192,5 +222,9 @@ def load_config(path: str | Path) -> Config:
     return parse_config_text(read_config_text(path), path)
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
 def config_json_schema() -> dict[str, Any]:
-    return Config.model_json_schema()
+    """The JSON Schema of the config file (``sluice schema``): every field described by its docstring."""
+    return {"$schema": JSON_SCHEMA_DIALECT, **Config.model_json_schema()}

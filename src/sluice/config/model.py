@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from pydantic import (
     Field,
@@ -11,7 +11,7 @@ from pydantic import (
 )
 
 from sluice.config.announce import AnnounceOptions
-from sluice.config.values import Duration, EngineName, FrozenModel, Workers
+from sluice.config.values import Duration, EngineName, FrozenModel, Matches, Workers
 from sluice.config.vip import Vip
 from sluice.core.endpoint import Endpoint
 
@@ -20,6 +20,15 @@ DEFAULT_ADMIN_PORT: Final = 7667
 Prometheus exporters' range (9100-10000, their wiki's "default port allocations"), nor the admin
 ports of HAProxy (8404), Envoy (9901), Traefik (8080) or Consul (8500); absent from Debian's
 /etc/services, and below Linux's ephemeral range (32768-60999), so no outgoing connection holds it."""
+
+
+InstanceName = Annotated[
+    str,
+    Matches(
+        r"[A-Za-z0-9][A-Za-z0-9_@+.-]{0,62}",
+        "a name of letters, digits, '_', '@', '+', '.' and '-' (at most 63, starting with a letter or digit)",
+    ),
+]
 
 
 class AdminOptions(FrozenModel):
@@ -72,6 +81,7 @@ class Config(FrozenModel):
     by `parse_config`, which reports them with their paths."""
 
     vips: tuple[Vip, ...]
+    """The virtual services (at least one)."""
     admin: AdminOptions | None = None
     """The admin API; unset = no admin server."""
     shutdown_timeout: Duration = 30.0
@@ -83,7 +93,7 @@ class Config(FrozenModel):
     when the extension is importable, else python."""
     workers: Workers = "auto"
     """Engine worker threads (1..256); auto = CPUs available to the process."""
-    instance: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_@+.-]{0,62}$")
+    instance: InstanceName | None = None
     """Name of this sluice's XDP state: its maps are pinned in /sys/fs/bpf/sluice/<instance>/, and two
     processes with the same instance are refused. Unset = the dsr interfaces' names, sorted, joined
     by "+" (e.g. ``eth0``): one instance per interface set, as one XDP program per interface."""

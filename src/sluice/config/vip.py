@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -23,8 +23,10 @@ from sluice.config.values import (
     Duration,
     EndpointField,
     FrozenModel,
+    Matches,
     Mode,
     OnBackendDown,
+    Prefix,
     Protocol,
     ProxyProtocolVersion,
     UdpHash,
@@ -44,7 +46,21 @@ MAX_SESSIONS = 10_000_000
 """Largest ``udp.max_sessions`` of one VIP."""
 
 
+VipName = Annotated[
+    str,
+    Matches(
+        r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+        "a name of letters, digits, '_', '.' and '-' (at most 63, starting with a letter or digit)",
+    ),
+]
+MacAddress = Annotated[
+    str, Matches(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", "a MAC address like 02:00:00:00:00:01")
+]
+
+
 class Backend(FrozenModel):
+    """One backend of a VIP."""
+
     address: EndpointField
     """Where the backend listens (IP:port)."""
     weight: int = Field(default=1, ge=0, le=65535)
@@ -54,6 +70,8 @@ class Backend(FrozenModel):
 
 
 class Timeouts(FrozenModel):
+    """How long a VIP waits (the ``timeouts:`` block)."""
+
     connect: Duration = 3.0
     """Seconds to wait for a backend connection (TCP)."""
     idle: Duration | None = None
@@ -77,6 +95,8 @@ RECEIVE_BUFFER_MAX = 4 << 20
 
 
 class UdpOptions(FrozenModel):
+    """Options of a ``protocol: udp`` VIP (the ``udp:`` block)."""
+
     hash: UdpHash = "five_tuple"
     """What picks the backend: the whole 5-tuple, or the source IP only (keeps RTP+RTCP together)."""
     responses: int | None = Field(default=None, ge=1, le=2**31 - 1)
@@ -129,7 +149,7 @@ class DsrOptions(FrozenModel):
     """The LB interface the XDP program is attached to (receives VIP traffic)."""
     forwarding: Literal["l2", "ipip"] = "l2"
     """l2: rewrite MACs, backends on the same segment hold the VIP on lo; ipip: IP-in-IP to the backend."""
-    next_hop_mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    next_hop_mac: MacAddress | None = None
     """ipip: destination MAC of the encapsulated packets (the router towards the backends)."""
     outer_source: str | None = None
     """ipip: prefix (e.g. 198.19.0.0/16) the outer source address is taken from, flow bits mixed in."""
@@ -163,10 +183,10 @@ PLAIN_TRUE_REFUSED = (
 class AcceptProxyProtocol(FrozenModel):
     """Who may send a PROXY v1/v2 header in front of a client connection."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    from_: tuple[IPv4Network | IPv6Network, ...] = Field(
-        alias="from", min_length=1, max_length=MAX_PROXY_SOURCES
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, use_attribute_docstrings=True
     )
+    from_: tuple[Prefix, ...] = Field(alias="from", min_length=1, max_length=MAX_PROXY_SOURCES)
     """Prefixes of the peers whose header is believed; any other peer is refused (proxy_not_allowed)."""
 
     def allows(self, host: str) -> bool:
@@ -205,14 +225,16 @@ HashKeyField = Annotated[
 
 
 class Vip(FrozenModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: VipName
     """Unique name, used in metrics and the API."""
     protocol: Protocol = "tcp"
+    """tcp or udp: what the VIP listens for and forwards."""
     listen: EndpointField
     """The VIP address and port."""
     mode: Mode = "proxy"
     """proxy: full proxy in user space; dsr: XDP Direct Server Return."""
     scheduler: SchedulerName = "maglev"
+    """How a new flow picks its backend: maglev (consistent hash of the flow), or another scheduler."""
     maglev_table_size: int = DEFAULT_TABLE_SIZE
     """Maglev lookup table size M (a prime up to `MAX_TABLE_SIZE`, ideally >= 100 x number of backends)."""
     hash_key: HashKeyField | None = None
@@ -221,7 +243,9 @@ class Vip(FrozenModel):
     choose ports that land on one backend; unset: the public MurmurHash3. Never shown (logs, API,
     errors); changing it moves flows like a new table (README "Flow hash and hash_key")."""
     backends: tuple[Backend, ...]
+    """Where the flows go (at least one)."""
     timeouts: Timeouts = Timeouts()
+    """Connect and idle timeouts."""
     max_connections: int = Field(default=10000, ge=1, le=MAX_CONNECTIONS)
     """Per VIP; beyond it new connections are refused and counted."""
     proxy_protocol: Annotated[ProxyProtocolVersion, BeforeValidator(yaml_off)] = "off"
@@ -232,6 +256,7 @@ class Vip(FrozenModel):
     """Expect a PROXY v1/v2 header from the client side (TCP), from the peers listed in ``from``;
     ``false`` / unset: none expected."""
     udp: UdpOptions = UdpOptions()
+    """UDP sessions (udp VIPs only)."""
     dsr: DsrOptions | None = None
     """Required with ``mode: dsr``."""
     health: HealthCheck | None = None
@@ -267,6 +292,7 @@ class Vip(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        # Keys only one protocol takes, and the dsr rules, are in config/rules.py (reported with paths).
         if self.timeouts.idle is None:
             idle = DEFAULT_TCP_IDLE_S if self.protocol == "tcp" else DEFAULT_UDP_IDLE_S
             object.__setattr__(self, "timeouts", self.timeouts.model_copy(update={"idle": idle}))
@@ -276,10 +302,6 @@ class Vip(FrozenModel):
             raise ValueError("a dsr block is only valid with mode: dsr")
         if self.hash_key is not None and self.scheduler != "maglev":
             raise ValueError(f"hash_key keys Maglev's flow hash; scheduler {self.scheduler} hashes no flows")
-        if self.accept_proxy_protocol and self.protocol != "tcp":
-            raise ValueError("accept_proxy_protocol is only supported for tcp VIPs")
-        if self.protocol == "udp" and self.proxy_protocol == "v1":
-            raise ValueError("proxy_protocol: v1 has no UDP form; use v2 for udp VIPs")
         if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
             raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
         return self

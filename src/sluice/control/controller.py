@@ -52,6 +52,15 @@ RELOAD_PARSE_TIMEOUT_S = 60.0
 """Longest a reload may spend reading and validating the file (in a worker thread)."""
 
 PlaneFactory = Callable[[], DataPlane]
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """A data plane whose state outlives the process (pinned maps) and can remove what it created."""
+
+    async def close(self, *, discard: bool = False) -> None: ...
+
+
 SHUTDOWN_POLL_S = 0.05
 """Seconds between two looks at the active flow count during a graceful shutdown."""
 
@@ -263,7 +272,9 @@ class Controller:
         await self.close()
         return left
 
-    async def close(self) -> None:
+    async def close(self, *, discard: bool = False) -> None:
+        """Stop the monitor and the data planes; `discard` (a failed start) also removes the state a
+        plane created to outlive the process (the XDP plane's pinned maps)."""
         if self.announcer is not None:
             await self.announcer.close()  # traffic leaves before the data planes stop
         await self._stop_monitor()
@@ -272,7 +283,10 @@ class Controller:
         self._drains.clear()
         planes, self._planes = self._planes, {}
         for plane in planes.values():
-            await plane.close()
+            if discard and isinstance(plane, KeepsState):
+                await plane.close(discard=True)
+            else:
+                await plane.close()
 
     # ------------------------------------------------------------ observation
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sluice.config import Config, parse_config
+from sluice.config import Config, ConfigError, parse_config
 from sluice.dataplane.xdp import instance as xdp_instance
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.instance import Attacher, InstanceInUse, attach_settings, default_instance
@@ -37,8 +37,14 @@ class ModeAttacher:
 
 
 def dsr_config(
-    *, attach: str | None = None, other_attach: str | None = None, instance: str | None = None
+    *,
+    attach: str | None = None,
+    other_attach: str | None = None,
+    instance: str | None = None,
+    validate_only: bool = False,
 ) -> Config:
+    """The config of two dsr VIPs on lb0 (`validate_only`: the model alone, not the loader's rules)."""
+
     def vip(name: str, port: int, mode: str | None) -> dict[str, Any]:
         dsr: dict[str, Any] = {"interface": "lb0"}
         if mode is not None:
@@ -55,7 +61,7 @@ def dsr_config(
     data: dict[str, Any] = {"vips": [vip("web", 80, attach), vip("alt", 81, other_attach or attach)]}
     if instance is not None:
         data["instance"] = instance
-    return parse_config(data)
+    return Config.model_validate(data) if validate_only else parse_config(data)
 
 
 @pytest.fixture
@@ -87,8 +93,10 @@ def test_default_instance_is_the_dsr_interfaces() -> None:
 def test_attach_setting_defaults_to_auto_and_must_agree_per_interface() -> None:
     assert attach_settings(dsr_config().vips) == {"lb0": "auto"}
     assert attach_settings(dsr_config(attach="generic").vips) == {"lb0": "generic"}
+    with pytest.raises(ConfigError, match=r"vips\[1\]\.dsr\.attach: native differs from vips\[0\]"):
+        dsr_config(attach="generic", other_attach="native")  # what `sluice check` reports
     with pytest.raises(XdpConfigError, match=r"vips\[alt\]: dsr.attach native differs .* lb0"):
-        attach_settings(dsr_config(attach="generic", other_attach="native").vips)
+        attach_settings(dsr_config(attach="generic", other_attach="native", validate_only=True).vips)
 
 
 def test_attacher_maps_settings_to_loader_calls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sluice.config import Config, parse_config
+from sluice.config import Config, ConfigError, parse_config
 from sluice.core.flow import FiveTuple, flow_hash
 from sluice.core.maglev import build_table
 from sluice.dataplane.xdp import loader
@@ -54,7 +54,10 @@ class RecordingAttacher:
         self.calls.append(("detach", ifindex))
 
 
-def config(backends: list[str], *, udp_backends: tuple[str, ...] = ("198.18.1.21:53",)) -> Config:
+def config(
+    backends: list[str], *, udp_backends: tuple[str, ...] = ("198.18.1.21:53",), validate_only: bool = False
+) -> Config:
+    """Two dsr VIPs and a proxy one (`validate_only`: the model alone, not the loader's rules)."""
     data: dict[str, Any] = {
         "vips": [
             {
@@ -83,7 +86,7 @@ def config(backends: list[str], *, udp_backends: tuple[str, ...] = ("198.18.1.21
             {"name": "proxied", "listen": "127.0.0.1:8080", "backends": [{"address": "127.0.0.1:9000"}]},
         ]
     }
-    return parse_config(data)
+    return Config.model_validate(data) if validate_only else parse_config(data)
 
 
 WEB3 = ["198.18.1.11:80", "198.18.1.12:80", "198.18.1.13:80"]
@@ -251,17 +254,19 @@ async def test_removed_vip_is_cleared(instance: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("backends", "udp", "message"),
     [
-        (["198.18.1.11:8080"], ("198.18.1.21:53",), "must listen on the VIP port"),
+        (["198.18.1.11:8080"], ("198.18.1.21:53",), "must listen on the VIP.s port 80"),
         (["[2001:db8::1]:80"], ("198.18.1.21:53",), "address family"),
-        (WEB3, ("[2001:db8::5]:53",), "differ in family"),
+        (WEB3, ("[2001:db8::5]:53",), "address family of dsr.outer_source"),
     ],
 )
 async def test_unservable_config_is_refused(
     instance: str, tmp_path: Path, backends: list[str], udp: tuple[str, ...], message: str
 ) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(backends, udp_backends=udp)  # what `sluice check` reports
     plane = make_plane(instance, tmp_path)
     with pytest.raises(XdpConfigError, match=message):
-        await plane.apply(config(backends, udp_backends=udp))
+        await plane.apply(config(backends, udp_backends=udp, validate_only=True))
     await plane.close()
 
 

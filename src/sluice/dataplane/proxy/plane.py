@@ -96,7 +96,11 @@ class ProxyPlane:
             current = self._listeners.get(name)
             if current is None:
                 listener = self._factories[vip.protocol](vip)
-                await listener.start()
+                try:
+                    await listener.start()
+                except OSError as exc:
+                    where = f"vip {name}: cannot listen on {vip.protocol}/{vip.listen}"
+                    raise OSError(exc.errno, f"{where}: {exc.strerror or exc}") from exc
                 log.info("vip %s: listening on %s/%s", name, vip.protocol, vip.listen)
                 self._listeners[name] = (vip, listener)
             elif current[0] != vip:

@@ -88,6 +88,8 @@ class PinLock:
             raise
         self.instance = instance
         self.directory = directory
+        self.fresh = not any(directory.iterdir())
+        """Nothing was pinned when the lock was taken: whatever is pinned now, this process pinned."""
         self._fd: int | None = fd
 
     def release(self) -> None:

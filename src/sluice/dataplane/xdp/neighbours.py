@@ -59,7 +59,7 @@ class NetlinkNeighbours:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 ifreq = fcntl.ioctl(s.fileno(), _SIOCGIFHWADDR, struct.pack("256s", name.encode()[:15]))
         except OSError as exc:
-            raise NeighbourError(f"interface {name!r}: {exc.strerror}") from None
+            raise NeighbourError(f"interface {name!r}: {exc.strerror or exc}") from None
         return InterfaceInfo(name, index, ifreq[18:24].hex(":"))
 
     def lookup(self, ip: str, ifindex: int) -> str | None:

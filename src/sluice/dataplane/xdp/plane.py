@@ -468,9 +468,10 @@ class XdpPlane:
         self._obj = None
         self._maps = None
 
-    async def close(self, *, detach: bool = True) -> None:
+    async def close(self, *, detach: bool = True, discard: bool = False) -> None:
         """Stop: detach the program (unless `detach` is False: forwarding continues without us);
-        the pinned maps stay, so a restart keeps the connection table."""
+        the pinned maps stay, so a restart keeps the connection table (`discard`, after a failed
+        start: maps this process pinned in a fresh directory are removed)."""
         for task in (self._refresh, self._clock):
             if task is not None:
                 task.cancel()
@@ -486,5 +487,7 @@ class XdpPlane:
             self._attached.clear()
             self._close_object()
             if self._lock is not None:
+                if discard and self._lock.fresh:
+                    loader.remove_pins(str(self.instance))
                 self._lock.release()
                 self._lock = None

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sluice.config import Vip
+from sluice.config.rules import dsr_vip_errors
 from sluice.core.flow import FiveTuple, HashKey, flow_hash
 from sluice.core.maglev import MaglevTable
 from sluice.dataplane.stats import BackendStats, VipStats
@@ -59,24 +60,9 @@ def key_tuple(vip: Vip) -> tuple[bytes, int, int]:
 
 
 def check_vip(vip: Vip) -> None:
-    assert vip.dsr is not None
-    where = f"vips[{vip.name}]"
-    for b in vip.backends:
-        if b.address.port != vip.listen.port:
-            raise XdpConfigError(
-                f"{where}: backend {b.address} must listen on the VIP port "
-                f"{vip.listen.port} (DSR cannot remap ports)"
-            )
-    if vip.dsr.forwarding == "ipip":
-        assert vip.dsr.outer_source is not None
-        outer = ip_network(vip.dsr.outer_source)
-        for b in vip.backends:
-            if b.address.ip.version != outer.version:
-                raise XdpConfigError(
-                    f"{where}: backend {b.address} and outer_source {outer} differ in family"
-                )
-    elif any(b.address.ip.version != vip.listen.ip.version for b in vip.backends):
-        raise XdpConfigError(f"{where}: l2 forwarding needs backends of the VIP's address family")
+    """The dsr rules `sluice check` reports (config/rules.py), for a config that skipped the loader."""
+    if errors := dsr_vip_errors(vip):
+        raise XdpConfigError(f"vips[{vip.name}].{errors[0]}")
 
 
 def vip_meta(vip: Vip, index: int, src_mac: str, clock_period_s: float) -> VipMeta:
