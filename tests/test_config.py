@@ -102,7 +102,10 @@ def test_idle_default_depends_on_protocol(tmp_path: Path) -> None:
         (("      connect: 3s", "      connect: 0s"), "vips[0].timeouts.connect: a duration must be positive"),
         (("    protocol: tcp", "    protocol: sctp"), "vips[0].protocol: expected tcp or udp, got 'sctp'"),
         (("    scheduler: maglev", "    scheduler: fastest"), "vips[0].scheduler: expected "),
-        (("    proxy_protocol: v1", "    proxy_protocol: v3"), "vips[0].proxy_protocol: expected off, v1 or v2, got 'v3'"),
+        (
+            ("    proxy_protocol: v1", "    proxy_protocol: v3"),
+            "vips[0].proxy_protocol: expected off, v1 or v2, got 'v3'",
+        ),
         (("    mode: proxy", "    mode: dsr"), "vips[0]: mode: dsr needs a dsr block"),
         (("    protocol: tcp", "    protocol: udp"), "vips[0].proxy_protocol: v1 has no UDP form"),
         (

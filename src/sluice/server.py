@@ -76,8 +76,11 @@ def _token(config: Config) -> str | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if text else type(exc).__name__
+    """An error as one line: an OSError without its ``[Errno N]``, the file it names kept."""
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _announcer(config: Config) -> Announcer | None:

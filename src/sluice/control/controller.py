@@ -55,10 +55,11 @@ PlaneFactory = Callable[[], DataPlane]
 
 
 @runtime_checkable
-class KeepsState(Protocol):
-    """A data plane whose state outlives the process (pinned maps) and can remove what it created."""
+class Discards(Protocol):
+    """A data plane whose state outlives the process (pinned maps): `discard` closes it and removes
+    the state this process created (after a failed start)."""
 
-    async def close(self, *, discard: bool = False) -> None: ...
+    async def discard(self) -> None: ...
 
 
 SHUTDOWN_POLL_S = 0.05
@@ -283,8 +284,8 @@ class Controller:
         self._drains.clear()
         planes, self._planes = self._planes, {}
         for plane in planes.values():
-            if discard and isinstance(plane, KeepsState):
-                await plane.close(discard=True)
+            if discard and isinstance(plane, Discards):
+                await plane.discard()
             else:
                 await plane.close()
 

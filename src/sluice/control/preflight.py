@@ -21,7 +21,7 @@ CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 
 _HINTS = {
-    errno.EADDRINUSE: "another process listens there (for the config of a running sluice: check --offline)",
+    errno.EADDRINUSE: "another process holds it (to check the config of a running sluice: check --offline)",
     errno.EADDRNOTAVAIL: "no interface of this host has that address",
     errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE",
 }
@@ -83,7 +83,7 @@ def _bind_error(endpoint: Endpoint, kind: socket.SocketKind, reuse_port: bool) -
             sock.bind((endpoint.host, endpoint.port))
         except OSError as exc:
             hint = _HINTS.get(exc.errno or 0)
-            return f"{exc.strerror or exc}" + (f" ({hint})" if hint else "")
+            return f"{exc.strerror or exc}" + (f"; {hint}" if hint else "")
     return None
 
 

@@ -468,6 +468,10 @@ class XdpPlane:
         self._obj = None
         self._maps = None
 
+    async def discard(self) -> None:
+        """`close` after a failed start: the maps this process pinned in a fresh directory go too."""
+        await self.close(discard=True)
+
     async def close(self, *, detach: bool = True, discard: bool = False) -> None:
         """Stop: detach the program (unless `detach` is False: forwarding continues without us);
         the pinned maps stay, so a restart keeps the connection table (`discard`, after a failed
