@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
-from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
 
 from sluice.cli import main
-from sluice.config import NATIVE_ENGINE_MODULE, ConfigError, Endpoint, load_config, parse_duration
+from sluice.config import ConfigError, Endpoint, load_config, native_engine_built, parse_duration
 
 GOOD = """\
 vips:
@@ -242,12 +240,10 @@ def test_engine_and_workers_rejected_by_check(
 def test_native_engine_without_the_extension_is_rejected_by_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = importlib.util.find_spec
+    import sluice.config.loading
 
-    def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
-        return None if name == NATIVE_ENGINE_MODULE else real(name, package)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert native_engine_built()  # built in this tree; the test pretends it is not
+    monkeypatch.setattr(sluice.config.loading, "native_engine_built", lambda: False)
     code, _, err = check(write(tmp_path, "engine: native\n" + GOOD), capsys)
     assert code == 2
     assert "engine: native needs the C extension" in err

@@ -53,8 +53,7 @@ from sluice.config.vip import (
     Vip,
 )
 from sluice.core.endpoint import Endpoint
-from sluice.core.maglev import DEFAULT_TABLE_SIZE
-from sluice.core.scheduler import SchedulerName
+from sluice.core.names import DEFAULT_TABLE_SIZE, SchedulerName
 
 __all__ = [
     "DEFAULT_TABLE_SIZE",

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable
+from importlib.machinery import EXTENSION_SUFFIXES
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
@@ -91,10 +91,8 @@ NATIVE_ENGINE_MODULE = "sluice.dataplane.engine._engine"
 
 def native_engine_built() -> bool:
     """Whether the native engine's C extension is there (found, not imported)."""
-    try:
-        return importlib.util.find_spec(NATIVE_ENGINE_MODULE) is not None
-    except ImportError:
-        return False
+    folder = Path(__file__).resolve().parents[1] / "dataplane" / "engine"  # find_spec would import it
+    return any((folder / f"_engine{suffix}").is_file() for suffix in EXTENSION_SUFFIXES)
 
 
 def _engine_errors(config: Config) -> list[str]:

@@ -35,8 +35,7 @@ from sluice.config.values import (
 )
 from sluice.core.endpoint import Endpoint
 from sluice.core.flow import HashKey
-from sluice.core.maglev import DEFAULT_TABLE_SIZE, is_prime
-from sluice.core.scheduler import SchedulerName
+from sluice.core.names import DEFAULT_TABLE_SIZE, SchedulerName, is_prime
 
 MAX_TABLE_SIZE = 1_000_003
 """Largest ``maglev_table_size`` accepted (a prime; what the XDP plane's table map is sized for)."""

@@ -42,13 +42,15 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
+from sluice.core.names import DEFAULT_TABLE_SIZE as DEFAULT_TABLE_SIZE  # re-exported
+from sluice.core.names import is_prime as is_prime  # re-exported
+
 _speedup: ModuleType | None
 try:
     from sluice.core import _maglev as _speedup
 except ImportError:  # pragma: no cover - built with the package; the Python loop is the fallback
     _speedup = None
 
-DEFAULT_TABLE_SIZE = 65537
 
 _OFFSET_PERSON = b"sluice.maglev.h1"  # BLAKE2b personalisation (16 bytes max) for h1 -> offset
 _SKIP_PERSON = b"sluice.maglev.h2"  # ... for h2 -> skip
@@ -204,20 +206,6 @@ def _prepare(backends: Sequence[tuple[str, int]], size: int) -> tuple[list[str],
 def _frozen(names: Sequence[str], slots: I32) -> MaglevTable:
     slots.flags.writeable = False
     return MaglevTable(backends=tuple(names), slots=slots)
-
-
-def is_prime(n: int) -> bool:
-    """Trial division; table sizes are at most ~1e6."""
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    f = 3
-    while f * f <= n:
-        if n % f == 0:
-            return False
-        f += 2
-    return True
 
 
 # ---------------------------------------------------------------- reference

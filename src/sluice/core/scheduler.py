@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from sluice.core.endpoint import Endpoint
 from sluice.core.flow import FiveTuple, HashKey, flow_hash
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, MaglevTable, build_table, count_slots_changed
+from sluice.core.names import SchedulerName
 
-SchedulerName = Literal["maglev", "round_robin", "least_conn", "random_two"]
 """The names `REGISTRY` knows (the config's ``scheduler:`` values)."""
 
 WeightedBackends = Sequence[tuple[Endpoint, int]]
