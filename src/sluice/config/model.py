@@ -77,8 +77,8 @@ class AdminOptions(FrozenModel):
 
 
 class Config(FrozenModel):
-    """The whole file. Uniqueness rules (VIP names, listen addresses, backend addresses) are checked
-    by `parse_config`, which reports them with their paths."""
+    """The whole file. Uniqueness rules (VIP names, listen addresses, backend addresses) and the rules
+    across keys (config/rules.py) are checked by `parse_config`, which reports them with their paths."""
 
     vips: tuple[Vip, ...]
     """The virtual services (at least one)."""
