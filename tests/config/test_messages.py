@@ -145,3 +145,15 @@ def test_schema_describes_every_property(capsys: pytest.CaptureFixture[str]) -> 
     assert vip["name"]["pattern"] == "^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$"
     duration = re.compile(schema["$defs"]["Vip"]["properties"]["drain_timeout"]["pattern"])
     assert all(duration.fullmatch(t) for t in ("1m30s", "1h", "250ms")) and not duration.fullmatch("8d")
+
+
+def test_addresses_of_the_announce_block_echo_the_value() -> None:
+    text = "announce: {asn: 65000, router_id: nope, peers: [{address: 'x.y', asn: 65001}]}\n" + VIP
+    errors = errors_of(text)
+    assert "announce.router_id: expected an IPv4 address like 192.0.2.1, got 'nope'" in errors
+    assert (
+        "announce.peers[0].address: expected an IP address like 192.0.2.1 or 2001:db8::1, got 'x.y'" in errors
+    )
+    assert "vips[0].dsr.interface: must be at least 1 character, got ''" in errors_of(
+        VIP + "    mode: dsr\n    dsr: {interface: ''}\n"
+    )

@@ -30,7 +30,10 @@ class BgpPeer(FrozenModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return str(ip_address(v))
+        try:
+            return str(ip_address(v))
+        except ValueError:
+            raise ValueError(f"expected an IP address like 192.0.2.1 or 2001:db8::1, got {v!r}") from None
 
 
 class AnnounceOptions(FrozenModel):
@@ -72,7 +75,10 @@ class AnnounceOptions(FrozenModel):
     @field_validator("router_id")
     @classmethod
     def _router_id(cls, v: str) -> str:
-        return str(IPv4Address(v))
+        try:
+            return str(IPv4Address(v))
+        except ValueError:
+            raise ValueError(f"expected an IPv4 address like 192.0.2.1, got {v!r}") from None
 
     @field_validator("peers")
     @classmethod

@@ -120,7 +120,7 @@ def _message(err: ErrorDetails, root: type[BaseModel], loc: tuple[int | str, ...
     if kind in ("string_too_short", "string_too_long"):
         bound = ctx.get("min_length") if kind == "string_too_short" else ctx.get("max_length")
         words = "at least" if kind == "string_too_short" else "at most"
-        return f"must be {words} {bound} characters, got {shown(given)}"
+        return f"must be {words} {bound} character{'s' if bound != 1 else ''}, got {shown(given)}"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
     return f"{err['msg']}, got {shown(given)}"

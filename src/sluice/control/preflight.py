@@ -43,10 +43,15 @@ def _token_errors(config: Config) -> list[str]:
 
 
 def _effective_capabilities() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    """The process's effective capability bits; all set when /proc does not say (run will tell)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return -1
+    for line in status.splitlines():
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
-    return 0
+    return -1
 
 
 def _dsr_errors(config: Config) -> list[str]:
