@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sluice.config import Config, ConfigError, load_config
+from sluice.config import Config, load_config
 from sluice.control import systemd
 from sluice.control.announce import Announcer
 from sluice.control.api import AdminServer, TokenError, build_app, read_token
