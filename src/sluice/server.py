@@ -189,7 +189,7 @@ class Server:
             await controller.close(discard=True)
             if not isinstance(exc, Exception):
                 raise
-            log.debug("startup failed while %s", step, exc_info=True)
+            log.debug("startup failed at: %s", step, exc_info=True)
             raise StartupError([f"{step}: {_one_line(exc)}"]) from exc
         log.info(
             "sluice running: %s",
