@@ -1,0 +1,268 @@
+"""A DNS VIP under a spoofed-source flood, with a legitimate client beside it.
+
+The lab is one network namespace of its own (sluice.lab.netns: named after this process, removed at
+the end): the harness enters it (setns) for the scenario, so the backend, every peer and both
+generators run there on 127.0.0.1 exactly as in the other UDP scenarios. 198.18.0.0/15 routes to a
+dummy device (route_localnet on, so the VIP on 127.0.0.1 may answer there): the replies to spoofed
+sources leave the LB and vanish, as they would on the Internet, and are counted (its tx packets).
+
+Per round and peer, with a fresh LB (no sessions left from an earlier round):
+- the flood (bench/floodgen.py): DNS-shaped queries from 50,000 distinct spoofed sources in
+  198.18.0.0/15 at FLOOD_RATE datagrams/s, raw IPv4 packets on lo, from 1 s before the legitimate
+  client starts to 1 s after it stops;
+- the legitimate client (bench/dnsgen.py): LEGIT_RATE queries/s over 16 sockets, open loop; an answer
+  later than 1 s is a loss. Its answered fraction is the figure that matters;
+- kernel drops at the VIP: the `drops` of the sockets bound to the VIP port (/proc/net/udp: a full
+  receive buffer), every peer alike; the backend's own drops beside it (the harness's limit);
+- the LB's drop counters: sluice's ``dropped`` and ``refused`` by reason and its evictions (its
+  /metrics, on a Unix socket); NGINX keeps none.
+Every listen socket has the same 4 MiB receive buffer (sluice's default; NGINX `rcvbuf=4194304`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import backends, peers, proc, udpstats
+from bench.cpu import CpuMeter
+from bench.rounds import Metric, Row, Scenario, Target, run_lab
+from sluice.lab.netns import Namespace
+
+SOURCES = 50_000
+FLOOD_RATE = 20_000  # datagrams/s from all spoofed sources together: each sends every 2.5 s
+LEGIT_RATE = 200  # queries/s of the legitimate client
+LEGIT_SOCKETS = 16
+LEGIT_TIMEOUT_S = 1.0
+LEAD_S = 1.0  # the flood runs this long before the legitimate client starts and after it stops
+RCVBUF = 4 << 20
+SPOOF_DEV = "flood0"
+TOOLS = ("ip", "taskset", "timeout", "nginx")
+CLONE_NEWNET = 0x40000000
+
+
+class UdpFlood(Scenario):
+    name = "udp_flood"
+    title = f"UDP DNS VIP under a {SOURCES // 1000}k-source spoofed flood, legitimate client beside it"
+    description = (
+        f"Spoofed DNS queries from {SOURCES:,} sources in 198.18.0.0/15 at {FLOOD_RATE:,}/s (raw packets "
+        f"on lo, in a network namespace of the scenario), a legitimate client at {LEGIT_RATE} q/s "
+        f"(open loop, {LEGIT_SOCKETS} sockets, lost = unanswered after {LEGIT_TIMEOUT_S:g} s); a fresh LB "
+        "per round, listen receive buffer 4 MiB for every peer, 1 reply per session. Kernel drops = "
+        "drops of the VIP's sockets (/proc/net/udp); LB drops = sluice's dropped + refused counters "
+        "(NGINX has none); flood replies = datagrams the LB sent back to spoofed sources."
+    )
+    proto = "udp"
+    peer_names = ("nginx", "sluice", "sluice-python", "direct")
+    reference = "nginx"
+    udp_responses = 1
+    row_label = "peer"
+    metrics = (
+        Metric("legit_answered_pct", "legit answered %", "higher", digits=4),
+        Metric("legit_p99_ms", "legit p99 ms", "lower", ratio=False),
+        Metric("flood_kpps", "flood k dgrams/s sent", "higher", ratio=False),
+        Metric("flood_replied_pct", "flood replied %", "higher", ratio=False),
+        Metric("vip_kernel_drops", "kernel drops at VIP", "lower", ratio=False),
+        Metric("lb_drops", "LB drops (counted)", "lower", ratio=False),
+        Metric("backend_kernel_drops", "backend kernel drops", "lower", ratio=False),
+        Metric("lb_cpu_s", "LB CPU-s", "lower", ratio=False),
+    )
+    targets = (
+        Target(
+            "sluice's legitimate client answered >= 99 %",
+            "sluice",
+            "legit_answered_pct",
+            ">=",
+            99.0,
+            kind="value",
+            unit="%",
+        ),
+        Target("sluice's legitimate client answered >= NGINX's", "sluice", "legit_answered_pct", ">=", 1.0),
+    )
+
+    def __init__(self, quick: bool) -> None:
+        super().__init__(quick)
+        self.seconds = 3.0 if quick else 10.0  # the legitimate client's run
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "sources": SOURCES,
+            "flood_rate": FLOOD_RATE,
+            "flood_seconds": self.seconds + 2 * LEAD_S,
+            "legit_rate": LEGIT_RATE,
+            "legit_seconds": self.seconds,
+            "legit_timeout_s": LEGIT_TIMEOUT_S,
+            "receive_buffer": RCVBUF,
+        }
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class FloodLab:
+    """The namespace, the DNS backend in it, and one measured peer at a time."""
+
+    def __init__(self, sc: UdpFlood, workdir: Path) -> None:
+        self.sc = sc
+        self.workdir = workdir
+        self.ns: Namespace | None = None
+        self.home: int | None = None  # fd of the harness's own network namespace while inside the lab
+        self.backend: subprocess.Popen[bytes] | None = None
+        self.backend_port = 0
+
+    def setup(self) -> None:
+        self.ns = Namespace.create("udpflood")
+        self.ns.run("ip", "link", "add", SPOOF_DEV, "type", "dummy")
+        self.ns.run("ip", "link", "set", SPOOF_DEV, "up")
+        self.ns.run("ip", "route", "add", "198.18.0.0/15", "dev", SPOOF_DEV)
+        for dev in ("all", SPOOF_DEV):
+            self.ns.sysctl(f"net.ipv4.conf.{dev}.route_localnet", "1")
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(f"/run/netns/{self.ns.name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        self.backend_port = proc.free_port()
+        self.backend = backends.dns(self.workdir, self.backend_port)
+
+    def measure(self, name: str) -> Row:
+        peer = peers.start(name, "udp", self.backend_port, self.workdir, 1, udp_rcvbuf=RCVBUF, admin=True)
+        try:
+            return self._measure(peer)
+        finally:
+            peer.stop()
+
+    def _counters(self, peer: peers.Running) -> dict[str, Any]:
+        lb = None
+        if peer.admin is not None:
+            deadline = time.monotonic() + 10  # the admin API comes up just after the data plane
+            while True:
+                try:
+                    lb = udpstats.parse_metrics(udpstats.scrape(peer.admin), "bench")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        return {
+            "vip": udpstats.socket_drops([peer.port]),
+            "backend": udpstats.socket_drops([self.backend_port]),
+            "replies": udpstats.tx_packets(SPOOF_DEV),
+            "snmp": udpstats.snmp_udp(),
+            "lb": lb,
+        }
+
+    def _measure(self, peer: peers.Running) -> Row:
+        sc, gen_core = self.sc, proc.cores()[1]
+        flood_s = sc.seconds + 2 * LEAD_S
+        flood_cmd = proc.python_module(
+            "bench.floodgen",
+            *("--port", str(peer.port), "--sources", str(SOURCES), "--rate", str(FLOOD_RATE)),
+            *("--seconds", str(flood_s)),
+        )
+        legit_cmd = proc.python_module(
+            "bench.dnsgen",
+            *("--port", str(peer.port), "--rate", str(LEGIT_RATE), "--seconds", str(sc.seconds)),
+            *("--sockets", str(LEGIT_SOCKETS), "--timeout", str(LEGIT_TIMEOUT_S)),
+        )
+        before = self._counters(peer)
+        with CpuMeter(peer.pid) as cpu:
+            flood = subprocess.Popen(
+                proc.pinned(flood_cmd, gen_core),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=proc.REPO,
+                env=proc.child_env(),
+                start_new_session=True,
+            )
+            try:
+                _wait_ready(flood, timeout=30)
+                time.sleep(LEAD_S)
+                legit_out, _ = proc.run_json(legit_cmd, gen_core, timeout=sc.seconds + 30)
+                flood_out, flood_err = flood.communicate(timeout=flood_s + 30)
+            finally:
+                if flood.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(flood.pid, signal.SIGKILL)
+                    flood.communicate()
+        time.sleep(0.3)  # replies still in flight reach the dummy device
+        after = self._counters(peer)
+        if flood.returncode != 0 or not flood_out.strip():
+            raise RuntimeError(
+                f"floodgen exited {flood.returncode}: {flood_err.decode(errors='replace')[-300:]}"
+            )
+        legit, fl = json.loads(legit_out), json.loads(flood_out.splitlines()[-1])
+        if legit["sent"] == 0:
+            raise RuntimeError(f"the legitimate client sent nothing: {legit}")
+        lb = udpstats.delta(after["lb"], before["lb"]) if after["lb"] is not None else None
+        replies = after["replies"] - before["replies"]
+        return {
+            "legit_answered_pct": 100.0 * legit["answered"] / legit["sent"],
+            "legit_p99_ms": legit["p99_ms"],
+            "flood_kpps": fl["pps"] / 1e3,
+            "flood_replied_pct": 100.0 * replies / fl["sent"] if fl["sent"] else None,
+            "vip_kernel_drops": after["vip"] - before["vip"],
+            "lb_drops": None
+            if lb is None
+            else sum(v for k, v in lb.items() if k.split(".")[0] in ("dropped", "refused")),
+            "backend_kernel_drops": after["backend"] - before["backend"],
+            "lb_cpu_s": cpu.seconds,
+            "lb_counters": lb,
+            "snmp_udp": udpstats.delta(after["snmp"], before["snmp"]),
+            "legit": legit,
+            "flood": fl,
+        }
+
+    def close(self) -> None:
+        proc.stop(self.backend)
+        if self.home is not None:
+            _setns(self.home)
+            os.close(self.home)
+            self.home = None
+        if self.ns is not None:
+            self.ns.delete()
+
+
+def _wait_ready(p: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the generator says "ready" (its packets are built: the flood starts now)."""
+    assert p.stdout is not None
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    line = os.read(p.stdout.fileno(), 64) if ready else b""  # unbuffered: communicate() reads the rest
+    if line.strip() != b"ready":
+        raise RuntimeError(f"floodgen did not start within {timeout:.0f} s: {line[:200]!r}")
+
+
+def missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (a network namespace and raw sockets)"
+    absent = [t for t in TOOLS if shutil.which(t) is None]
+    return f"missing {', '.join(absent)}" if absent else None
+
+
+def _brief(row: Row) -> str:
+    lb = "–" if row["lb_drops"] is None else f"{row['lb_drops']:.0f}"
+    return (
+        f"  r{row['round']} {row['peer']:<14} legit {row['legit_answered_pct']:.2f}% "
+        f"p99 {row['legit_p99_ms'] or 0:.2f} ms  flood {row['flood_kpps']:.1f} kpps "
+        f"replied {row['flood_replied_pct'] or 0:.1f}%  vip drops {row['vip_kernel_drops']} lb drops {lb} "
+        f"backend drops {row['backend_kernel_drops']}"
+    )
+
+
+def run(sc: UdpFlood, n_rounds: int, log: Any) -> dict[str, Any] | None:
+    return run_lab(sc, n_rounds, missing(), lambda wd: FloodLab(sc, wd), _brief, log)
