@@ -27,10 +27,11 @@ RCVBUF = 4 << 20  # the client's own receive buffer: its drops would look like t
 
 
 def due(elapsed_s: float, rate: float, total: int) -> int:
-    """How many queries should have been sent `elapsed_s` after the start: query i is due at i/rate."""
+    """How many queries should have been sent `elapsed_s` after the start: query i is due at i/rate
+    (a millionth of a query of slack, so a float product like 0.043 * 5000 = 214.99999... counts 215)."""
     if elapsed_s < 0 or rate <= 0:
         return 0
-    return min(total, math.floor(elapsed_s * rate) + 1)
+    return min(total, math.floor(elapsed_s * rate + 1e-6) + 1)
 
 
 def percentile(sorted_values: list[int], pct: float) -> int | None:

@@ -58,7 +58,7 @@ class UdpLadder(Scenario):
         Metric("p50_ms", "p50 ms", "lower", ratio=False),
         Metric("p99_ms", "p99 ms", "lower", ratio=False),
         Metric("avg_ms", "avg ms", "lower", ratio=False),
-        Metric("lb_cpu_us_per_query", "LB CPU-µs per query", "lower", ratio=False),
+        Metric("lb_cpu_us_per_answer", "LB CPU-µs per answered query", "lower", ratio=False),
     )
 
     def __init__(self, quick: bool) -> None:
@@ -123,7 +123,7 @@ class LadderLab:
             "p99_ms": g["p99_ms"],
             "avg_ms": g["avg_ms"],
             "lb_cpu_s": cpu.seconds,
-            "lb_cpu_us_per_query": None if cpu.seconds is None else cpu.seconds / g["sent"] * 1e6,
+            "lb_cpu_us_per_answer": None if cpu.seconds is None else cpu.seconds / g["answered"] * 1e6,
             "gen": g,
         }
 
