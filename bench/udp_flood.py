@@ -255,12 +255,14 @@ class FloodLab:
 
     def close(self) -> None:
         proc.stop(self.backend)
-        if self.home is not None:
-            _setns(self.home)
-            os.close(self.home)
-            self.home = None
-        if self.ns is not None:
-            self.ns.delete()
+        try:
+            if self.home is not None:
+                _setns(self.home)  # back home before the namespace goes
+                os.close(self.home)
+                self.home = None
+        finally:
+            if self.ns is not None:
+                self.ns.delete()
 
 
 def _own_drops(counters: dict[str, float]) -> float:
