@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import proc
+from sluice.config.vip import UdpOptions
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
@@ -25,6 +26,9 @@ def _max_conn() -> int:
 
 
 MAX_CONN = _max_conn()
+UDP_RCVBUF = UdpOptions().listen_receive_buffer
+"""sluice's own listen receive buffer when ``udp.receive_buffer`` is unset (sized from its
+max_queue_delay): the DNS scenarios give every peer this one (NGINX ``rcvbuf=``), the same job."""
 
 
 @dataclass

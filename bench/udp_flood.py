@@ -18,7 +18,9 @@ Per round and peer, with a fresh LB (no sessions left from an earlier round):
   receive buffer), every peer alike; the backend's own drops beside it (the harness's limit);
 - the LB's drop counters: sluice's ``dropped`` and ``refused`` by reason and its evictions (its
   /metrics, on a Unix socket); NGINX keeps none.
-Every listen socket has the same 4 MiB receive buffer (sluice's default; NGINX `rcvbuf=4194304`).
+Every listen socket has the same receive buffer, sluice's default (peers.UDP_RCVBUF: 1,024,000 bytes
+asked for its default udp.max_queue_delay of 50 ms; NGINX `rcvbuf=`); sluice runs with that bound
+(older datagrams dropped as ``queue_delay``: its own drops), NGINX has none.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ LEGIT_RATE = 200  # queries/s of the legitimate client
 LEGIT_SOCKETS = 16
 LEGIT_TIMEOUT_S = 1.0
 LEAD_S = 1.0  # the flood runs this long before the legitimate client starts and after it stops
-RCVBUF = 4 << 20
 SPOOF_DEV, SINK_DEV = "flood0", "flood1"  # a veth pair, both ends in the lab
 SPOOF_ROUTE = "198.18.0.0/16"  # where the spoofed sources are (SOURCES from 198.18.0.1)
 GATEWAY, GATEWAY_MAC = "198.19.255.2", "02:00:00:00:00:02"  # nobody's MAC: flood1 drops the frames
@@ -63,9 +64,10 @@ class UdpFlood(Scenario):
         f"Spoofed DNS queries from {SOURCES:,} sources in 198.18.0.0/15 at {FLOOD_RATE:,}/s (raw packets "
         f"on lo, in a network namespace of the scenario), a legitimate client at {LEGIT_RATE} q/s "
         f"(open loop, {LEGIT_SOCKETS} sockets, lost = unanswered after {LEGIT_TIMEOUT_S:g} s); a fresh LB "
-        "per round, listen receive buffer 4 MiB for every peer, 1 reply per session. Kernel drops = "
-        "drops of the VIP's sockets (/proc/net/udp); LB's own drops = sluice's dropped + refused "
-        "counters but kernel_overflow (NGINX keeps none); flood replies = datagrams the LB sent back to spoofed sources."
+        f"per round, every listen socket's receive buffer {peers.UDP_RCVBUF:,} B (sluice's default, for "
+        "its udp.max_queue_delay 50 ms), 1 reply per session. Kernel drops = "
+        "drops of the VIP's sockets (/proc/net/udp); LB's own drops = sluice's dropped (queue_delay: "
+        "waited > 50 ms) + refused counters but kernel_overflow (NGINX keeps none); flood replies = datagrams the LB sent back to spoofed sources."
     )
     proto = "udp"
     peer_names = ("nginx", "sluice", "sluice-python", "direct")
@@ -124,7 +126,7 @@ class UdpFlood(Scenario):
             "legit_rate": LEGIT_RATE,
             "legit_seconds": self.seconds,
             "legit_timeout_s": LEGIT_TIMEOUT_S,
-            "receive_buffer": RCVBUF,
+            "receive_buffer": peers.UDP_RCVBUF,
         }
 
 
@@ -167,7 +169,9 @@ class FloodLab:
         self.backend = backends.dns(self.workdir, self.backend_port)
 
     def measure(self, name: str) -> Row:
-        peer = peers.start(name, "udp", self.backend_port, self.workdir, 1, udp_rcvbuf=RCVBUF, admin=True)
+        peer = peers.start(
+            name, "udp", self.backend_port, self.workdir, 1, udp_rcvbuf=peers.UDP_RCVBUF, admin=True
+        )
         try:
             return self._measure(peer)
         finally:

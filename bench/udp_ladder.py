@@ -22,7 +22,6 @@ STEPS = (5_000, 10_000, 20_000)  # queries per second
 PEERS = ("nginx", "sluice", "sluice-python", "direct")
 SOCKETS = 64
 TIMEOUT_S = 1.0
-RCVBUF = 4 << 20
 
 
 def step_name(peer: str, rate: int) -> str:
@@ -44,7 +43,8 @@ class UdpLadder(Scenario):
         f"Open-loop DNS-shaped queries at a fixed rate per step over {SOCKETS} client sockets, a DNS "
         "response per query from the backend (Python, generator core), 1 reply per session; loss = "
         f"unanswered after {TIMEOUT_S:g} s; latency of the answered queries (send to answer, from the "
-        "time in the query). Listen receive buffer 4 MiB for every peer. `q/s sent` below the step's "
+        f"time in the query). Every listen socket's receive buffer {peers.UDP_RCVBUF:,} B (sluice's "
+        "default, for its udp.max_queue_delay 50 ms). `q/s sent` below the step's "
         "rate means the sender could not keep it (the generator's limit on this core)."
     )
     proto = "udp"
@@ -75,7 +75,7 @@ class UdpLadder(Scenario):
             "client_sockets": SOCKETS,
             "loss_timeout_s": TIMEOUT_S,
             "responses_per_session": 1,
-            "receive_buffer": RCVBUF,
+            "receive_buffer": peers.UDP_RCVBUF,
         }
 
 
@@ -93,7 +93,9 @@ class LadderLab:
         self.backend = backends.dns(self.workdir, port)
         for name in PEERS:
             try:
-                self.running[name] = peers.start(name, "udp", port, self.workdir, 1, udp_rcvbuf=RCVBUF)
+                self.running[name] = peers.start(
+                    name, "udp", port, self.workdir, 1, udp_rcvbuf=peers.UDP_RCVBUF
+                )
             except proc.StartError as exc:  # its rows fail; the others still run
                 self.running.pop(name, None)
                 print(f"  ! {name} failed to start: {exc}", flush=True)

@@ -42,6 +42,7 @@ METRICS = """\
 # TYPE sluice_dropped_total counter
 sluice_dropped_total{reason="kernel_overflow",vip="bench"} 48158.0
 sluice_dropped_total{reason="send_buffer_full",vip="bench"} 12.0
+sluice_dropped_total{reason="queue_delay",vip="bench"} 7.0
 sluice_dropped_total{reason="send_buffer_full",vip="other"} 99.0
 sluice_refused_flows_total{reason="max_connections",vip="bench"} 3.0
 sluice_session_evictions_total{vip="bench"} 5.0
@@ -55,6 +56,7 @@ def test_metrics_of_one_vip_by_reason() -> None:
     assert udpstats.parse_metrics(METRICS, "bench") == {
         "dropped.kernel_overflow": 48158.0,
         "dropped.send_buffer_full": 12.0,
+        "dropped.queue_delay": 7.0,
         "refused.max_connections": 3.0,
         "evictions": 5.0,
         "flows": 49949.0,
@@ -63,7 +65,9 @@ def test_metrics_of_one_vip_by_reason() -> None:
 
 def test_the_lbs_own_drops_leave_out_the_kernels() -> None:
     counters = udpstats.parse_metrics(METRICS, "bench")
-    assert _own_drops(counters) == 15.0  # send_buffer_full + refused; kernel_overflow is the kernel's column
+    assert (
+        _own_drops(counters) == 22.0
+    )  # send_buffer_full, queue_delay, refused; kernel_overflow is the kernel's
     assert udpstats.delta({"a": 5.0, "b": 1.0}, {"a": 2.0, "c": 4.0}) == {"a": 3.0, "b": 1.0, "c": -4.0}
 
 
