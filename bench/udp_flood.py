@@ -241,6 +241,10 @@ class FloodLab:
         if legit["sent"] == 0:
             raise RuntimeError(f"the legitimate client sent nothing: {legit}")
         lb = udpstats.delta(after["lb"], before["lb"]) if after["lb"] is not None else None
+        if lb is not None and not any(k.startswith("closed.") and v > 0 for k, v in lb.items()):
+            raise RuntimeError(
+                f"{peer.name}'s /metrics shows no closed sessions (metric names changed?): {lb}"
+            )
         replies = after["replies"] - before["replies"]
         return {
             "legit_answered_pct": 100.0 * legit["answered"] / legit["sent"],

@@ -67,10 +67,10 @@ def parse_metrics(text: str, vip: str) -> dict[str, float]:
     ``closed.<reason>``, ``evictions``, ``flows`` (the per-backend series are left out)."""
     out: dict[str, float] = {}
     names = {
-        "sluice_dropped": "dropped",
-        "sluice_refused_flows": "refused",
-        "sluice_closed_flows": "closed",
-        "sluice_session_evictions": "evictions",
+        "sluice_vip_dropped": "dropped",
+        "sluice_vip_refused_flows": "refused",
+        "sluice_vip_closed_flows": "closed",
+        "sluice_vip_session_evictions": "evictions",
         "sluice_vip_flows": "flows",
     }
     for line in text.splitlines():

@@ -38,17 +38,18 @@ def test_snmp_udp_pairs_names_with_values() -> None:
 
 
 METRICS = """\
-# HELP sluice_dropped_total Datagrams or flows dropped after acceptance
-# TYPE sluice_dropped_total counter
-sluice_dropped_total{reason="kernel_overflow",vip="bench"} 48158.0
-sluice_dropped_total{reason="send_buffer_full",vip="bench"} 12.0
-sluice_dropped_total{reason="queue_delay",vip="bench"} 7.0
-sluice_dropped_total{reason="send_buffer_full",vip="other"} 99.0
-sluice_refused_flows_total{reason="max_connections",vip="bench"} 3.0
-sluice_session_evictions_total{vip="bench"} 5.0
+# HELP sluice_vip_dropped_total Datagrams or flows dropped after acceptance
+# TYPE sluice_vip_dropped_total counter
+sluice_vip_dropped_total{reason="kernel_overflow",vip="bench"} 48158.0
+sluice_vip_dropped_total{reason="send_buffer_full",vip="bench"} 12.0
+sluice_vip_dropped_total{reason="queue_delay",vip="bench"} 7.0
+sluice_vip_dropped_total{reason="send_buffer_full",vip="other"} 99.0
+sluice_vip_refused_flows_total{reason="max_connections",vip="bench"} 3.0
+sluice_vip_closed_flows_total{reason="responses",vip="bench"} 49940.0
+sluice_vip_session_evictions_total{vip="bench"} 5.0
 sluice_vip_flows_total{vip="bench"} 49949.0
-sluice_flows_total{backend="127.0.0.1:53",vip="bench"} 49949.0
-sluice_datagrams_total{backend="127.0.0.1:53",direction="to_backend",vip="bench"} 7.0
+sluice_backend_flows_total{backend="127.0.0.1:53",vip="bench"} 49949.0
+sluice_backend_datagrams_total{backend="127.0.0.1:53",direction="to_backend",vip="bench"} 7.0
 """
 
 
@@ -58,6 +59,7 @@ def test_metrics_of_one_vip_by_reason() -> None:
         "dropped.send_buffer_full": 12.0,
         "dropped.queue_delay": 7.0,
         "refused.max_connections": 3.0,
+        "closed.responses": 49940.0,
         "evictions": 5.0,
         "flows": 49949.0,
     }
