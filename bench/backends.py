@@ -1,4 +1,4 @@
-"""Backends, pinned to the generator core: nginx HTTP `return 200`, iperf3 -s, TCP/UDP echo."""
+"""Backends, pinned to the generator core: nginx HTTP `return 200`, iperf3 -s, TCP/UDP echo, DNS-shaped answers."""
 
 from __future__ import annotations
 
@@ -49,3 +49,8 @@ def iperf3(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 
 def echo(tmp: Path, port: int, proto: str) -> subprocess.Popen[bytes]:
     return _start(proc.python_module("bench.echo", proto, str(port)), port, proto, tmp, f"echo-{proto}")
+
+
+def dns(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """A UDP server answering bench/dnsmsg.py queries with a DNS response (one A record)."""
+    return _start(proc.python_module("bench.echo", "dns", str(port)), port, "udp", tmp, "echo-dns")

@@ -1,4 +1,7 @@
-"""Tiny echo backends, run as their own process: `python -m bench.echo tcp|udp PORT`.
+"""Tiny echo backends, run as their own process: `python -m bench.echo tcp|udp|dns PORT`.
+
+dns: a UDP server that answers each DNS-shaped query with its response (bench/dnsmsg.py: the query
+with QR set and one A record), and ignores anything else, as a DNS server would.
 
 Blocking sockets, no event loop: the cheapest Python can do per message, so the backend's cost
 stays small next to the LB's. Runs until SIGTERM (the harness stops it by pid).
@@ -10,6 +13,9 @@ import contextlib
 import socket
 import sys
 import threading
+from collections.abc import Callable
+
+from bench.dnsmsg import build_response
 
 HOST = "127.0.0.1"
 
@@ -34,7 +40,7 @@ def serve_tcp(port: int) -> None:
         threading.Thread(target=_tcp_conn, args=(conn,), daemon=True).start()
 
 
-def serve_udp(port: int) -> None:
+def serve_udp(port: int, answer: Callable[[bytes], bytes] | None = None) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -42,6 +48,8 @@ def serve_udp(port: int) -> None:
     recvfrom, sendto = s.recvfrom, s.sendto
     while True:
         data, addr = recvfrom(65536)
+        if answer is not None and not (data := answer(data)):
+            continue
         # e.g. ECONNREFUSED from an earlier ICMP: a UDP echo never stops for that
         with contextlib.suppress(OSError):
             sendto(data, addr)
@@ -49,7 +57,12 @@ def serve_udp(port: int) -> None:
 
 def main() -> None:
     proto, port = sys.argv[1], int(sys.argv[2])
-    (serve_tcp if proto == "tcp" else serve_udp)(port)
+    if proto == "tcp":
+        serve_tcp(port)
+    elif proto == "dns":
+        serve_udp(port, build_response)
+    else:
+        serve_udp(port)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import proc
+from sluice.config.vip import UdpOptions
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
@@ -25,6 +26,9 @@ def _max_conn() -> int:
 
 
 MAX_CONN = _max_conn()
+UDP_RCVBUF = UdpOptions().listen_receive_buffer
+"""sluice's own listen receive buffer when ``udp.receive_buffer`` is unset (sized from its
+max_queue_delay): the DNS scenarios give every peer this one (NGINX ``rcvbuf=``), the same job."""
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Running:
     name: str
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    admin: Path | None = None  # sluice's admin API (Unix socket), when started with admin=True
 
     @property
     def pid(self) -> int | None:
@@ -55,6 +60,8 @@ class Job:
     backend_port: int
     tmp: Path
     udp_responses: int | None = None  # 1 = request/response (DNS-like), None = long-lived flow
+    udp_rcvbuf: int | None = None  # bytes of the listen socket's receive buffer; None = the peer's default
+    admin: Path | None = None  # sluice: its admin API on this Unix socket (for /metrics); None = none
 
 
 def _haproxy_cfg(job: Job, tuned: bool) -> str:
@@ -114,8 +121,9 @@ def _start_nginx(job: Job) -> subprocess.Popen[bytes]:
     }}"""
     else:
         responses = f"        proxy_responses {job.udp_responses};\n" if job.udp_responses else ""
+        rcvbuf = f" rcvbuf={job.udp_rcvbuf}" if job.udp_rcvbuf else ""
         server = f"""    server {{
-        listen {proc.HOST}:{job.port} udp;
+        listen {proc.HOST}:{job.port} udp{rcvbuf};
         proxy_pass {proc.HOST}:{job.backend_port};
         proxy_timeout 120s;
 {responses}    }}"""
@@ -135,8 +143,11 @@ def sluice_bin() -> str:
 def sluice_yaml(job: Job, engine: str = "native") -> str:
     """The bench VIP; `engine` native runs with one worker thread, like the other peers' one worker."""
     idle = "350s" if job.proto == "tcp" else "120s"
-    udp = f"    udp: {{responses: {job.udp_responses}}}\n" if job.proto == "udp" and job.udp_responses else ""
-    return f"""engine: {engine}
+    udp_opts = [f"responses: {job.udp_responses}"] if job.udp_responses else []
+    udp_opts += [f"receive_buffer: {job.udp_rcvbuf}"] if job.udp_rcvbuf else []
+    udp = f"    udp: {{{', '.join(udp_opts)}}}\n" if job.proto == "udp" and udp_opts else ""
+    admin = f"admin: {{listen: {job.admin}}}\n" if job.admin else ""
+    return f"""{admin}engine: {engine}
 workers: 1
 vips:
   - name: bench
@@ -187,9 +198,20 @@ TCP_PEERS = ("haproxy", "haproxy-splice", "nginx", "sluice", "sluice-python", "d
 UDP_PEERS = ("nginx", "sluice", "sluice-python", "direct")
 
 
-def start(name: str, proto: str, backend_port: int, tmp: Path, udp_responses: int | None = None) -> Running:
-    """Start peer `name`; "direct" starts nothing and points clients straight at the backend."""
+def start(
+    name: str,
+    proto: str,
+    backend_port: int,
+    tmp: Path,
+    udp_responses: int | None = None,
+    *,
+    udp_rcvbuf: int | None = None,
+    admin: bool = False,
+) -> Running:
+    """Start peer `name`; "direct" starts nothing and points clients straight at the backend.
+    `admin`: a sluice peer also serves its admin API on a Unix socket in `tmp` (Running.admin)."""
     if name == "direct":
         return Running(name, backend_port)
-    job = Job(proto, proc.free_port(), backend_port, tmp, udp_responses)
-    return Running(name, job.port, STARTERS[name](job))
+    sock = tmp / f"{name}.admin.sock" if admin and name.startswith("sluice") else None
+    job = Job(proto, proc.free_port(), backend_port, tmp, udp_responses, udp_rcvbuf, sock)
+    return Running(name, job.port, STARTERS[name](job), sock)

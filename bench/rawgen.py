@@ -60,10 +60,9 @@ def ip_checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def frame(dst_mac: str, src_mac: str, src: str, dst: str, sport: int, dport: int, payload: int) -> bytes:
-    """Ethernet + IPv4 (no options, DF clear, TTL 64) + UDP with both checksums filled in."""
-    body = b"\x42" * payload
-    udp_len = 8 + payload
+def ipv4_udp(src: str, dst: str, sport: int, dport: int, body: bytes) -> bytes:
+    """IPv4 (no options, DF clear, TTL 64) + UDP carrying `body`, with both checksums filled in."""
+    udp_len = 8 + len(body)
     saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
     pseudo = saddr + daddr + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + body
@@ -71,8 +70,13 @@ def frame(dst_mac: str, src_mac: str, src: str, dst: str, sport: int, dport: int
     udp = udp[:6] + struct.pack("!H", udp_sum) + udp[8:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0, saddr, daddr)
     ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
+    return ip + udp
+
+
+def frame(dst_mac: str, src_mac: str, src: str, dst: str, sport: int, dport: int, payload: int) -> bytes:
+    """Ethernet + `ipv4_udp` with `payload` bytes of 0x42."""
     eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
-    return eth + ip + udp
+    return eth + ipv4_udp(src, dst, sport, dport, b"\x42" * payload)
 
 
 def main() -> None:

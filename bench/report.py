@@ -21,6 +21,8 @@ ORDER = (
     "udp_64_one",
     "udp_1200_many",
     "udp_1200_one",
+    "udp_flood",
+    "udp_ladder",
     "maglev",
     "anycast",
 )
@@ -135,7 +137,7 @@ def section(doc: dict[str, Any], header_facts: tuple[str, str]) -> list[str]:
     if facts != header_facts:
         out += ["", f"Measured on: {facts[0]}; {facts[1]}."]
     out += ["", *table(doc), ""]
-    if doc["peers"]:
+    if doc["peers"] and doc.get("targets"):
         out += ["Targets:", *[_target_line(t, doc) for t in doc.get("targets", [])]]
     missing = [p for p in doc.get("peer_labels", {}) if p not in doc["peers"]]
     if missing:

@@ -75,6 +75,10 @@ class Scenario:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def reference_for(self, peer: str) -> str:
+        """The row whose same-round figures `peer`'s ratios divide by (a ladder: NGINX at the same step)."""
+        return self.reference
+
     def setup(self) -> int:
         """Start the backend(s) in self.tmp; return the backend port the peers forward to."""
         raise NotImplementedError
@@ -101,7 +105,7 @@ def _num(v: Any) -> float | None:
 def summarise(sc: Scenario, rows: list[Row]) -> tuple[dict[str, Any], dict[str, Any]]:
     medians: dict[str, dict[str, float | None]] = {}
     ratios: dict[str, dict[str, float | None]] = {}
-    ref_rows = {r["round"]: r for r in rows if r["peer"] == sc.reference}
+    by_peer_round = {(r["peer"], r["round"]): r for r in rows}
     for p in sc.peer_names:
         mine = [r for r in rows if r["peer"] == p]
         if not mine:
@@ -112,7 +116,7 @@ def summarise(sc: Scenario, rows: list[Row]) -> tuple[dict[str, Any], dict[str, 
             medians[p][m.key] = _median([v for r in mine if (v := _num(r.get(m.key))) is not None])
             per_round = []
             for r in mine:
-                ref = ref_rows.get(r["round"])
+                ref = by_peer_round.get((sc.reference_for(p), r["round"]))
                 a, b = _num(r.get(m.key)), _num(ref.get(m.key)) if ref else None
                 if a is not None and b is not None and b != 0:
                     per_round.append(a / b)

@@ -13,12 +13,27 @@ import sys
 import time
 from typing import Any
 
-from bench import anycast, control, maglev, proc, report, rounds, syscalls, tcp, udp, xdp
+from bench import (
+    anycast,
+    control,
+    maglev,
+    proc,
+    report,
+    rounds,
+    syscalls,
+    tcp,
+    udp,
+    udp_flood,
+    udp_ladder,
+    xdp,
+)
 
 _ALL: tuple[type[rounds.Scenario], ...] = (
     *tcp.SCENARIOS,
     *syscalls.SCENARIOS,
     *udp.SCENARIOS,
+    udp_flood.UdpFlood,
+    udp_ladder.UdpLadder,
     maglev.MaglevBuild,
     anycast.AnycastFailover,
     control.ControlPlane,
@@ -56,6 +71,10 @@ def run_one(name: str, n_rounds: int, quick: bool, layout: str | None = None) ->
         return anycast.run(sc, n_rounds, log)  # None (skipped) without root / bird / the lab
     if isinstance(sc, xdp.XdpForwarding):
         return xdp.run(sc, n_rounds, log)  # None (skipped) without root / nft / clang / 2 cores
+    if isinstance(sc, udp_flood.UdpFlood):
+        return udp_flood.run(sc, n_rounds, log)  # None (skipped) without root / ip / nginx
+    if isinstance(sc, udp_ladder.UdpLadder):
+        return udp_ladder.run(sc, n_rounds, log)
     if isinstance(sc, control.ControlPlane):
         return control.run(sc, n_rounds, log)
     return rounds.run(sc, n_rounds, log)
