@@ -7,7 +7,7 @@
  *   per upstream batch); `responses` ends a session once replies >= requests * responses;
  * - ECONNREFUSED (ICMP port unreachable) on a session's socket marks it stale and excludes the
  *   backend; the next datagram (or the one whose send was refused, once) is sent after a rebalance;
- * - per_packet: one unconnected socket per session, every datagram picks its backend
+ * - per_packet: one unconnected socket per session (pooled, udp_sock.c), every datagram picks its backend
  *   (per_packet_flow), replies only from current backends (`unknown_source`);
  * - sends that fail are dropped and counted by errno (EAGAIN/ENOBUFS `send_buffer_full`, EMSGSIZE
  *   `too_large`), never queued;

@@ -10,7 +10,9 @@
  *   A closed session's socket is *held*: for the port quarantine nobody may use it (replies still
  *   arriving are read and discarded), then it waits, still connected to its backend, for a new
  *   session to that backend (no socket/connect/close per session once warm). At most `held_max`
- *   are held; beyond it the oldest is closed.
+ *   are held; beyond it the oldest is closed. per_packet sessions' unconnected sockets are held and
+ *   reused the same way (any held socket of the family past its quarantine; a connected one is
+ *   disconnected first).
  * - Scratch buffers for recvmmsg/sendmmsg: one set per worker (`worker.udp_scratch`), freed with it.
  *
  * Files: udp.c (the datagram path: reads, sends, replies), udp_session.c (the session table),
@@ -100,6 +102,7 @@ struct udp_wv {
     struct udp_sock held; /* sentinel of the held list */
     uint32_t n_held;
     struct slot_list *slot_held; /* backend_slots entries */
+    struct slot_list unconnected_held; /* held and unconnected (per_packet), oldest first */
     int32_t *slot_index;         /* backend_slots entries: index in the current table, -1 none */
     struct timer idle;
     uint32_t seq; /* per_packet: the datagram counter of per_packet_flow */
@@ -153,6 +156,7 @@ void udp_socks_attach(struct udp_wv *u); /* empty held list */
 void udp_socks_detach(struct udp_wv *u); /* closes every held socket, frees the index */
 struct udp_sock *udp_sock_new(struct worker *w, struct worker_vip *wv, int family, const struct eng_backend *to);
 struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx);
+struct udp_sock *udp_sock_take_unconnected(struct worker *w, struct worker_vip *wv, int family); /* per_packet */
 void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k);
 void udp_sock_list_held(struct worker *w, struct worker_vip *wv, struct command *cmd); /* CMD_UDP_HELD */
 

@@ -245,7 +245,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
         k = udp_sock_take(w, wv, idx);
     } else {
         int family = t->sched.n > 0 ? t->backends[0].addr.ss_family : wv->vip->family;
-        k = udp_sock_new(w, wv, family, NULL);
+        k = udp_sock_take_unconnected(w, wv, family);
     }
     if (k == NULL) {
         CTR_ADD(wv->counters.refused[REFUSED_NO_RESOURCES], 1);

@@ -1,8 +1,12 @@
-/* udp_sock.c: the UDP upstream socket pool (one connected socket per session, held after it with a port quarantine).
+/* udp_sock.c: the UDP upstream socket pool (one socket per session, held after it with a port quarantine).
  *
  * A closed session's socket is held, not closed: during its quarantine (vip.quarantine_us) nobody may
  * use it (replies still arriving are read and discarded by udp.c), then it waits, still connected to
  * its backend, for the next session to that backend; beyond held_max the oldest held is closed.
+ * per_packet sessions use unconnected sockets (sendto the backend each datagram picks; a reply reaches
+ * the session that holds the socket, from a current backend only): those are held the same way, on
+ * their own list, and a new per_packet session takes the oldest past its quarantine, so a warm
+ * per_packet VIP does no socket()/close() per session either.
  * Everything here runs on the socket's worker (udp.h: ownership).
  */
 #define _GNU_SOURCE
@@ -12,24 +16,28 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+/* The held list of `k`'s kind: its backend's, or the unconnected one. */
+static struct slot_list *list_of(struct udp_wv *u, const struct udp_sock *k)
+{
+    return k->slot >= 0 ? &u->slot_held[k->slot] : &u->unconnected_held;
+}
+
 static void held_unlink(struct udp_wv *u, struct udp_sock *k)
 {
     k->hprev->hnext = k->hnext;
     k->hnext->hprev = k->hprev;
     k->hprev = k->hnext = NULL;
     u->n_held--;
-    if (k->slot >= 0) {
-        struct slot_list *l = &u->slot_held[k->slot];
-        if (k->sprev != NULL)
-            k->sprev->snext = k->snext;
-        else
-            l->head = k->snext;
-        if (k->snext != NULL)
-            k->snext->sprev = k->sprev;
-        else
-            l->tail = k->sprev;
-        k->sprev = k->snext = NULL;
-    }
+    struct slot_list *l = list_of(u, k);
+    if (k->sprev != NULL)
+        k->sprev->snext = k->snext;
+    else
+        l->head = k->snext;
+    if (k->snext != NULL)
+        k->snext->sprev = k->sprev;
+    else
+        l->tail = k->sprev;
+    k->sprev = k->snext = NULL;
 }
 
 static void udp_sock_close(struct udp_wv *u, struct udp_sock *k)
@@ -110,6 +118,29 @@ struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t 
     return udp_sock_new(w, wv, b->addr.ss_family, b);
 }
 
+/* An unconnected socket of `family` for a per_packet session: the oldest held unconnected one past its
+ * quarantine, else the oldest held one past it (disconnected: connect AF_UNSPEC), else a new one. */
+struct udp_sock *udp_sock_take_unconnected(struct worker *w, struct worker_vip *wv, int family)
+{
+    struct udp_wv *u = wv->udp;
+    struct udp_sock *k = u->unconnected_held.head;
+    if (k != NULL && k->release_us <= w->now_us && k->family == family) {
+        held_unlink(u, k);
+        return k;
+    }
+    k = u->held.hnext;
+    if (k != &u->held && k->release_us <= w->now_us && k->family == family && k->slot >= 0) {
+        held_unlink(u, k);
+        struct sockaddr none = {.sa_family = AF_UNSPEC};
+        if (connect(k->fd, &none, sizeof(none)) == 0) {
+            k->slot = -1;
+            return k;
+        }
+        udp_sock_close(u, k);
+    }
+    return udp_sock_new(w, wv, family, NULL);
+}
+
 /* Hold a closed session's socket: quarantined, then reusable; the oldest closed beyond held_max. */
 void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k)
 {
@@ -121,16 +152,14 @@ void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k
     u->held.hprev->hnext = k;
     u->held.hprev = k;
     u->n_held++;
-    if (k->slot >= 0) {
-        struct slot_list *l = &u->slot_held[k->slot];
-        k->sprev = l->tail;
-        k->snext = NULL;
-        if (l->tail != NULL)
-            l->tail->snext = k;
-        else
-            l->head = k;
-        l->tail = k;
-    }
+    struct slot_list *l = list_of(u, k);
+    k->sprev = l->tail;
+    k->snext = NULL;
+    if (l->tail != NULL)
+        l->tail->snext = k;
+    else
+        l->head = k;
+    l->tail = k;
     while (u->n_held > wv->vip->held_max)
         udp_sock_close(u, u->held.hnext);
 }

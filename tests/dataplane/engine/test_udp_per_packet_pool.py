@@ -1,0 +1,132 @@
+"""The native engine's per_packet VIP reuses its unconnected upstream sockets: once warm, a
+DNS-style request (a new session each, ``udp.responses: 1``) takes a held socket past its port
+quarantine instead of opening one, and replies still reach the client that asked, with 100 clients
+in flight at once.
+
+The LB runs in its own process (tests/dataplane/engine/lbproc.py) so that strace counts only its
+syscalls. Every datagram of a per_packet session picks its backend anew (two backends here), so the
+replies of one session come from either backend on the session's one socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dataplane.engine.lbproc import child_process, count_syscalls, require_engine
+from tests.dataplane.engine.test_udp_budget import Child, UdpEcho, dns_style
+from tests.support.privileged import needs
+
+WARM_UP = 1000
+REQUESTS = 2000
+QUARANTINE_S = 0.1
+CONCURRENT = 100
+ROUNDS = 10
+SETTLE_S = 3 * QUARANTINE_S
+
+CHILD = """
+import asyncio, json, sys
+from ipaddress import ip_address
+from sluice.config import Backend, Endpoint, UdpOptions, Vip
+from sluice.dataplane.engine import NativeUdpListener
+
+ports, quarantine = [int(p) for p in sys.argv[1].split(",")], float(sys.argv[2])
+vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
+          backends=tuple(Backend(address=Endpoint(ip_address("127.0.0.1"), p)) for p in ports),
+          udp=UdpOptions(responses=1, per_packet=True, max_queue_delay=10.0))
+loop = asyncio.new_event_loop()
+lb = NativeUdpListener(vip, workers=1, port_quarantine_s=quarantine)
+loop.run_until_complete(lb.start())
+print(lb.address[1], flush=True)
+for line in sys.stdin:
+    if line.strip() == "stats":
+        s = lb.stats
+        print(json.dumps({"flows_total": s.flows_total, "closed": s.closed, "dropped": s.dropped,
+                          "held": len(lb.held_fds),
+                          "backends": {k: {"datagrams_from_backend": b.datagrams_from_backend}
+                                       for k, b in s.backends.items()}}), flush=True)
+    else:
+        break
+loop.run_until_complete(lb.close())
+"""
+
+
+@contextlib.contextmanager
+def per_packet_lb(backend_ports: list[int]) -> Iterator[Child]:
+    with child_process(CHILD, ",".join(map(str, backend_ports)), QUARANTINE_S) as proc:
+        yield Child(proc)
+
+
+def calls_of(strace_table: str, name: str) -> int:
+    for row in strace_table.splitlines():
+        cols = row.split()
+        if cols and cols[-1] == name:
+            return int(cols[3])
+    return 0
+
+
+@pytest.mark.privileged
+def test_a_warm_per_packet_vip_opens_and_closes_no_socket_per_request(tmp_path: Path) -> None:
+    require_engine()
+    needs(root=True, commands=("strace",))
+    backends = [UdpEcho(), UdpEcho()]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    for sock in clients:
+        sock.settimeout(10)
+    try:
+        with per_packet_lb([b.port for b in backends]) as lb:
+            dns_style(lb.port, clients, WARM_UP)  # the pool is filled here
+            out = tmp_path / "strace.txt"
+            count_syscalls(lb.proc.pid, out, lambda: dns_style(lb.port, clients, REQUESTS))
+            stats = lb.stats()
+    finally:
+        for sock in clients:
+            sock.close()
+        for backend in backends:
+            backend.close()
+    text = out.read_text()
+    assert stats["flows_total"] >= WARM_UP + REQUESTS  # one session per request (+ per-datagram flows)
+    assert all(b["datagrams_from_backend"] > 0 for b in stats["backends"].values()), stats  # both picked
+    for name in ("socket", "close"):  # warm: an upstream socket neither made nor closed per request
+        assert calls_of(text, name) < REQUESTS // 20, text
+
+
+@pytest.mark.privileged
+def test_pooled_per_packet_sockets_answer_the_right_client_of_100_at_once() -> None:
+    """100 clients send at once, then each reads: every reply is its own request's, round after round,
+    while the sessions' sockets come from the pool (held sockets past their quarantine)."""
+    require_engine()
+    needs(root=True)
+    backends = [UdpEcho(), UdpEcho()]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(CONCURRENT)]
+    for sock in clients:
+        sock.settimeout(10)
+    try:
+        with per_packet_lb([b.port for b in backends]) as lb:
+            dns_style(lb.port, clients, WARM_UP)
+            time.sleep(SETTLE_S)
+            held = lb.stats()["held"]
+            assert held >= CONCURRENT  # enough held sockets for a round to take only pooled ones
+            for r in range(ROUNDS):
+                time.sleep(SETTLE_S)  # every held socket is past its quarantine: the round reuses them
+                for n, sock in enumerate(clients):
+                    sock.sendto(b"round %d client %d" % (r, n), ("127.0.0.1", lb.port))
+                for n, sock in enumerate(clients):
+                    data, source = sock.recvfrom(65536)
+                    assert data == b"round %d client %d" % (r, n)
+                    assert source == ("127.0.0.1", lb.port)
+            time.sleep(SETTLE_S)  # the last session ends on the worker just after its reply left
+            stats = lb.stats()
+    finally:
+        for sock in clients:
+            sock.close()
+        for backend in backends:
+            backend.close()
+    assert stats["held"] == held, stats  # each session took a held socket and gave it back: none made
+    assert not stats["dropped"], stats
+    assert stats["closed"]["responses"] == WARM_UP + ROUNDS * CONCURRENT
