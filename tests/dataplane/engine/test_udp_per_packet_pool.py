@@ -10,6 +10,7 @@ replies of one session come from either backend on the session's one socket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -18,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from sluice.config import UdpOptions
+from sluice.dataplane.engine import NativeUdpListener
 from tests.dataplane.engine.lbproc import child_process, count_syscalls, require_engine
 from tests.dataplane.engine.test_udp_budget import Child, UdpEcho, dns_style
+from tests.dataplane.proxy.helpers import run
+from tests.dataplane.proxy.udp_helpers import Client, echo_backends, make_vip
 from tests.support.privileged import needs
 
 WARM_UP = 1000
@@ -130,3 +135,44 @@ def test_pooled_per_packet_sockets_answer_the_right_client_of_100_at_once() -> N
     assert stats["held"] == held, stats  # each session took a held socket and gave it back: none made
     assert not stats["dropped"], stats
     assert stats["closed"]["responses"] == WARM_UP + ROUNDS * CONCURRENT
+
+
+def test_a_reload_to_per_packet_reuses_the_held_connected_sockets_disconnected() -> None:
+    """Sessions of a plain VIP leave connected sockets held; after a reload to per_packet, new sessions
+    take those (disconnected, so replies from either backend pass): the held count stays, every reply
+    reaches its client."""
+    require_engine()
+
+    async def scenario() -> None:
+        async with echo_backends(2) as backends:
+            vip = make_vip([b.endpoint for b in backends], udp=UdpOptions(responses=1))
+            lb = NativeUdpListener(vip, workers=1, port_quarantine_s=QUARANTINE_S)
+            await lb.start()
+            clients = [await Client.open(lb.address) for _ in range(20)]
+            try:
+                for n, client in enumerate(clients):
+                    assert (await client.request(b"plain %d" % n))[0].endswith(b"|plain %d" % n)
+                await asyncio.sleep(SETTLE_S)
+                held = len(lb.held_fds)
+                assert held == len(clients)
+                lb.update(
+                    make_vip([b.endpoint for b in backends], udp=UdpOptions(responses=1, per_packet=True))
+                )
+                names = set()
+                for r in range(3):
+                    await asyncio.sleep(SETTLE_S)  # every held socket is past its quarantine
+                    for n, client in enumerate(clients):
+                        reply, _ = await client.request(b"per packet %d %d" % (r, n))
+                        name, _, rest = reply.partition(b"|")
+                        assert rest == b"per packet %d %d" % (r, n)
+                        names.add(name)
+                await asyncio.sleep(SETTLE_S)
+                assert len(lb.held_fds) == held
+                assert names == {b"b0", b"b1"}  # both backends answered on the reused sockets
+                assert not lb.stats.dropped
+            finally:
+                for client in clients:
+                    client.close()
+                await lb.close()
+
+    run("asyncio", scenario())
