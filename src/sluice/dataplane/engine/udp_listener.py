@@ -9,8 +9,11 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
   ``max(1, max_sessions // workers)`` sessions.
 - A closed session's upstream socket is held: for the port quarantine (`port_quarantine_s`) nobody
   uses it (a late reply reaches nobody), then it waits, still connected, for the next session to that
-  backend, so a warm DNS VIP makes no socket()/connect()/close() per request. At most `held_max` per
-  worker are held. `quarantined_fds` are the held ones still in quarantine, `pooled_fds` the others.
+  backend, so a warm DNS VIP makes no socket()/connect()/close() per request. A per_packet session's
+  unconnected socket is held and reused the same way (by the next per_packet session; a held
+  connected one is disconnected for it), so a warm per_packet VIP makes no socket()/close() per
+  session either. At most `held_max` per worker are held. `quarantined_fds` are the held ones still
+  in quarantine, `pooled_fds` the others.
 - Kernel drops at a full listen socket (SO_RXQ_OVFL) are counted as ``dropped["kernel_overflow"]``;
   every listen socket asks for ``udp.listen_receive_buffer`` (``udp.receive_buffer``, else sized
   from ``udp.max_queue_delay``). Datagrams that waited longer than ``udp.max_queue_delay`` are
