@@ -24,10 +24,13 @@ class ScriptedChecks:
     def __init__(self) -> None:
         self.down: set[Endpoint] = set()
         self.calls: list[Endpoint] = []
+        self.marks: dict[Endpoint, int] = {}
+        """target -> the SO_MARK of its last check."""
 
     def factory(self, spec: HealthCheck) -> Any:
-        async def check(target: Endpoint) -> CheckResult:
+        async def check(target: Endpoint, mark: int = 0) -> CheckResult:
             self.calls.append(target)
+            self.marks[target] = mark
             if target in self.down:
                 return CheckResult(False, "refused", 0.002, "refused")
             return CheckResult(True, "connected", 0.001)

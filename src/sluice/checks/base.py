@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,8 +40,23 @@ class CheckResult:
 
 
 class Checker(Protocol):
-    async def __call__(self, target: Endpoint) -> CheckResult:
-        """Check the backend at `target`; never raises for a failing backend."""
+    async def __call__(self, target: Endpoint, mark: int = 0) -> CheckResult:
+        """Check the backend at `target`; never raises for a failing backend. A non-zero `mark` is set
+        on the check's socket (SO_MARK, needs CAP_NET_ADMIN): the policy routing of a DSR check path
+        (dataplane/xdp/checkpath.py) steers it to one backend."""
+
+
+def marked_socket(target: Endpoint, kind: socket.SocketKind, mark: int) -> socket.socket:
+    """A non-blocking socket for `target`'s family, with SO_MARK `mark` (0: none)."""
+    sock = socket.socket(socket.AF_INET6 if target.family_v6 else socket.AF_INET, kind)
+    try:
+        sock.setblocking(False)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -81,16 +97,16 @@ class ProbeChecker:
         self.expect = spec.expect.encode() if spec.expect is not None else None
         self.expect_re = re.compile(spec.expect_regex.encode()) if spec.expect_regex is not None else None
 
-    async def __call__(self, target: Endpoint) -> CheckResult:
+    async def __call__(self, target: Endpoint, mark: int = 0) -> CheckResult:
         start = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_s):
-                detail = await self.probe(target)
+                detail = await self.probe(target, mark)
         except (OSError, TimeoutError, CheckFailed, EOFError, ValueError) as exc:
             return CheckResult(False, describe_error(exc), time.monotonic() - start, failure_reason(exc))
         return CheckResult(True, detail, time.monotonic() - start)
 
-    async def probe(self, target: Endpoint) -> str:
+    async def probe(self, target: Endpoint, mark: int) -> str:
         raise NotImplementedError
 
     def matches(self, reply: bytes) -> bool:
@@ -108,5 +124,5 @@ class NoneChecker:
     def __init__(self, spec: HealthCheck) -> None:
         self.spec = spec
 
-    async def __call__(self, target: Endpoint) -> CheckResult:
+    async def __call__(self, target: Endpoint, mark: int = 0) -> CheckResult:
         return CheckResult(True, "no check", 0.0)

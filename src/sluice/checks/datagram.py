@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sluice.checks.base import CheckFailed, ProbeChecker
+from sluice.checks.base import CheckFailed, ProbeChecker, marked_socket
 from sluice.config import Endpoint, HealthCheck
 
 MAX_QUEUED_REPLIES = 16
 """Datagrams kept while a udp check looks for its expected reply; more are dropped."""
+
+
+_Next = Callable[[], Awaitable[bytes]]
 
 
 class _Replies(asyncio.DatagramProtocol):
@@ -34,30 +39,46 @@ class UdpChecker(ProbeChecker):
     """``type: udp``: send `send`; a reply matching `expect` / `expect_regex` (any reply when neither
     is set) passes; an ICMP port unreachable (ECONNREFUSED on the connected socket) or silence fails."""
 
-    async def probe(self, target: Endpoint) -> str:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if target.family_v6 else socket.AF_INET
-        transport, protocol = await loop.create_datagram_endpoint(
-            _Replies, remote_addr=(target.host, target.port), family=family
-        )
-        try:
-            transport.sendto(self.send)
+    async def probe(self, target: Endpoint, mark: int) -> str:
+        async with _exchange(target, mark, self.send) as replies:
             while True:
-                item = await protocol.queue.get()
-                if isinstance(item, ConnectionRefusedError):
-                    raise CheckFailed("port unreachable", "refused")
-                if isinstance(item, Exception):
-                    raise item
-                if self.matches(item):
+                if self.matches(await replies()):
                     return "matched"
-        finally:
-            transport.close()
+
+
+@contextlib.asynccontextmanager
+async def _exchange(target: Endpoint, mark: int, payload: bytes) -> AsyncIterator[_Next]:
+    """Send `payload` from a connected UDP socket (SO_MARK `mark`); yields a getter of the replies
+    that raises CheckFailed on an ICMP port unreachable."""
+    loop = asyncio.get_running_loop()
+    sock = marked_socket(target, socket.SOCK_DGRAM, mark)
+    try:
+        await loop.sock_connect(sock, (target.host, target.port))
+        transport, protocol = await loop.create_datagram_endpoint(_Replies, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+    async def next_reply() -> bytes:
+        item = await protocol.queue.get()
+        if isinstance(item, ConnectionRefusedError):
+            raise CheckFailed("port unreachable", "refused")
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    try:
+        transport.sendto(payload)
+        yield next_reply
+    finally:
+        transport.close()
 
 
 class DnsChecker(ProbeChecker):
-    """``type: dns``: query `query_name` / `query_type` over UDP; the rcode must be NOERROR.
+    """``type: dns``: query `query_name` / `query_type` over UDP; the rcode must be NOERROR. Replies
+    that do not answer the query (another id or question) are skipped.
 
-    Uses dnspython, imported only when a VIP configures a dns check.
+    Uses dnspython (messages only), imported only when a VIP configures a dns check.
     """
 
     def __init__(self, spec: HealthCheck) -> None:
@@ -68,19 +89,21 @@ class DnsChecker(ProbeChecker):
         self.query_name = spec.query_name
         self.rdtype: Any = dns.rdatatype.from_text(spec.query_type)
 
-    async def probe(self, target: Endpoint) -> str:
-        import dns.asyncquery
+    async def probe(self, target: Endpoint, mark: int) -> str:
         import dns.exception
         import dns.message
         import dns.rcode
 
         query = dns.message.make_query(self.query_name, self.rdtype)
-        try:
-            answer = await dns.asyncquery.udp(query, target.host, timeout=self.timeout_s, port=target.port)
-        except dns.exception.Timeout:
-            raise TimeoutError from None
-        except dns.exception.DNSException as exc:
-            raise CheckFailed(f"bad answer: {exc}", "bad_reply") from None
+        async with _exchange(target, mark, query.to_wire()) as replies:
+            while True:
+                wire = await replies()
+                try:
+                    answer = dns.message.from_wire(wire)
+                except dns.exception.DNSException as exc:
+                    raise CheckFailed(f"bad answer: {exc}", "bad_reply") from None
+                if query.is_response(answer):
+                    break
         rcode = answer.rcode()
         if rcode != dns.rcode.NOERROR:
             raise CheckFailed(f"rcode {dns.rcode.to_text(rcode)}", "bad_status")

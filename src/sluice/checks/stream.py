@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 
-from sluice.checks.base import CheckFailed, ProbeChecker
+from sluice.checks.base import CheckFailed, ProbeChecker, marked_socket
 from sluice.config import Endpoint
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r\n]")
 
 
-async def _connect(target: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(target.host, target.port)
+async def _connect(target: Endpoint, mark: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if not mark:
+        return await asyncio.open_connection(target.host, target.port)
+    sock = marked_socket(target, socket.SOCK_STREAM, mark)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -25,8 +34,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 class TcpChecker(ProbeChecker):
     """``type: tcp``: the three-way handshake completes."""
 
-    async def probe(self, target: Endpoint) -> str:
-        _, writer = await _connect(target)
+    async def probe(self, target: Endpoint, mark: int) -> str:
+        _, writer = await _connect(target, mark)
         await _close(writer)
         return "connected"
 
@@ -34,8 +43,8 @@ class TcpChecker(ProbeChecker):
 class TcpExpectChecker(ProbeChecker):
     """``type: tcp_expect``: connect, send `send` (if any), read until `expect` / `expect_regex` matches."""
 
-    async def probe(self, target: Endpoint) -> str:
-        reader, writer = await _connect(target)
+    async def probe(self, target: Endpoint, mark: int) -> str:
+        reader, writer = await _connect(target, mark)
         try:
             if self.send:
                 writer.write(self.send)
@@ -57,13 +66,13 @@ class TcpExpectChecker(ProbeChecker):
 class HttpChecker(ProbeChecker):
     """``type: http``: ``GET path`` over HTTP/1.0; the status must be one of `expect_status`."""
 
-    async def probe(self, target: Endpoint) -> str:
+    async def probe(self, target: Endpoint, mark: int) -> str:
         host = self.spec.host or str(target)
         request = (
             f"GET {self.spec.path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: sluice-health\r\n"
             "Accept: */*\r\nConnection: close\r\n\r\n"
         ).encode()
-        reader, writer = await _connect(target)
+        reader, writer = await _connect(target, mark)
         try:
             writer.write(request)
             await writer.drain()

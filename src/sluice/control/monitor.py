@@ -33,6 +33,7 @@ from sluice.config import CheckType, Config, Endpoint, HealthCheck, Vip
 from sluice.core.health import Admin, BackendHealth, PassivePolicy, State, Transition, ejection_budget
 from sluice.core.histogram import CHECK_LATENCY_BUCKETS_S, Histogram
 from sluice.dataplane.stats import VipStats
+from sluice.dataplane.xdp.checkpath import check_paths, check_target
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class BackendRecord:
     vip: str
     address: Endpoint
     target: Endpoint
-    """Where the check goes (check_port applied)."""
+    """Where the check goes (check_port applied; a dsr VIP's check goes to the VIP)."""
     health: BackendHealth
     next_check: float
     last_result: CheckResult | None = None
@@ -73,6 +74,8 @@ class BackendRecord:
     """datagrams_from_backend at the last passive read."""
     seen_failed: int = 0
     """Sum of connect_errors at the last passive read."""
+    mark: int = 0
+    """SO_MARK of the check (a dsr VIP's path to this backend, dataplane/xdp/checkpath.py); 0: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,7 @@ class Monitor:
         """Follow a new config: backends that stay keep their state; new ones start up and are checked soon."""
         now = self.clock()
         wanted = {v.name: v for v in config.vips}
+        paths = check_paths(config)
         for name in list(self._vips):
             if name not in wanted:
                 del self._vips[name]
@@ -148,16 +152,16 @@ class Monitor:
             policy = _passive_policy(vip)
             keep: dict[Endpoint, BackendRecord] = {}
             for b in vip.backends:
-                target = Endpoint(b.address.ip, b.check_port or b.address.port)
+                target, mark = check_target(vip, b, paths)
                 record = current.backends.get(b.address)
                 if record is None:
                     health = BackendHealth(spec.rise, spec.fall, policy, now)
                     first = now + self._rng.uniform(0.0, spec.jitter * spec.interval)
-                    record = BackendRecord(vip.name, b.address, target, health, first)
+                    record = BackendRecord(vip.name, b.address, target, health, first, mark=mark)
                     self._seed_counters(record)
                 else:
                     record.health.configure(spec.rise, spec.fall, policy)
-                    record.target = target
+                    record.target, record.mark = target, mark
                     record.next_check = min(record.next_check, now + spec.interval)
                 keep[b.address] = record
             current.backends = keep
@@ -200,7 +204,7 @@ class Monitor:
         for v, r in due:
             wait = v.spec.interval * (1.0 + self._rng.uniform(-v.spec.jitter, v.spec.jitter))
             r.next_check = now + wait
-        results = await asyncio.gather(*(v.checker(r.target) for v, r in due))
+        results = await asyncio.gather(*(v.checker(r.target, r.mark) for v, r in due))
         done = self.clock()
         for (v, r), result in zip(due, results, strict=True):
             if self._vips.get(v.vip.name) is not v or v.backends.get(r.address) is not r:

@@ -47,6 +47,8 @@ OUTER_SOURCE = "198.19.0.0/16"
 HTTP_PORT = 80
 DNS_PORT = 53
 CLIENT_MTU = 1400
+CHECK_TIMING = {"interval": "0.5s", "timeout": "0.4s", "rise": 2, "fall": 3, "jitter": 0.0}
+"""Health check timing of `DsrLab.config(checks=True)`."""
 
 
 def backend_ip(i: int) -> str:
@@ -113,6 +115,11 @@ class LbProcess:
         result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
         return result
 
+    def health(self) -> dict[str, Any]:
+        """A checked LB's (``start_lb(checks=True)``) health: see `CheckedLb.health`."""
+        result: dict[str, Any] = json.loads(self.command("health"))
+        return result
+
     def quit(self) -> None:
         """Clean stop: the runner detaches the program and exits."""
         with contextlib.suppress(LabError, BrokenPipeError):
@@ -168,6 +175,12 @@ class DsrLab(hosts.Topology):
             if self.forwarding == "ipip":
                 hosts.run_python(b, "sluice.dataplane.xdp.decap", "attach", "eth0")
         hosts.attach_pass_stub(br, "p-lb")
+        # the LB's own packets (health checks) cross the XDP-carrying veth peers: full checksums
+        hosts.tx_checksum_off(self.ns("lb"), self.cpu)
+
+    def set_vip_on_lo(self, backend: int, present: bool) -> None:
+        """Add or remove the VIP on backend `backend`'s lo (the classic DSR outage when removed)."""
+        self.ns(f"b{backend + 1}").run("ip", "addr", "add" if present else "del", f"{VIP}/32", "dev", "lo")
 
     def destroy(self) -> None:
         hosts.end_processes(self.processes)
@@ -182,8 +195,11 @@ class DsrLab(hosts.Topology):
 
     # ------------------------------------------------------------ config and processes
 
-    def config(self, backends: Sequence[int] | None = None, *, udp_idle: str = "30s") -> dict[str, Any]:
-        """Config data with an HTTP (tcp/80) and a DNS (udp/53) dsr VIP over the chosen backends."""
+    def config(
+        self, backends: Sequence[int] | None = None, *, udp_idle: str = "30s", checks: bool = False
+    ) -> dict[str, Any]:
+        """Config data with an HTTP (tcp/80) and a DNS (udp/53) dsr VIP over the chosen backends;
+        with `checks`, an http check of the first and a dns check of the second (`CHECK_TIMING`)."""
         chosen = range(self.backends) if backends is None else backends
         dsr: dict[str, Any] = {"interface": "eth0", "forwarding": self.forwarding}
         if self.forwarding == "ipip":
@@ -193,16 +209,15 @@ class DsrLab(hosts.Topology):
             backends = [{"address": f"{backend_ip(i)}:{port}"} for i in chosen]
             return hosts.dsr_vip(name, proto, f"{VIP}:{port}", 251, dsr, backends, extra)
 
-        return {
-            "vips": [
-                vip("web", "tcp", HTTP_PORT, {}),
-                vip("dns", "udp", DNS_PORT, {"timeouts": {"idle": udp_idle}}),
-            ]
-        }
+        web: dict[str, Any] = {"health": {"type": "http", **CHECK_TIMING}} if checks else {}
+        dns: dict[str, Any] = {"timeouts": {"idle": udp_idle}}
+        if checks:
+            dns["health"] = {"type": "dns", "query_name": "health.lab.", "query_type": "TXT", **CHECK_TIMING}
+        return {"vips": [vip("web", "tcp", HTTP_PORT, web), vip("dns", "udp", DNS_PORT, dns)]}
 
-    def write_config(self, name: str, backends: Sequence[int] | None = None) -> Path:
+    def write_config(self, name: str, backends: Sequence[int] | None = None, *, checks: bool = False) -> Path:
         path = self.workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(self.config(backends)))
+        path.write_text(yaml.safe_dump(self.config(backends, checks=checks)))
         return path
 
     def _in_ns(self, role: str, args: list[str]) -> list[str]:
@@ -222,10 +237,12 @@ class DsrLab(hosts.Topology):
         for i in range(self.backends):
             hosts.wait_listening(self.ns(f"b{i + 1}"), HTTP_PORT)
 
-    def start_lb(self, config_path: Path, *, mode: str = "native") -> LbProcess:
+    def start_lb(self, config_path: Path, *, mode: str = "native", checks: bool = False) -> LbProcess:
+        """The LB runner; with `checks`, also the health monitor and the controller (`CheckedLb`)."""
+        args = ["lb", "--instance", self.instance, "--config", str(config_path), "--mode", mode]
         proc = self._popen(
             "lb",
-            hosts.role("lb", "--instance", self.instance, "--config", str(config_path), "--mode", mode),
+            hosts.role(*args, *(["--checks"] if checks else [])),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -280,3 +297,60 @@ class HttpSession:
 
     def close(self) -> None:
         self.runner.quit()
+
+
+class CheckedLb:
+    """The lab LB with health checks: a Controller (health monitor, effective config) over one
+    XdpPlane, as ``sluice run`` has, without the admin API. It records every health transition with
+    the backend's check counts at that moment, so a test can tell after how many checks it came."""
+
+    def __init__(self, plane: Any, config: Any) -> None:
+        from sluice.control.controller import Controller
+        from sluice.control.monitor import Monitor
+
+        events = self.events = list[dict[str, Any]]()
+
+        class RecordingMonitor(Monitor):
+            async def step(self) -> Any:
+                changes = await super().step()
+                for c in changes:
+                    r = self.record(c.vip, c.backend)
+                    events.append(
+                        _record_view(r) | {"backend": f"{c.vip}/{c.backend}", "state": str(c.transition.new)}
+                    )
+                return changes
+
+        holder: list[Controller] = []
+        self.monitor = RecordingMonitor(lambda: holder[0].stats())
+        self.controller = Controller(config, {"dsr": lambda: plane}, monitor=self.monitor)
+        holder.append(self.controller)
+        self.plane = plane
+
+    async def start(self) -> None:
+        await self.controller.start()
+
+    async def apply(self, config: Any) -> None:
+        await self.controller.apply(config)
+
+    def health(self) -> dict[str, Any]:
+        """{"backends": {"<vip>/<backend>": {state, target, mark, ok, failed}}, "events": [...],
+        "check_encap": the tc program's counters (ipip)}."""
+        backends = {f"{r.vip}/{r.address}": _record_view(r) for r in self.monitor.records()}
+        return {
+            "backends": backends,
+            "events": self.events,
+            "check_encap": self.plane.check_forwarding.counters(),
+        }
+
+    async def close(self) -> None:
+        await self.controller.close()
+
+
+def _record_view(r: Any) -> dict[str, Any]:
+    return {
+        "state": str(r.health.operational),
+        "target": str(r.target),
+        "mark": r.mark,
+        "ok": r.checks_total[True],
+        "failed": r.checks_total[False],
+    }

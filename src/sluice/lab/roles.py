@@ -91,12 +91,14 @@ def _udp_echo(name: str, addr: str, port: int) -> None:
         sock.sendto(data[:64] + b" " + name.encode(), peer)
 
 
-async def _lb(instance: str, config_path: Path, mode: str) -> None:
+async def _lb(instance: str, config_path: Path, mode: str, checks: bool = False) -> None:
     from sluice.config import load_config
     from sluice.dataplane.xdp.plane import XdpPlane
+    from sluice.lab.dsr import CheckedLb
 
     plane = XdpPlane(instance, attach_mode="generic" if mode == "generic" else "native", refresh_interval_s=5)
-    await plane.apply(load_config(config_path))
+    checked = CheckedLb(plane, load_config(config_path)) if checks else None
+    await (checked.start() if checked else plane.apply(load_config(config_path)))
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -117,8 +119,10 @@ async def _lb(instance: str, config_path: Path, mode: str) -> None:
                 if cmd in ("quit", ""):
                     break
                 if cmd == "apply":
-                    await plane.apply(load_config(arg))
+                    await (checked.apply(load_config(arg)) if checked else plane.apply(load_config(arg)))
                     print("ok", flush=True)
+                elif cmd == "health" and checked:
+                    print(json.dumps(checked.health()), flush=True)
                 elif cmd == "stats":
                     print(json.dumps(plane.xdp_counters()), flush=True)
                 else:
@@ -126,7 +130,7 @@ async def _lb(instance: str, config_path: Path, mode: str) -> None:
             except Exception as exc:
                 print(f"error {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
     finally:
-        await plane.close(detach=True)
+        await (checked.close() if checked else plane.close(detach=True))
         print("bye", flush=True)
 
 
@@ -137,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", required=True)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--mode", choices=("native", "generic"), default="native")
+    p.add_argument("--checks", action="store_true", help="run the health monitor (lab/dsr.py CheckedLb)")
     p = sub.add_parser("tx-csum-off")
     p.add_argument("ifname")
     p = sub.add_parser("http-server")
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     out: IO[str] = sys.stdout
     if args.role == "lb":
-        asyncio.run(_lb(args.instance, args.config, args.mode))
+        asyncio.run(_lb(args.instance, args.config, args.mode, args.checks))
     elif args.role == "tx-csum-off":
         _tx_checksum_off(args.ifname)
     elif args.role == "http-server":

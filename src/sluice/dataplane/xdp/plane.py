@@ -42,6 +42,8 @@ from sluice.core.flow import FiveTuple
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, build_table, count_slots_changed
 from sluice.dataplane.stats import VipStats
 from sluice.dataplane.xdp import build, loader
+from sluice.dataplane.xdp.checkpath import check_paths, instance_of, instance_prefix
+from sluice.dataplane.xdp.checkroutes import CheckForwarding
 from sluice.dataplane.xdp.instance import (
     Attacher,
     AttachSetting,
@@ -117,6 +119,7 @@ class XdpPlane:
         cache_dir: Path | None = None,
         refresh_interval_s: float = 30.0,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        check_forwarding: CheckForwarding | None = None,
     ) -> None:
         # None until the first apply: then the config's `instance:` or the dsr interfaces (instance.py)
         self.instance = instance
@@ -143,6 +146,8 @@ class XdpPlane:
         self._next_backend = 0
         self._freed: set[int] = set()  # backend slots freed by this apply; their entries go at its end
         self._unresolved: set[tuple[str, str]] = set()  # (vip name, backend) without a MAC yet
+        # health checks of dsr VIPs through the VIP (checkpath.py, checkroutes.py)
+        self.check_forwarding = check_forwarding or CheckForwarding(cache_dir=cache_dir)
 
     @property
     def pin_dir(self) -> Path:
@@ -246,6 +251,8 @@ class XdpPlane:
         for kt, vip in wanted.items():
             await self._apply_vip(kt, vip)
         self._attach_interfaces(settings)
+        paths, prefix = check_paths(config), instance_prefix(instance_of(config))
+        await asyncio.to_thread(self.check_forwarding.apply, paths, prefix)
         self._config = config
         if self._freed:  # a removed backend's connection entries end now (not at their idle timeout)
             n = await asyncio.to_thread(
@@ -485,6 +492,7 @@ class XdpPlane:
         async with self._apply_lock:
             if self._maps is not None:
                 self._maps.set_clock(0)  # the program reads bpf_ktime_get_ns() again
+            await asyncio.to_thread(self.check_forwarding.close)
             if detach:
                 for ifindex, mode, _ in self._attached.values():
                     self.attacher.detach(ifindex, mode)
