@@ -98,7 +98,12 @@ async def _lb(instance: str, config_path: Path, mode: str, checks: bool = False)
 
     plane = XdpPlane(instance, attach_mode="generic" if mode == "generic" else "native", refresh_interval_s=5)
     checked = CheckedLb(plane, load_config(config_path)) if checks else None
-    await (checked.start() if checked else plane.apply(load_config(config_path)))
+    try:
+        await (checked.start() if checked else plane.apply(load_config(config_path)))
+    except Exception as exc:
+        await (checked.close() if checked else plane.close(detach=True))
+        print(f"error {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+        return
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

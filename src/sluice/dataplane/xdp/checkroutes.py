@@ -216,7 +216,10 @@ class CheckForwarding:
 
     def _refuse_local(self, paths: Paths) -> None:
         for path in {p.vip: p for p in paths.values()}.values():
-            route = json.loads(self.run(["ip", "-j", "route", "get", str(path.vip), "mark", hex(path.mark)]))
+            try:
+                route = json.loads(self.run(["ip", "-j", "route", "get", str(path.vip), "mark", hex(path.mark)]))
+            except CheckPathError:  # unreachable (before our route exists): not local either
+                continue
             if route and route[0].get("type") == "local":
                 raise CheckPathError(
                     f"VIP {path.vip} is a local address of this node: its health checks would be answered "
@@ -233,14 +236,14 @@ class CheckForwarding:
         if not paths and self._empty and self._prefix == prefix:
             return
         self._prefix = prefix
+        if paths:
+            self._refuse_local(paths)
         present = self.installed_marks(prefix)
         wanted = {p.mark for p in paths.values()}
         for mark in present - wanted:
             self._remove_mark(mark)
         for path in paths.values():
             self._install(path, present)
-        if paths:
-            self._refuse_local(paths)
         self._apply_tc([p for p in paths.values() if p.forwarding == "ipip"])
         self._empty = not paths
         if present != wanted:
