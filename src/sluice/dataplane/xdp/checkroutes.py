@@ -217,7 +217,9 @@ class CheckForwarding:
     def _refuse_local(self, paths: Paths) -> None:
         for path in {p.vip: p for p in paths.values()}.values():
             try:
-                route = json.loads(self.run(["ip", "-j", "route", "get", str(path.vip), "mark", hex(path.mark)]))
+                route = json.loads(
+                    self.run(["ip", "-j", "route", "get", str(path.vip), "mark", hex(path.mark)])
+                )
             except CheckPathError:  # unreachable (before our route exists): not local either
                 continue
             if route and route[0].get("type") == "local":
