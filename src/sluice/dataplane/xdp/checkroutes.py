@@ -8,8 +8,8 @@ Per `CheckPath` (mark M, table M)::
 NEXT_HOP is the backend (l2: the kernel resolves its MAC, so the check leaves with the backend's MAC
 like the XDP program's packets) or, for ipip, the kernel's next hop towards the backend (the
 encapsulated check then leaves as the data plane's would: the tc program sets dsr.next_hop_mac).
-For ipip, ``sluice_check_encap`` is attached to IF's clsact egress (tc handle `TC_HANDLE`, priority
-`TC_PRIORITY`) with the marks in its ``check_targets`` map.
+For ipip, ``sluice_check_encap`` is attached to IF's clsact egress (tcloader.py: tc handle
+``0x5c1``, priority ``0x5c``) with the marks in its ``check_targets`` map.
 
 Idempotent across a crash: `apply` first reads what is there (rules at RULE_PREF whose mark has the
 instance's prefix, tc filters with our handle and priority on any interface) and converges; `close`
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import logging
 import socket
@@ -45,14 +44,11 @@ from sluice.dataplane.xdp.checkpath import (
     CheckPathError,
 )
 from sluice.dataplane.xdp.maps import Map, mac_bytes, sum_fields
+from sluice.dataplane.xdp.tcloader import tc_attach, tc_attached, tc_detach
 
 log = logging.getLogger(__name__)
 
 PROGRAM: Final = "sluice_check_encap"
-TC_HANDLE: Final = 0x5C1
-TC_PRIORITY: Final = 0x5C
-BPF_TC_EGRESS: Final = 1 << 1
-BPF_TC_F_REPLACE: Final = 1 << 0
 
 Run = Callable[[Sequence[str]], str]
 Paths = Mapping[tuple[IPv4Address, IPv4Address], CheckPath]
@@ -81,73 +77,6 @@ class CheckStatsC(ctypes.Structure):
     """struct check_stats of bpf/sluice_check_encap.bpf.c (per CPU)."""
 
     _fields_ = (("encapsulated", ctypes.c_uint64), ("failed", ctypes.c_uint64))
-
-
-class _TcHook(ctypes.Structure):
-    _fields_ = (
-        ("sz", ctypes.c_size_t),
-        ("ifindex", ctypes.c_int),
-        ("attach_point", ctypes.c_int),
-        ("parent", ctypes.c_uint32),
-    )
-
-
-class _TcOpts(ctypes.Structure):
-    _fields_ = (
-        ("sz", ctypes.c_size_t),
-        ("prog_fd", ctypes.c_int),
-        ("flags", ctypes.c_uint32),
-        ("prog_id", ctypes.c_uint32),
-        ("handle", ctypes.c_uint32),
-        ("priority", ctypes.c_uint32),
-    )
-
-
-def _tc_lib() -> ctypes.CDLL:
-    lib = loader.libbpf()
-    for name in ("bpf_tc_hook_create", "bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.POINTER(_TcHook)] + ([] if name == "bpf_tc_hook_create" else [ctypes.c_void_p])
-    return lib
-
-
-def _hook(ifindex: int) -> _TcHook:
-    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_EGRESS)
-
-
-def _opts(prog_fd: int = 0, flags: int = 0) -> _TcOpts:
-    return _TcOpts(
-        sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, flags=flags, handle=TC_HANDLE, priority=TC_PRIORITY
-    )
-
-
-def tc_attach(ifindex: int, prog_fd: int) -> None:
-    """Our egress filter on `ifindex` runs `prog_fd` (the clsact qdisc created if missing)."""
-    lib = _tc_lib()
-    hook = _hook(ifindex)
-    rc = lib.bpf_tc_hook_create(ctypes.byref(hook))
-    if rc < 0 and rc != -errno.EEXIST:
-        raise loader.BpfError(-rc, f"bpf_tc_hook_create ifindex {ifindex}: {errno.errorcode.get(-rc)}")
-    opts = _opts(prog_fd, BPF_TC_F_REPLACE)
-    rc = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.addressof(opts))
-    if rc < 0:
-        raise loader.BpfError(-rc, f"bpf_tc_attach ifindex {ifindex}: {errno.errorcode.get(-rc)}")
-
-
-def tc_attached(ifindex: int) -> bool:
-    """Whether our egress filter is on `ifindex`."""
-    opts = _opts()
-    rc: int = _tc_lib().bpf_tc_query(ctypes.byref(_hook(ifindex)), ctypes.addressof(opts))
-    return rc == 0
-
-
-def tc_detach(ifindex: int) -> None:
-    """Remove our egress filter from `ifindex` (absent: nothing to do)."""
-    opts = _opts()
-    rc = _tc_lib().bpf_tc_detach(ctypes.byref(_hook(ifindex)), ctypes.addressof(opts))
-    if rc < 0 and rc not in (-errno.ENOENT, -errno.EINVAL, -errno.ENODEV):
-        raise loader.BpfError(-rc, f"bpf_tc_detach ifindex {ifindex}: {errno.errorcode.get(-rc)}")
 
 
 def _ifindex(name: str) -> int:
