@@ -5,7 +5,10 @@ forward -> count), ``build.py`` (clang, cached by sources and macros), ``loader.
 libbpf user: load, pin, attach, BPF_PROG_TEST_RUN for tests and bench), ``maps.py`` (ctypes mirrors of ``bpf/xdp_structs.h`` and typed map access),
 ``plane.py`` (XdpPlane, the DataPlane for ``mode: dsr`` VIPs), ``neighbours.py`` (interface MACs and
 backend MACs from the neighbour table), ``decap.py`` (attaches the backend-side decap program for ipip,
-``bpf/sluice_decap.bpf.c``, or the XDP_PASS stub ``bpf/sluice_pass.bpf.c`` for a veth peer).
+``bpf/sluice_decap.bpf.c``, or the XDP_PASS stub ``bpf/sluice_pass.bpf.c`` for a veth peer);
+health checks of dsr VIPs through the VIP: ``checkpath.py`` (pure: marks and targets),
+``checkroutes.py`` (policy rules and routes, the tc egress ipip program ``bpf/sluice_check_encap.bpf.c``),
+``tcloader.py`` (tc attach through libbpf).
 
 Maps (all pinned under /sys/fs/bpf/sluice/<instance>/, bounds set by -D from the config):
   vips          HASH           (addr16, port, proto) -> vip_meta {index, M, udp idle, fwd, src MAC, outer prefix}

@@ -1,4 +1,4 @@
-"""The only module that touches libbpf: open, load, pin, attach, test-run (build.py compiles).
+"""The libbpf user: open, load, pin, attach, test-run (build.py compiles; tcloader.py adds tc attach).
 
 libbpf is the system library (Debian ``libbpf1``, ``libbpf.so.1``) used through ctypes. Maps are
 pinned under ``/sys/fs/bpf/sluice/<instance>/`` so a restarted process reuses them (the connection table survives); a clean stop detaches the
