@@ -233,3 +233,13 @@ async def test_a_dns_check_skips_replies_that_do_not_answer_its_query() -> None:
     finally:
         transport.close()
     assert (result.ok, result.detail) == (True, "NOERROR")
+
+
+def test_without_paths_a_missing_iproute2_is_no_error_but_with_paths_it_is() -> None:
+    def no_ip(args: Sequence[str]) -> str:
+        raise CheckPathError(f"{args[0]} not found: DSR checks through the VIP need iproute2")
+
+    CheckForwarding(run=no_ip).apply({}, instance_prefix("eth0"))  # a config without dsr checks
+    paths = check_paths(config(dsr_vip("web", f"{VIP}:80", backends(1))))
+    with pytest.raises(CheckPathError, match="need iproute2"):
+        CheckForwarding(run=no_ip).apply(paths, instance_prefix("eth0"))

@@ -56,7 +56,10 @@ Paths = Mapping[tuple[IPv4Address, IPv4Address], CheckPath]
 
 def run_command(args: Sequence[str]) -> str:
     """Run an iproute2 command; its stdout. Raises CheckPathError with its stderr."""
-    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=10, check=False)
+    try:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=10, check=False)
+    except FileNotFoundError:
+        raise CheckPathError(f"{args[0]} not found: DSR checks through the VIP need iproute2") from None
     if proc.returncode != 0:
         raise CheckPathError(f"`{' '.join(args)}` failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -161,7 +164,16 @@ class CheckForwarding:
     # ------------------------------------------------------------ apply / close
 
     def apply(self, paths: Paths, prefix: int) -> None:
-        """Converge to exactly `paths` for the instance whose marks start with `prefix`."""
+        """Converge to exactly `paths` for the instance whose marks start with `prefix`. Without
+        paths, a failure to look for leftovers (no iproute2, say) is only logged."""
+        try:
+            self._apply(paths, prefix)
+        except CheckPathError as exc:
+            if paths:
+                raise
+            log.warning("health checks through the VIP: cannot look for leftover rules: %s", exc)
+
+    def _apply(self, paths: Paths, prefix: int) -> None:
         if self._prefix is not None and self._prefix != prefix:
             self.close()
         if not paths and self._empty and self._prefix == prefix:
