@@ -339,7 +339,7 @@ async def test_controller_announces_after_apply_and_withdraws_when_health_takes_
     try:
         assert log[:3] == ["speaker start", "plane apply", "speaker ['198.18.100.1/32']"]
         assert [v.announced for v in c.snapshot()] == [True]
-        checks.down |= {b.address for b in cfg.vips[0].backends}
+        checks.down.add(cfg.vips[0].listen)  # dsr: every backend is checked on the VIP
         clock.t = 1.0
         await c.on_health(await c.monitor.step())
         assert speaker.prefixes == frozenset()
