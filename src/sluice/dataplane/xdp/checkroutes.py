@@ -103,6 +103,7 @@ class CheckForwarding:
         self._tc_interfaces: set[str] = set()
         self._swept = False  # whether every interface was searched for a filter of an earlier run
         self._empty = False  # nothing installed after the last apply (a config without checks: no work)
+        self._done: dict[int, CheckPath] = {}  # mark -> the path this process installed for it
 
     # ------------------------------------------------------------ rules and routes
 
@@ -179,14 +180,18 @@ class CheckForwarding:
         if not paths and self._empty and self._prefix == prefix:
             return
         self._prefix = prefix
-        if paths:
-            self._refuse_local(paths)
+        new = {k: p for k, p in paths.items() if self._done.get(p.mark) != p}
+        if new:
+            self._refuse_local(new)
         present = self.installed_marks(prefix)
         wanted = {p.mark for p in paths.values()}
         for mark in present - wanted:
             self._remove_mark(mark)
-        for path in paths.values():
-            self._install(path, present)
+            self._done.pop(mark, None)
+        for path in paths.values():  # a health change re-applies the config: only what changed
+            if path.mark not in present or self._done.get(path.mark) != path:
+                self._install(path, present)
+                self._done[path.mark] = path
         self._apply_tc([p for p in paths.values() if p.forwarding == "ipip"])
         self._empty = not paths
         if present != wanted:
@@ -261,6 +266,7 @@ class CheckForwarding:
         if self._prefix is not None:
             for mark in self.installed_marks(self._prefix):
                 self._remove_mark(mark)
+            self._done.clear()
             self._apply_tc([])
         self._prefix = None
         self._empty = False
