@@ -59,8 +59,8 @@ async def test_apply_installs_the_configs_check_paths_and_close_removes_them(
         limits=XdpLimits(max_vips=4, max_backends=64, conntrack_entries=1024),
         cache_dir=tmp_path / "cache",
         refresh_interval_s=0,
-        check_forwarding=forwarding,
     )
+    plane.check_forwarding = forwarding
     cfg = checked(config(WEB3))
     try:
         await plane.apply(cfg)

@@ -35,6 +35,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Final
 
+from sluice.config import Config
 from sluice.dataplane.xdp import build, loader
 from sluice.dataplane.xdp.checkpath import (
     MARK_PREFIX_MASK,
@@ -42,6 +43,9 @@ from sluice.dataplane.xdp.checkpath import (
     RULE_PREF,
     CheckPath,
     CheckPathError,
+    check_paths,
+    instance_of,
+    instance_prefix,
 )
 from sluice.dataplane.xdp.maps import Map, mac_bytes, sum_fields
 from sluice.dataplane.xdp.tcloader import tc_attach, tc_attached, tc_detach
@@ -163,6 +167,10 @@ class CheckForwarding:
                 )
 
     # ------------------------------------------------------------ apply / close
+
+    def apply_config(self, config: Config) -> None:
+        """`apply` the check paths of `config` (the XDP plane calls this on every apply)."""
+        self.apply(check_paths(config), instance_prefix(instance_of(config)))
 
     def apply(self, paths: Paths, prefix: int) -> None:
         """Converge to exactly `paths` for the instance whose marks start with `prefix`. Without

@@ -41,9 +41,7 @@ from sluice.config import Config, Vip
 from sluice.core.flow import FiveTuple
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, build_table, count_slots_changed
 from sluice.dataplane.stats import VipStats
-from sluice.dataplane.xdp import build, loader
-from sluice.dataplane.xdp.checkpath import check_paths, instance_of, instance_prefix
-from sluice.dataplane.xdp.checkroutes import CheckForwarding
+from sluice.dataplane.xdp import build, checkroutes, loader
 from sluice.dataplane.xdp.instance import (
     Attacher,
     AttachSetting,
@@ -119,7 +117,6 @@ class XdpPlane:
         cache_dir: Path | None = None,
         refresh_interval_s: float = 30.0,
         clock_ns: Callable[[], int] = time.monotonic_ns,
-        check_forwarding: CheckForwarding | None = None,
     ) -> None:
         # None until the first apply: then the config's `instance:` or the dsr interfaces (instance.py)
         self.instance = instance
@@ -146,8 +143,7 @@ class XdpPlane:
         self._next_backend = 0
         self._freed: set[int] = set()  # backend slots freed by this apply; their entries go at its end
         self._unresolved: set[tuple[str, str]] = set()  # (vip name, backend) without a MAC yet
-        # health checks of dsr VIPs through the VIP (checkpath.py, checkroutes.py)
-        self.check_forwarding = check_forwarding or CheckForwarding(cache_dir=cache_dir)
+        self.check_forwarding = checkroutes.CheckForwarding(cache_dir=cache_dir)  # dsr checks via the VIP
 
     @property
     def pin_dir(self) -> Path:
@@ -251,8 +247,7 @@ class XdpPlane:
         for kt, vip in wanted.items():
             await self._apply_vip(kt, vip)
         self._attach_interfaces(settings)
-        paths, prefix = check_paths(config), instance_prefix(instance_of(config))
-        await asyncio.to_thread(self.check_forwarding.apply, paths, prefix)
+        await asyncio.to_thread(self.check_forwarding.apply_config, config)
         self._config = config
         if self._freed:  # a removed backend's connection entries end now (not at their idle timeout)
             n = await asyncio.to_thread(
