@@ -175,8 +175,6 @@ class DsrLab(hosts.Topology):
             if self.forwarding == "ipip":
                 hosts.run_python(b, "sluice.dataplane.xdp.decap", "attach", "eth0")
         hosts.attach_pass_stub(br, "p-lb")
-        # the LB's own packets (health checks) cross the XDP-carrying veth peers: full checksums
-        hosts.tx_checksum_off(self.ns("lb"), self.cpu)
 
     def set_vip_on_lo(self, backend: int, present: bool) -> None:
         """Add or remove the VIP on backend `backend`'s lo (the classic DSR outage when removed)."""
