@@ -178,7 +178,10 @@ def probe(
         s.connect((host, port))
         s.setblocking(False)
         socks.append(s)
-    index = {s: i for i, s in enumerate(socks)}
+    poller = select.poll()  # not select(): a caller may hold descriptors above 1023
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    index_of_fd = {s.fileno(): i for i, s in enumerate(socks)}
     pending: dict[tuple[int, int], float] = {}  # (sock index, seq) -> sent at
     results: list[list[Any]] = []
     end = time.monotonic() + duration_s
@@ -193,9 +196,9 @@ def probe(
             seq += 1
         elif not pending:
             break
-        ready, _, _ = select.select(socks, [], [], interval_s)
-        for s in ready:
-            i = index[s]
+        for fd, _ in poller.poll(interval_s * 1000):
+            i = index_of_fd[fd]
+            s = socks[i]
             with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                 while True:
                     data = s.recv(256)

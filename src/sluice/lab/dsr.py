@@ -83,12 +83,13 @@ class LbProcess:
     def _readline(self, timeout_s: float) -> str:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
+        poller = select.poll()  # not select(): the test process may hold descriptors above 1023
+        poller.register(self.proc.stdout, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LabError(f"lb runner: no answer within {timeout_s:g}s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
+            if poller.poll(left * 1000):
                 line = self.proc.stdout.readline()
                 if not line:
                     raise LabError(f"lb runner exited (code {self.proc.wait(5)})")
