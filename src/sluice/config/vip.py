@@ -325,8 +325,6 @@ class Vip(FrozenModel):
             if explicit:
                 raise ValueError("server_id is only valid on the backends of a VIP with a quic block")
             return
-        if self.mode == "dsr":
-            raise ValueError("quic is not supported with mode: dsr yet (the UDP proxy routes by CID)")
         if explicit and len(explicit) != len(self.backends):
             raise ValueError("quic: set server_id on every backend or on none (then 1, 2, ... in order)")
         limit = 2**self.quic.server_id_bits - 1

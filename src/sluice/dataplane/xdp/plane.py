@@ -76,6 +76,7 @@ from sluice.dataplane.xdp.vipstate import (
     raw_counters,
     vip_meta,
     vip_stats,
+    write_quic_ids,
 )
 
 __all__ = [
@@ -335,6 +336,7 @@ class XdpPlane:
             state.slots_changed += count_slots_changed(state.table, table) if same_key else len(row)
         state.row, state.table, state.hash_key = row, table, vip.hash_key
         log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
+        write_quic_ids(maps, state, vip, usable)
         # 3. the VIP entry
         maps.vips.update(
             vip_key(vip.listen.host, vip.listen.port, PROTO_NUMBERS[vip.protocol]),
@@ -355,6 +357,7 @@ class XdpPlane:
         maps.write_maglev(
             state.index, size, np.arange(size, dtype=np.uint32), np.full(size, NO_BACKEND, dtype=np.uint32)
         )
+        write_quic_ids(maps, state, vip=None, usable=())
         for slot in state.backend_slots.values():
             maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
         self._freed.update(state.backend_slots.values())
