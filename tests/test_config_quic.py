@@ -30,6 +30,12 @@ def test_ids_from_config_order(tmp_path: Path) -> None:
     vip = load(tmp_path).vips[0]  # type: ignore[attr-defined]
     assert vip.quic.server_id_bits == 8
     assert vip.server_ids == ((1, Endpoint.parse("127.0.0.1:9001")), (2, Endpoint.parse("127.0.0.1:9002")))
+    assert vip.quic_routing.backends == dict(vip.server_ids)
+
+
+def test_quic_routing_leaves_out_backends_without_weight(tmp_path: Path) -> None:
+    vip = load(tmp_path, id2="\n        weight: 0").vips[0]  # type: ignore[attr-defined]
+    assert vip.quic_routing.backends == {1: Endpoint.parse("127.0.0.1:9001")}
 
 
 def test_explicit_ids(tmp_path: Path) -> None:

@@ -94,12 +94,12 @@ def test_build_refuses_an_id_that_does_not_fit() -> None:
 def test_route() -> None:
     ids = ServerIds.of(8, [(1, A), (2, B)])
     to_b = b"\x40" + build_short_header_cid(2, 8) + b"payload"
-    assert ids.route(to_b, {A, B}) == ("quic_routed", B)
-    assert ids.route(to_b, {A}) == ("quic_fallback", None)  # B down: weight 0
-    assert ids.route(b"\x40" + build_short_header_cid(3, 8), {A, B}) == ("quic_fallback", None)  # unknown id
-    assert ids.route(b"\x40\x40", {A, B}) == ("quic_fallback", None)  # truncated
-    assert ids.route(b"\xc0" + bytes(40), {A, B}) == ("hash", None)
-    assert ids.route(b"", {A, B}) == ("hash", None)
+    assert ids.route(to_b) == ("quic_routed", B)
+    assert ServerIds.of(8, [(1, A)]).route(to_b) == ("quic_fallback", None)  # B down: not listed
+    assert ids.route(b"\x40" + build_short_header_cid(3, 8)) == ("quic_fallback", None)  # unknown id
+    assert ids.route(b"\x40\x40") == ("quic_fallback", None)  # truncated
+    assert ids.route(b"\xc0" + bytes(40)) == ("hash", None)
+    assert ids.route(b"") == ("hash", None)
 
 
 def test_never_raises_on_any_first_bytes() -> None:

@@ -36,7 +36,7 @@ from sluice.config.values import (
 from sluice.core.endpoint import Endpoint
 from sluice.core.flow import HashKey
 from sluice.core.names import DEFAULT_TABLE_SIZE, SchedulerName, is_prime
-from sluice.core.quic import MAX_SERVER_ID_BITS
+from sluice.core.quic import MAX_SERVER_ID_BITS, ServerIds
 
 MAX_TABLE_SIZE = 1_000_003
 """Largest ``maglev_table_size`` accepted (a prime; what the XDP plane's table map is sized for)."""
@@ -347,6 +347,15 @@ class Vip(FrozenModel):
         return tuple(
             (b.server_id if b.server_id is not None else n, b.address) for n, b in enumerate(self.backends, 1)
         )
+
+    @property
+    def quic_routing(self) -> ServerIds | None:
+        """QUIC: the server IDs of the backends that take new flows (weight > 0), which a connection
+        ID may route to; None without a ``quic`` block."""
+        if self.quic is None:
+            return None
+        weight = {b.address: b.weight for b in self.backends}
+        return ServerIds.of(self.quic.server_id_bits, ((i, a) for i, a in self.server_ids if weight[a] > 0))
 
     @property
     def weighted_backends(self) -> tuple[tuple[Endpoint, int], ...]:

@@ -24,7 +24,7 @@ mirror it, checked by a differential test. What an ID maps to is `ServerIds`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -100,17 +100,15 @@ class ServerIds:
     def of(cls, bits: int, pairs: Iterable[tuple[int, Endpoint]]) -> ServerIds:
         return cls(bits, dict(pairs))
 
-    def route(
-        self, datagram: bytes | bytearray | memoryview, usable: Collection[Endpoint]
-    ) -> tuple[CidOutcome, Endpoint | None]:
+    def route(self, datagram: bytes | bytearray | memoryview) -> tuple[CidOutcome, Endpoint | None]:
         """Where `datagram` goes by its connection ID: ("hash", None) for a packet that is not a
-        short-header one; ("quic_routed", backend) when its server ID names a backend in `usable`
-        (the ones that take new flows); ("quic_fallback", None) otherwise (unknown or no ID, or its
-        backend is down, drained or removed): hash it."""
+        short-header one; ("quic_routed", backend) when its server ID names one of `backends`;
+        ("quic_fallback", None) otherwise (unknown or no ID): hash it. Build `backends` from the
+        backends that take new flows only, so a down, drained or removed one falls back too."""
         server_id = read_server_id(datagram, self.bits)
         if server_id == LONG_HEADER:
             return "hash", None
         backend = self.backends.get(server_id)
-        if backend is None or backend not in usable:
+        if backend is None:
             return "quic_fallback", None
         return "quic_routed", backend

@@ -46,12 +46,12 @@ def initial(client_cid: bytes) -> bytes:
 
 
 def short_header(dcid: bytes, payload: bytes) -> bytes:
-    return b"\x41" + dcid + payload
+    return b"\x41" + dcid + b"|" + payload
 
 
 class QuicShapedBackend:
     """Answers an Initial with a long header carrying its own CID (server ID `server_id`) as SCID, and a
-    short-header packet with ``<name>|<payload>``. Records the sources it saw."""
+    short-header packet ``<flags><CID>|<payload>`` with ``<name>|<payload>``. Records the sources it saw."""
 
     def __init__(self, name: str, server_id: int) -> None:
         self.name = name
@@ -74,7 +74,7 @@ class QuicShapedBackend:
             cid = build_short_header_cid(self.server_id, BITS, client_cid[:4])
             self._raw.sock.sendto(b"\xe0" + VERSION + b"\x08" + client_cid + bytes([len(cid)]) + cid, addr)
         else:
-            self._raw.sock.sendto(f"{self.name}|".encode() + data[13:], addr)
+            self._raw.sock.sendto(f"{self.name}|".encode() + data.rsplit(b"|", 1)[1], addr)
 
     def close(self) -> None:
         if self._raw is not None:
