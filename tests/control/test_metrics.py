@@ -302,6 +302,7 @@ def test_every_family_follows_the_scheme_and_is_documented() -> None:
     stats["web"].refused["no_backend"] = stats["web"].closed["done"] = stats["web"].dropped["x"] = 1
     stats["web"].backend("127.0.0.1:9001").connect_errors["refused"] = 1
     stats["dns"].backend("127.0.0.1:9053")
+    stats["dns"].quic_routed = 1  # series only for a VIP that routed or fell back by QUIC CID
     record = BackendRecord("web", ep(9001), ep(9001), BackendHealth(2, 3, None, 0.0), 0.0)
     record.check_failures["refused"] = 1
     xdp = {
