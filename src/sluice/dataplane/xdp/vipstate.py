@@ -48,6 +48,23 @@ class VipState:
     hash_key: HashKey | None = None  # what the VIP entry's flow hash is keyed with (None: unkeyed)
     quic_ids: dict[int, int] = field(default_factory=dict)  # QUIC server ID -> backend slot written
 
+    def write_quic_ids(self, maps: XdpMaps, vip: Vip | None, usable: Iterable[Backend]) -> None:
+        """Make the `quic_ids` entries of this VIP those of its `usable` backends (a slot, weight > 0):
+        a server ID of a backend that is down, drained or gone has none, so its packets fall back to the
+        hash. Only changed entries are written; `vip` None removes them all."""
+        weight = {b.address: b.weight for b in usable}
+        wanted = {
+            server_id: self.backend_slots[str(address)]
+            for server_id, address in (vip.server_ids if vip is not None else ())
+            if weight.get(address, 0) > 0 and str(address) in self.backend_slots
+        }
+        for server_id in [s for s in self.quic_ids if s not in wanted]:
+            maps.quic_ids.delete(QuicIdKey(self.index, server_id))
+        for server_id, slot in wanted.items():
+            if self.quic_ids.get(server_id) != slot:
+                maps.quic_ids.update(QuicIdKey(self.index, server_id), ctypes.c_uint32(slot))
+        self.quic_ids = wanted
+
 
 def identity_of(entry: BackendEntry) -> str:
     raw = bytes(entry.addr)
@@ -89,24 +106,6 @@ def vip_meta(vip: Vip, index: int, src_mac: str, clock_period_s: float) -> VipMe
         meta.flags |= VIP_F_HASH_KEYED
         meta.hash_key[:] = (vip.hash_key.k0, vip.hash_key.k1)
     return meta
-
-
-def write_quic_ids(maps: XdpMaps, state: VipState, vip: Vip | None, usable: Iterable[Backend]) -> None:
-    """Make the `quic_ids` entries of `state`'s VIP those of its `usable` backends (a slot, weight > 0):
-    a server ID of a backend that is down, drained or gone has none, so its packets fall back to the
-    hash. Only changed entries are written; `vip` None removes them all."""
-    weight = {b.address: b.weight for b in usable}
-    wanted = {
-        server_id: state.backend_slots[str(address)]
-        for server_id, address in (vip.server_ids if vip is not None else ())
-        if weight.get(address, 0) > 0 and str(address) in state.backend_slots
-    }
-    for server_id in [s for s in state.quic_ids if s not in wanted]:
-        maps.quic_ids.delete(QuicIdKey(state.index, server_id))
-    for server_id, slot in wanted.items():
-        if state.quic_ids.get(server_id) != slot:
-            maps.quic_ids.update(QuicIdKey(state.index, server_id), ctypes.c_uint32(slot))
-    state.quic_ids = wanted
 
 
 def hash_key_of(meta: VipMeta) -> HashKey | None:
