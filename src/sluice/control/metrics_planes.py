@@ -35,6 +35,16 @@ XDP_VIP_COUNTERS: Final = (
     ),
     ("expired", "sluice_xdp_vip_conntrack_expired", "Connection-table entries ignored as idle"),
     (
+        "quic_routed",
+        "sluice_xdp_vip_quic_routed",
+        "QUIC short-header packets sent to the backend their CID names",
+    ),
+    (
+        "quic_fallback",
+        "sluice_xdp_vip_quic_fallback",
+        "QUIC short-header packets whose CID named no usable backend (hashed instead)",
+    ),
+    (
         "icmp_forwarded",
         "sluice_xdp_vip_icmp_too_big",
         "ICMP too-big (PMTU) messages sent to the flow's backend",
@@ -125,7 +135,7 @@ class _Proxy:
         )
         self.quic = c(
             "sluice_vip_quic",
-            "QUIC connection-ID routing (quic VIPs): quic_routed, quic_fallback (proxy: sessions; XDP: packets)",
+            "QUIC connection-ID routing (UDP proxy VIPs with quic): quic_routed, quic_fallback (sessions)",
             labels=[*vl, "outcome"],
         )
         self.active = g("sluice_backend_flows_active", "Flows open now per backend", labels=bl)
