@@ -3,6 +3,7 @@ and reports the program's quic counters in its stats."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,18 @@ async def test_plane_writes_quic_ids_of_usable_backends(instance: str, tmp_path:
         assert quic_ids(plane, index) == {}
     finally:
         await plane.close()
+
+
+async def test_a_restarted_plane_drops_quic_ids_it_did_not_write(instance: str, tmp_path: Path) -> None:
+    first = make_plane(instance, tmp_path)
+    await first.apply(config())
+    index = vip_index(first, "h3")
+    first.maps.quic_ids.update(QuicIdKey(index, 99), ctypes.c_uint32(0))  # a server id since removed
+    await first.close(detach=False)
+
+    second = make_plane(instance, tmp_path)
+    await second.apply(config())
+    try:
+        assert sorted(quic_ids(second, index)) == [10, 11, 12]
+    finally:
+        await second.close()

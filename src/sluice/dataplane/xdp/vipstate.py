@@ -46,18 +46,21 @@ class VipState:
     slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
     protocol: str = "tcp"
     hash_key: HashKey | None = None  # what the VIP entry's flow hash is keyed with (None: unkeyed)
-    quic_ids: dict[int, int] = field(default_factory=dict)  # QUIC server ID -> backend slot written
+    quic_ids: dict[int, int] | None = None  # QUIC server ID -> backend slot written (None: not yet)
 
     def write_quic_ids(self, maps: XdpMaps, vip: Vip | None, usable: Iterable[Backend]) -> None:
         """Make the `quic_ids` entries of this VIP those of its `usable` backends (a slot, weight > 0):
         a server ID of a backend that is down, drained or gone has none, so its packets fall back to the
-        hash. Only changed entries are written; `vip` None removes them all."""
+        hash. Only changed entries are written; `vip` None removes them all. The first call for a
+        state also removes what the pinned map holds for this VIP index (a restart adopts the maps)."""
         weight = {b.address: b.weight for b in usable}
         wanted = {
             server_id: self.backend_slots[str(address)]
             for server_id, address in (vip.server_ids if vip is not None else ())
             if weight.get(address, 0) > 0 and str(address) in self.backend_slots
         }
+        if self.quic_ids is None:
+            self.quic_ids = {k.server_id: -1 for k, _ in maps.quic_ids.items() if k.vip_index == self.index}
         for server_id in [s for s in self.quic_ids if s not in wanted]:
             maps.quic_ids.delete(QuicIdKey(self.index, server_id))
         for server_id, slot in wanted.items():
