@@ -54,12 +54,17 @@ def _cmd_schema(_: argparse.Namespace) -> int:
 
 
 def _cmd_flow(args: argparse.Namespace) -> int:
-    from sluice.control.flowquery import FlowQueryError, explain_flow
+    from sluice.control.flowquery import FlowQueryError, explain_flow, explain_quic_cid
 
     try:
         config = load_config(args.config)
-        source = Endpoint.parse(args.source)
-        answer = explain_flow(config, args.vip, source)
+        source = Endpoint.parse(args.source) if args.source is not None else None
+        if args.quic_cid is not None:
+            answer = explain_quic_cid(config, args.vip, args.quic_cid, source)
+        elif source is None:
+            raise FlowQueryError("give SRC_IP:SRC_PORT (or --quic-cid HEX for a QUIC VIP)")
+        else:
+            answer = explain_flow(config, args.vip, source)
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return EXIT_INVALID
@@ -359,7 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("vip", help="VIP name")
     p.add_argument(
-        "source", metavar="SRC_IP:SRC_PORT", help="client address, e.g. 10.0.0.7:40000 or [::1]:5000"
+        "source",
+        metavar="SRC_IP:SRC_PORT",
+        nargs="?",
+        help="client address, e.g. 10.0.0.7:40000 or [::1]:5000",
+    )
+    p.add_argument(
+        "--quic-cid",
+        metavar="HEX",
+        help="QUIC VIP: the destination connection ID of a short-header packet (where its server ID goes)",
     )
     p.set_defaults(func=_cmd_flow)
 

@@ -197,6 +197,8 @@ def test_limits_follow_the_config_and_each_plane_gets_its_own_series() -> None:
         *(f"sluice_xdp_vip_{c}_total" for c in ("packets", "bytes", "new_flows", "dropped")),
         *(f"sluice_xdp_vip_conntrack_{c}_total" for c in ("hits", "misses", "expired")),
         "sluice_xdp_vip_icmp_too_big_total",
+        "sluice_xdp_vip_quic_routed_total",
+        "sluice_xdp_vip_quic_fallback_total",
         *(f"sluice_xdp_backend_{c}_total" for c in ("packets", "bytes", "new_flows")),
     }
     assert ("sluice_backend_connect_attempts_total", (("backend", "127.0.0.1:9001"), web)) in got
@@ -302,6 +304,7 @@ def test_every_family_follows_the_scheme_and_is_documented() -> None:
     stats["web"].refused["no_backend"] = stats["web"].closed["done"] = stats["web"].dropped["x"] = 1
     stats["web"].backend("127.0.0.1:9001").connect_errors["refused"] = 1
     stats["dns"].backend("127.0.0.1:9053")
+    stats["dns"].quic_routed = 1  # series only for a VIP that routed or fell back by QUIC CID
     record = BackendRecord("web", ep(9001), ep(9001), BackendHealth(2, 3, None, 0.0), 0.0)
     record.check_failures["refused"] = 1
     xdp = {

@@ -57,7 +57,9 @@ def _set(vip: dict[str, Any], key: str) -> bool:
 def _vip_key_errors(vip: dict[str, Any]) -> list[str]:
     protocol = vip.get("protocol", "tcp")
     if protocol == "tcp":
-        return ["udp: only for protocol: udp (this VIP is tcp)"] if _set(vip, "udp") else []
+        return [
+            f"{key}: only for protocol: udp (this VIP is tcp)" for key in ("udp", "quic") if _set(vip, key)
+        ]
     if protocol != "udp":
         return []  # reported by the model
     errors = [f"{key}: only for tcp VIPs ({why})" for key, why in TCP_ONLY.items() if _set(vip, key)]

@@ -1,4 +1,4 @@
-"""The VIP model: a VIP, its backends, timeouts, UDP and DSR options."""
+"""The VIP model: a VIP, its backends, timeouts, UDP, QUIC and DSR options."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from sluice.config.values import (
 from sluice.core.endpoint import Endpoint
 from sluice.core.flow import HashKey
 from sluice.core.names import DEFAULT_TABLE_SIZE, SchedulerName, is_prime
+from sluice.core.quic import MAX_SERVER_ID_BITS, ServerIds
 
 MAX_TABLE_SIZE = 1_000_003
 """Largest ``maglev_table_size`` accepted (a prime; what the XDP plane's table map is sized for)."""
@@ -66,6 +67,9 @@ class Backend(FrozenModel):
     """Relative share of new flows; 0 = takes no new flows."""
     check_port: int | None = Field(default=None, ge=1, le=65535)
     """Port the active health check connects to; unset = the backend's own port."""
+    server_id: int | None = Field(default=None, ge=1, le=2**MAX_SERVER_ID_BITS - 1)
+    """QUIC (a VIP with a ``quic`` block): the server ID this backend writes into its connection
+    IDs; unset on every backend = 1, 2, 3, ... in config order."""
 
 
 class Timeouts(FrozenModel):
@@ -139,6 +143,13 @@ def default_receive_buffer(max_queue_delay_s: float) -> int:
     fit are dropped by the queue-delay check; this only keeps the queue from holding seconds."""
     wanted = round(EXPECTED_DATAGRAMS_PER_S * max_queue_delay_s * DATAGRAM_TRUESIZE / 2)
     return max(RECEIVE_BUFFER_MIN, min(RECEIVE_BUFFER_MAX, wanted))
+
+
+class QuicOptions(FrozenModel):
+    """QUIC connection-ID routing of a UDP VIP (see `sluice.core.quic` for the layout)."""
+
+    server_id_bits: int = Field(ge=1, le=MAX_SERVER_ID_BITS)
+    """Bits of server ID after the 2-bit CID version in a short-header packet's connection ID."""
 
 
 class DsrOptions(FrozenModel):
@@ -256,6 +267,8 @@ class Vip(FrozenModel):
     ``false`` / unset: none expected."""
     udp: UdpOptions = UdpOptions()
     """UDP sessions (udp VIPs only)."""
+    quic: QuicOptions | None = None
+    """UDP: route short-header QUIC packets by the server ID in their connection ID; unset = off."""
     dsr: DsrOptions | None = None
     """Required with ``mode: dsr``."""
     health: HealthCheck | None = None
@@ -301,9 +314,48 @@ class Vip(FrozenModel):
             raise ValueError("a dsr block is only valid with mode: dsr")
         if self.hash_key is not None and self.scheduler != "maglev":
             raise ValueError(f"hash_key keys Maglev's flow hash; scheduler {self.scheduler} hashes no flows")
+        self._check_quic()
         if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
             raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
         return self
+
+    def _check_quic(self) -> None:
+        explicit = [b.server_id for b in self.backends if b.server_id is not None]
+        if self.quic is None:
+            if explicit:
+                raise ValueError("server_id is only valid on the backends of a VIP with a quic block")
+            return
+        if explicit and len(explicit) != len(self.backends):
+            raise ValueError("quic: set server_id on every backend or on none (then 1, 2, ... in order)")
+        limit = 2**self.quic.server_id_bits - 1
+        for server_id, backend in self.server_ids:
+            if server_id > limit:
+                raise ValueError(
+                    f"backend {backend}: server_id {server_id} does not fit in "
+                    f"quic.server_id_bits {self.quic.server_id_bits} (1..{limit})"
+                )
+        if len(set(explicit)) != len(explicit):
+            dup = sorted({i for i in explicit if explicit.count(i) > 1})
+            raise ValueError(f"quic: server_id {dup[0]} is given to more than one backend")
+
+    @property
+    def server_ids(self) -> tuple[tuple[int, Endpoint], ...]:
+        """QUIC: (server ID, backend) of every backend (explicit ``server_id``, else its 1-based
+        position in config order); empty without a ``quic`` block."""
+        if self.quic is None:
+            return ()
+        return tuple(
+            (b.server_id if b.server_id is not None else n, b.address) for n, b in enumerate(self.backends, 1)
+        )
+
+    @property
+    def quic_routing(self) -> ServerIds | None:
+        """QUIC: the server IDs of the backends that take new flows (weight > 0), which a connection
+        ID may route to; None without a ``quic`` block."""
+        if self.quic is None:
+            return None
+        weight = {b.address: b.weight for b in self.backends}
+        return ServerIds.of(self.quic.server_id_bits, ((i, a) for i, a in self.server_ids if weight[a] > 0))
 
     @property
     def weighted_backends(self) -> tuple[tuple[Endpoint, int], ...]:

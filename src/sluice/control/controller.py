@@ -348,6 +348,8 @@ class Controller:
                     closed=dict(vstats.closed),
                     rebalanced=vstats.rebalanced,
                     backends=backends,
+                    quic_routed=vstats.quic_routed,
+                    quic_fallback=vstats.quic_fallback,
                     announced=None if self.announcer is None else self.announcer.vip_announced(vip.name),
                 )
             )

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from sluice.config import Config
 from sluice.core.histogram import Histogram
+from sluice.core.reasons import QUIC
 from sluice.dataplane.stats import VipStats
 
 XdpCounters = Mapping[str, Mapping[str, int]]
@@ -33,6 +34,16 @@ XDP_VIP_COUNTERS: Final = (
         "TCP packets other than a SYN without a usable connection-table entry (sent by Maglev)",
     ),
     ("expired", "sluice_xdp_vip_conntrack_expired", "Connection-table entries ignored as idle"),
+    (
+        "quic_routed",
+        "sluice_xdp_vip_quic_routed",
+        "QUIC short-header packets sent to the backend their CID names",
+    ),
+    (
+        "quic_fallback",
+        "sluice_xdp_vip_quic_fallback",
+        "QUIC short-header packets whose CID named no usable backend (hashed instead)",
+    ),
     (
         "icmp_forwarded",
         "sluice_xdp_vip_icmp_too_big",
@@ -122,6 +133,11 @@ class _Proxy:
             "Flows (UDP sessions) moved to another backend because theirs went away",
             labels=vl,
         )
+        self.quic = c(
+            "sluice_vip_quic",
+            "QUIC connection-ID routing (UDP proxy VIPs with quic): quic_routed, quic_fallback (sessions)",
+            labels=[*vl, "outcome"],
+        )
         self.active = g("sluice_backend_flows_active", "Flows open now per backend", labels=bl)
         self.total = c("sluice_backend_flows", "Flows sent to a backend", labels=bl)
         self.attempts = c("sluice_backend_connect_attempts", "Backend connects started (TCP)", labels=bl)
@@ -153,6 +169,9 @@ class _Proxy:
             self.sessions.add_metric([vip], s.sessions)
             self.evictions.add_metric([vip], s.evictions)
             self.moved.add_metric([vip], s.rebalanced)
+            if s.quic_routed or s.quic_fallback:
+                for outcome in QUIC:
+                    self.quic.add_metric([vip, outcome], getattr(s, outcome))
         for backend, b in sorted(s.backends.items()):
             labels = [vip, backend]
             self.active.add_metric(labels, b.active)
@@ -171,7 +190,7 @@ class _Proxy:
 
     def families(self) -> Iterator[Metric]:
         yield from (self.vip_active, self.vip_total, self.refused, self.dropped, self.closed)
-        yield from (self.duration.family, self.retries, self.sessions, self.evictions, self.moved)
+        yield from (self.duration.family, self.retries, self.sessions, self.evictions, self.moved, self.quic)
         yield from (self.active, self.total, self.attempts, self.established, self.errors)
         yield from (self.latency.family, self.bytes_, self.datagrams)
 

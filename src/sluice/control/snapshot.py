@@ -52,6 +52,10 @@ class VipSnapshot:
     closed: dict[str, int]
     rebalanced: int
     backends: list[BackendSnapshot] = field(default_factory=list)
+    quic_routed: int = 0
+    """QUIC connection-ID routing (a VIP with a ``quic`` block): sent by CID to its backend."""
+    quic_fallback: int = 0
+    """QUIC: short-header packets whose CID named no usable backend (hashed instead)."""
     announced: bool | None = None
     """Whether this node announces the VIP over BGP now (None: no ``announce:`` block)."""
 

@@ -42,6 +42,13 @@ CLOSED: Final = (
 )
 """Why an established flow (TCP connection or UDP session) ended."""
 
+QUIC: Final = (
+    "quic_routed",  # a short-header QUIC packet went to the backend its connection ID names
+    "quic_fallback",  # a short-header QUIC packet whose CID named no usable backend: hashed instead
+)
+"""The per-VIP counters of QUIC connection-ID routing (`sluice.core.quic`); counted per new UDP session
+(proxy, native engine; per datagram with ``per_packet``) and per packet (XDP)."""
+
 CONNECT_ERRORS: Final = ("refused", "timeout", "unreachable", "reset", "other")
 """Why a backend connect failed (TCP connect, or ICMP unreachable for a UDP session)."""
 

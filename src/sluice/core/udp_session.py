@@ -8,8 +8,8 @@ decision it asks this module, which returns what to do:
   client IP lands on one backend (RTP + RTCP); `per_packet_flow` the one of each datagram of a
   ``per_packet`` VIP, ``FiveTuple(client ip, VIP ip, n mod 65536, VIP port, 17)`` with n a
   listener-wide datagram counter (maglev spreads that by weight, round_robin rotates);
-- **a new session**: `open_route` gives its `SessionRoute` (the backend the scheduler picks, none
-  for per_packet) or a `Refuse` (``shutting_down``, ``no_backend``);
+- **a new session**: `open_route` gives its `SessionRoute` (the backend the scheduler picks, or the
+  one a QUIC connection ID names; none for per_packet) or a `Refuse` (``shutting_down``, ``no_backend``);
 - **a backend that went away**: an ICMP port unreachable (`SessionRoute.backend_refused`) or an
   update that removed it (`SessionRoute.backend_removed`) marks the route stale; the next datagram
   asks `rebalance`, which moves the session (`MoveTo`) to the scheduler's pick excluding the
@@ -115,14 +115,21 @@ def pick_backend(
 
 
 def open_route(
-    scheduler: Scheduler, flow: FiveTuple, *, per_packet: bool, accepting: bool
+    scheduler: Scheduler,
+    flow: FiveTuple,
+    *,
+    per_packet: bool,
+    accepting: bool,
+    by_cid: Endpoint | None = None,
 ) -> SessionRoute | Refuse:
-    """The route of a new session balanced by `flow`, or why there is none."""
+    """The route of a new session balanced by `flow`, or why there is none. `by_cid`: the backend
+    its first datagram's QUIC connection ID names (`sluice.core.quic`), taken instead of a pick; a
+    later rebalance hashes `flow` as for any session."""
     if not accepting:
         return Refuse("shutting_down")
     if per_packet:
         return SessionRoute(flow, None)
-    backend = pick_backend(scheduler, flow)
+    backend = by_cid or pick_backend(scheduler, flow)
     if backend is None:
         return Refuse("no_backend")
     return SessionRoute(flow, backend)

@@ -55,6 +55,10 @@ class VipStats:
     """TCP connects redispatched: each backend tried for a client after its first one failed."""
     flow_duration: Histogram = field(default_factory=lambda: Histogram(FLOW_DURATION_BUCKETS_S))
     """Seconds from a flow's start (TCP accept, UDP session opened) to its close, per closed flow."""
+    quic_routed: int = 0
+    """QUIC: sessions (datagrams for per_packet) sent to the backend their connection ID names."""
+    quic_fallback: int = 0
+    """QUIC: short-header ones whose connection ID named no usable backend (hashed instead)."""
     table_slots_changed: int = 0
     """Maglev table slots whose backend changed, summed over the table rebuilds (config, health or
     weight changes); divided by the table size, the share of the flow-hash space (new flows) moved."""

@@ -8,7 +8,7 @@ from sluice.core import reasons
 from tests.dataplane.proxy.helpers import needs_native_engine
 
 
-@pytest.mark.parametrize("table", ["REFUSED", "CLOSED", "CONNECT_ERRORS"])
+@pytest.mark.parametrize("table", ["REFUSED", "CLOSED", "CONNECT_ERRORS", "QUIC"])
 def test_c_enum_names_equal_the_python_table(table: str) -> None:
     needs_native_engine()
     from sluice.dataplane.engine import _engine

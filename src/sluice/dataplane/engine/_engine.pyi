@@ -6,6 +6,7 @@ REFUSED: Final[tuple[str, ...]]
 CLOSED: Final[tuple[str, ...]]
 CONNECT_ERRORS: Final[tuple[str, ...]]
 DROPPED: Final[tuple[str, ...]]
+QUIC: Final[tuple[str, ...]]
 SCHEDULERS: Final[tuple[str, ...]]
 CONNECT_LATENCY_BOUNDS_US: Final[tuple[int, ...]]
 FLOW_DURATION_BOUNDS_US: Final[tuple[int, ...]]
@@ -22,12 +23,29 @@ TableSpec = tuple[int, list[BackendSpec], bytes, float, float, int, int, bool | 
 or the prefixes allowed to send a PROXY header: family 4/6, length, 16 address bytes each), hash_key
 (b"": unkeyed, or its 16 secret bytes)."""
 UdpTableSpec = tuple[
-    int, list[BackendSpec], bytes, float, float, int, int, bool | bytes, bytes, int, int, bool, bool, float
+    int,
+    list[BackendSpec],
+    bytes,
+    float,
+    float,
+    int,
+    int,
+    bool | bytes,
+    bytes,
+    int,
+    int,
+    bool,
+    bool,
+    float,
+    int,
+    bytes,
 ]
 """TableSpec + udp max_sessions (all workers), responses (0: no limit), per_packet, hash source_ip,
-max_queue_delay (s, 0: no bound)."""
-UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...]]
-"""sessions, evictions, rebalanced, dropped (DROPPED order), {errno: dropped}, (datagrams to, from) per slot."""
+max_queue_delay (s, 0: no bound), quic server_id_bits (0: off), the QUIC server ID of every backend
+(uint32 native order, config order; 0: not routable)."""
+UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[int, int], ...], int, int]
+"""sessions, evictions, rebalanced, dropped (DROPPED order), {errno: dropped}, (datagrams to, from) per
+slot, quic_routed, quic_fallback."""
 HistogramCounters = tuple[tuple[int, ...], int]
 """count per bucket (the bounds of CONNECT_LATENCY_BOUNDS_US / FLOW_DURATION_BOUNDS_US, then +Inf), sum (us)."""
 BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int, HistogramCounters]

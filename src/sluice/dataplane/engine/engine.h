@@ -68,6 +68,7 @@ struct eng_backend {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint32_t slot; /* counter slot: stable per backend Endpoint */
+    uint32_t server_id; /* UDP quic: the QUIC server ID routed to it (0: none, or weight 0) */
 };
 
 /* A VIP's immutable config as the workers see it. Built by the control thread, then read-only. */
@@ -94,6 +95,7 @@ struct eng_table {
     uint32_t udp_responses;    /* 0: no limit */
     bool udp_per_packet;
     bool udp_source_ip;
+    uint32_t udp_quic_bits; /* QUIC connection-ID routing (quic.h): server ID bits, 0 = off */
     uint64_t udp_max_queue_delay_ns; /* older client datagrams are dropped (queue_delay); 0: no bound */
 };
 

@@ -291,6 +291,7 @@ PyMODINIT_FUNC PyInit__engine(void)
         add_owned(m, "CLOSED", names_tuple(closed_names, CLOSED__COUNT)) < 0 ||
         add_owned(m, "CONNECT_ERRORS", names_tuple(connect_error_names, CONNECT_ERROR__COUNT)) < 0 ||
         add_owned(m, "DROPPED", names_tuple(dropped_names, DROPPED__COUNT)) < 0 ||
+        add_owned(m, "QUIC", names_tuple(quic_counter_names, QUIC__COUNT)) < 0 ||
         add_owned(m, "SCHEDULERS", names_tuple(sched_names, 4)) < 0 ||
         add_owned(m, "CONNECT_LATENCY_BOUNDS_US", bounds_tuple(connect_latency_bounds_us)) < 0 ||
         add_owned(m, "FLOW_DURATION_BOUNDS_US", bounds_tuple(flow_duration_bounds_us)) < 0 ||

@@ -3,6 +3,7 @@
  * Tables are built here from Python values (on the calling thread) and handed to the engine, which
  * owns them from then on. */
 #include "module.h"
+#include "quic.h"
 
 #include <arpa/inet.h>
 #include <string.h>
@@ -37,26 +38,30 @@ int parse_sockaddr(const char *host, int port, struct sockaddr_storage *ss, sock
  *  idle_timeout s, max_connections, proxy_out 0/1/2, accept_proxy (False, or bytes: the prefixes whose
  *  peers may send a PROXY header, ACCEPT_PREFIX_BYTES each), hash_key (b"": unkeyed, or the 16 secret
  *  bytes)[, udp max_sessions, udp responses (0: no limit), udp per_packet, udp hash source_ip, udp
- *  max_queue_delay s (0: none)]) -> a new table (refs 1). */
+ *  max_queue_delay s (0: none), udp quic server_id_bits (0: off), quic server ids (n uint32 in config
+ *  order, native order; 0: not routable)]) -> a new table (refs 1). */
 struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backend_slots)
 {
     int kind, max_conns, proxy_out, per_packet = 0, source_ip = 0;
-    unsigned int udp_max_sessions = 65536, udp_responses = 0;
+    unsigned int udp_max_sessions = 65536, udp_responses = 0, quic_bits = 0;
+    const char *quic_ids = NULL;
+    Py_ssize_t quic_ids_len = 0;
     PyObject *backends, *accept_from;
     Py_buffer slots;
     double connect_s, idle_s, queue_delay_s = 0;
     const char *hash_key;
     Py_ssize_t hash_key_len;
-    if (!PyArg_ParseTuple(spec, "iO!y*ddiiOy#|IIppd", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
+    if (!PyArg_ParseTuple(spec, "iO!y*ddiiOy#|IIppdIy#", &kind, &PyList_Type, &backends, &slots, &connect_s, &idle_s,
                           &max_conns, &proxy_out, &accept_from, &hash_key, &hash_key_len, &udp_max_sessions,
-                          &udp_responses, &per_packet, &source_ip, &queue_delay_s))
+                          &udp_responses, &per_packet, &source_ip, &queue_delay_s, &quic_bits, &quic_ids, &quic_ids_len))
         return NULL;
     struct eng_table *t = NULL;
     Py_ssize_t n = PyList_GET_SIZE(backends);
     if (kind < SCHED_MAGLEV || kind > SCHED_RANDOM_TWO || slots.len % 4 != 0 || max_conns < 1 ||
         proxy_out < 0 || proxy_out > 2 || connect_s < 0 || idle_s < 0 || n < 0 || n > (Py_ssize_t)backend_slots ||
         udp_max_sessions < 1 || (hash_key_len != 0 && hash_key_len != 16) ||
-        !(queue_delay_s >= 0 && queue_delay_s <= 3600)) {
+        !(queue_delay_s >= 0 && queue_delay_s <= 3600) || quic_bits > QUIC_MAX_SERVER_ID_BITS ||
+        (quic_ids != NULL && quic_ids_len != n * (Py_ssize_t)sizeof(uint32_t))) {
         PyErr_SetString(PyExc_ValueError, "bad table");
         goto out;
     }
@@ -128,6 +133,9 @@ struct eng_table *table_from(EngineObject *self, PyObject *spec, uint32_t backen
     t->udp_per_packet = per_packet;
     t->udp_source_ip = source_ip;
     t->udp_max_queue_delay_ns = (uint64_t)(queue_delay_s * 1e9);
+    t->udp_quic_bits = quic_bits;
+    for (Py_ssize_t i = 0; quic_ids != NULL && i < n; i++)
+        memcpy(&t->backends[i].server_id, quic_ids + i * sizeof(uint32_t), sizeof(uint32_t));
     goto out;
 fail:
     table_unref(t);

@@ -75,8 +75,9 @@ PyObject *Engine_udp_counters(EngineObject *self, PyObject *args)
             goto out;
         PyTuple_SET_ITEM(datagrams, s, pair);
     }
-    result = Py_BuildValue("(LKKOOO)", (long long)out.sessions, (unsigned long long)out.evictions,
-                           (unsigned long long)out.rebalanced, dropped, errnos, datagrams);
+    result = Py_BuildValue("(LKKOOOKK)", (long long)out.sessions, (unsigned long long)out.evictions,
+                           (unsigned long long)out.rebalanced, dropped, errnos, datagrams,
+                           (unsigned long long)out.quic[QUIC_ROUTED], (unsigned long long)out.quic[QUIC_FALLBACK]);
 out:
     Py_XDECREF(dropped);
     Py_XDECREF(errnos);

@@ -49,6 +49,11 @@
     X(KERNEL_OVERFLOW, "kernel_overflow")                                                                    \
     X(QUEUE_DELAY, "queue_delay")
 
+/* The per-VIP counters of QUIC connection-ID routing (core/reasons.py QUIC; udp.h udp_counters). */
+#define QUIC_COUNTERS(X)                                                                                     \
+    X(ROUTED, "quic_routed")                                                                                 \
+    X(FALLBACK, "quic_fallback")
+
 #define REASON_ENUM_REFUSED(name, str) REFUSED_##name,
 #define REASON_ENUM_CLOSED(name, str) CLOSED_##name,
 #define REASON_ENUM_CONNECT(name, str) CONNECT_ERROR_##name,
@@ -58,6 +63,8 @@ enum refused_reason { REFUSED_REASONS(REASON_ENUM_REFUSED) REFUSED__COUNT };
 enum closed_reason { CLOSED_REASONS(REASON_ENUM_CLOSED) CLOSED__COUNT };
 enum connect_error { CONNECT_ERRORS(REASON_ENUM_CONNECT) CONNECT_ERROR__COUNT };
 enum dropped_reason { DROPPED_REASONS(REASON_ENUM_DROPPED) DROPPED__COUNT };
+#define REASON_ENUM_QUIC(name, str) QUIC_##name,
+enum quic_counter { QUIC_COUNTERS(REASON_ENUM_QUIC) QUIC__COUNT };
 
 /* The python strings, indexed by the enums (counters.c). */
 extern const char *const refused_names[REFUSED__COUNT];

@@ -36,6 +36,7 @@
 
 #define REASON_NAME(name, str) str,
 const char *const dropped_names[DROPPED__COUNT] = {DROPPED_REASONS(REASON_NAME)};
+const char *const quic_counter_names[QUIC__COUNT] = {QUIC_COUNTERS(REASON_NAME)};
 
 /* UDP_GRO segment size, SO_RXQ_OVFL drop count, SO_TIMESTAMPNS receive time */
 #define CONTROL_SPACE (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct timespec)))
@@ -116,7 +117,9 @@ static void send_per_packet(struct worker *w, struct worker_vip *wv, struct udp_
     u->seq = (u->seq + 1) & 0xffff;
     uint8_t fkey[FLOW_KEY_LEN];
     flow_key_build(fkey, s->client_ip16, u->vip_ip16, (uint16_t)u->seq, u->vip_port, IPPROTO_UDP);
-    int32_t idx = udp_pick(w, wv, sched_flow_hash(&wv->table->sched, fkey), NULL);
+    int32_t idx = udp_quic_pick(wv, data, len);
+    if (idx < 0)
+        idx = udp_pick(w, wv, sched_flow_hash(&wv->table->sched, fkey), NULL);
     if (idx < 0) {
         CTR_ADD(u->counters.dropped[DROPPED_NO_BACKEND], 1);
         return;
@@ -140,7 +143,7 @@ static void on_client_datagram(struct worker *w, struct worker_vip *wv, const st
                                socklen_t fromlen, const uint8_t *data, size_t len)
 {
     struct udp_wv *u = wv->udp;
-    struct udp_session *s = udp_session_of(w, wv, from, fromlen);
+    struct udp_session *s = udp_session_of(w, wv, from, fromlen, data, len);
     if (s == NULL)
         return;
     s->requests++;

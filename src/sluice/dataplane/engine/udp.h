@@ -40,6 +40,8 @@ struct udp_counters {
     int64_t sessions;
     uint64_t evictions;
     uint64_t rebalanced;
+    uint64_t quic[QUIC__COUNT]; /* QUIC_ROUTED: sessions (per_packet: datagrams) sent to the backend their CID
+                                 * names; QUIC_FALLBACK: short-header ones whose CID named no usable one */
     uint64_t dropped[DROPPED__COUNT];
     uint64_t dropped_errno[UDP_ERRNO_MAX]; /* other errnos: python shows errno.errorcode[e].lower() */
     uint64_t *datagrams_to;   /* backend_slots entries */
@@ -113,6 +115,7 @@ struct udp_wv {
 };
 
 extern const char *const dropped_names[DROPPED__COUNT];
+extern const char *const quic_counter_names[QUIC__COUNT];
 
 /* udp_control.c, control side (vip.c) */
 int udp_wv_new(struct worker_vip *wv, uint32_t backend_slots);   /* -ENOMEM */
@@ -143,7 +146,9 @@ void udp_sessions_update(struct worker *w, struct worker_vip *wv); /* wv->table 
 unsigned long udp_sessions_close_backend(struct worker *w, struct worker_vip *wv, uint32_t slot, enum closed_reason r);
 /* The session of client `from`: found, else opened (NULL: refused and counted). */
 struct udp_session *udp_session_of(struct worker *w, struct worker_vip *wv, const struct sockaddr_storage *from,
-                                   socklen_t fromlen);
+                                   socklen_t fromlen, const uint8_t *data, size_t len);
+/* QUIC (core/quic.py): the backend index `data`'s connection ID names, counted; -1 (hash it). */
+int32_t udp_quic_pick(struct worker_vip *wv, const uint8_t *data, size_t len);
 void udp_session_touch(struct worker *w, struct udp_wv *u, struct udp_session *s); /* most recently used */
 void udp_session_end(struct worker *w, struct worker_vip *wv, struct udp_session *s, enum closed_reason reason);
 void udp_on_refused(struct worker_vip *wv, struct udp_session *s);

@@ -172,6 +172,8 @@ int engine_udp_counters(struct engine *e, uint32_t id, int worker, struct udp_co
             out->sessions += CTR_LOAD(c->sessions);
             out->evictions += CTR_LOAD(c->evictions);
             out->rebalanced += CTR_LOAD(c->rebalanced);
+            for (int r = 0; r < QUIC__COUNT; r++)
+                out->quic[r] += CTR_LOAD(c->quic[r]);
             for (int r = 0; r < DROPPED__COUNT; r++)
                 out->dropped[r] += CTR_LOAD(c->dropped[r]);
             for (int r = 0; r < UDP_ERRNO_MAX; r++)

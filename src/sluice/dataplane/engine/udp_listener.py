@@ -24,6 +24,7 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
 from __future__ import annotations
 
 import errno
+from array import array
 from typing import TYPE_CHECKING, Final
 
 from sluice.config import Endpoint, Vip
@@ -52,7 +53,16 @@ def _udp_table_spec(vip: Vip, scheduler: Scheduler, slots: dict[Endpoint, int]) 
         udp.per_packet,
         udp.hash == "source_ip",
         udp.max_queue_delay,
+        0 if vip.quic is None else vip.quic.server_id_bits,
+        _quic_ids(vip),
     )
+
+
+def _quic_ids(vip: Vip) -> bytes:
+    """The server ID of every backend in config order (0: none, or it takes no new flows)."""
+    routing = vip.quic_routing
+    by_backend = {} if routing is None else {b: i for i, b in routing.backends.items()}
+    return array("I", (by_backend.get(b.address, 0) for b in vip.backends)).tobytes()
 
 
 class NativeUdpListener(NativeVip):
@@ -149,8 +159,9 @@ class NativeUdpListener(NativeVip):
         from sluice.dataplane.engine import _engine  # built: this listener exists only then
 
         self._fill_flows(stats, counters)
-        sessions, evictions, rebalanced, dropped, errnos, datagrams = udp
+        sessions, evictions, rebalanced, dropped, errnos, datagrams, quic_routed, quic_fallback = udp
         stats.sessions, stats.evictions, stats.rebalanced = sessions, evictions, rebalanced
+        stats.quic_routed, stats.quic_fallback = quic_routed, quic_fallback
         stats.dropped.clear()
         stats.dropped.update({name: n for name, n in zip(_engine.DROPPED, dropped, strict=True) if n})
         for code, n in errnos.items():

@@ -6,6 +6,7 @@
  * (rebalance), a backend an update removed makes its sessions stale. Worker side only.
  */
 #define _GNU_SOURCE
+#include "quic.h"
 #include "udp.h"
 
 #include <netinet/in.h>
@@ -195,7 +196,8 @@ static uint32_t worker_share(const struct engine *e, uint32_t max_sessions)
 
 /* The session of a new client, or NULL (refused and counted). */
 static struct udp_session *session_open(struct worker *w, struct worker_vip *wv, const struct sockaddr_storage *from,
-                                    socklen_t fromlen, const uint8_t ip16[16], uint16_t port, uint32_t key)
+                                    socklen_t fromlen, const uint8_t ip16[16], uint16_t port, uint32_t key,
+                                    const uint8_t *data, size_t len)
 {
     struct udp_wv *u = wv->udp;
     struct eng_table *t = wv->table;
@@ -211,7 +213,9 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     uint32_t hash = sched_flow_hash(&t->sched, fkey);
     int32_t idx = -1;
     if (!t->udp_per_packet) {
-        idx = udp_pick(w, wv, hash, NULL);
+        idx = udp_quic_pick(wv, data, len);
+        if (idx < 0)
+            idx = udp_pick(w, wv, hash, NULL);
         if (idx < 0) {
             CTR_ADD(wv->counters.refused[REFUSED_NO_BACKEND], 1);
             return NULL;
@@ -290,7 +294,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
 }
 
 struct udp_session *udp_session_of(struct worker *w, struct worker_vip *wv, const struct sockaddr_storage *from,
-                                   socklen_t fromlen)
+                                   socklen_t fromlen, const uint8_t *data, size_t len)
 {
     struct udp_wv *u = wv->udp;
     uint8_t ip16[16];
@@ -300,7 +304,26 @@ struct udp_session *udp_session_of(struct worker *w, struct worker_vip *wv, cons
     struct udp_session *s = u->buckets[key & (u->n_buckets - 1)];
     while (s != NULL && (s->key != key || s->client_port != port || memcmp(s->client_ip16, ip16, 16) != 0))
         s = s->hnext;
-    return s != NULL ? s : session_open(w, wv, from, fromlen, ip16, port, key);
+    return s != NULL ? s : session_open(w, wv, from, fromlen, ip16, port, key, data, len);
+}
+
+/* QUIC (core.quic.ServerIds.route): only backends with weight > 0 are routed to. */
+int32_t udp_quic_pick(struct worker_vip *wv, const uint8_t *data, size_t len)
+{
+    const struct eng_table *t = wv->table;
+    if (t->udp_quic_bits == 0)
+        return -1;
+    int64_t id = quic_server_id(data, len, t->udp_quic_bits);
+    if (id == QUIC_LONG_HEADER)
+        return -1;
+    for (uint32_t i = 0; id != QUIC_NOT_ROUTABLE && i < t->sched.n; i++) {
+        if (t->backends[i].server_id == (uint64_t)id && t->weights[i] > 0) {
+            CTR_ADD(wv->udp->counters.quic[QUIC_ROUTED], 1);
+            return (int32_t)i;
+        }
+    }
+    CTR_ADD(wv->udp->counters.quic[QUIC_FALLBACK], 1);
+    return -1;
 }
 
 /* The backend refused the session (ICMP port unreachable): exclude it, rebalance on the next

@@ -46,9 +46,9 @@ Choices, each the simplest design found correct:
 - **PROXY protocol v2** (``proxy_protocol: v2``): a UDP4/UDP6 header (client -> VIP) is built once
   per session and sent in front of every datagram with ``sendmsg`` (scatter-gather, no copy). v1
   cannot carry UDP and is refused.
-- Settings that shape a session (hash, per_packet, proxy_protocol) apply to sessions opened after an
-  `update`; limits (max_sessions, idle timeout, responses) apply at once.
-
+- **QUIC** (``quic``): a session opens on the backend its first datagram's CID names (`sluice.core.quic`).
+- Settings that shape a session (hash, per_packet, proxy_protocol, quic) apply to sessions opened
+  after an `update`; limits (max_sessions, idle timeout, responses) apply at once.
 - **Port quarantine.** A closed session's upstream socket is held for `PORT_QUARANTINE_S` before it
   is closed (`udp_sockets.PortQuarantine`), so a late reply of the old session cannot reach a new
   session the kernel gave the same port.
@@ -208,6 +208,7 @@ class UdpListener:
             for b in vip.backends
         }
         self._by_addr = {ref.addr: ref for ref in self._backends.values()}
+        self._quic = vip.quic_routing
         return build_scheduler(
             vip.scheduler, vip.weighted_backends, table_size=vip.maglev_table_size, hash_key=vip.hash_key
         )
@@ -245,7 +246,7 @@ class UdpListener:
     def _on_client_datagram(self, data: memoryview, addr: Address, now: float) -> None:
         session = self._table.request(addr, now)
         if session is None:
-            session = self._open_session(addr, now)
+            session = self._open_session(addr, now, data)
             if session is None:
                 return
         up = session.value
@@ -285,7 +286,7 @@ class UdpListener:
     def _send_per_packet(self, up: Upstream, data: memoryview) -> None:
         self._seq = (self._seq + 1) & 0xFFFF
         flow = per_packet_flow(up.route.flow.src_ip, self._vip_ip, self._vip_port, self._seq)
-        endpoint = self._scheduler.pick(flow)
+        endpoint = self._by_cid(data) or self._scheduler.pick(flow)
         if endpoint is None:
             self.stats.dropped["no_backend"] += 1
             return
@@ -302,18 +303,23 @@ class UdpListener:
         ref.stats.datagrams_to_backend += 1
         ref.stats.bytes_to_backend += len(data)
 
+    def _by_cid(self, data: memoryview) -> Endpoint | None:
+        """QUIC: the backend a short-header datagram's connection ID names (counted), else None."""
+        outcome, backend = ("hash", None) if self._quic is None else self._quic.route(data)
+        if outcome != "hash":
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        return backend
+
     # ------------------------------------------------------------------------------- sessions
 
-    def _open_session(self, addr: Address, now: float) -> Session[Address, Upstream] | None:
+    def _open_session(self, addr: Address, now: float, data: memoryview) -> Session[Address, Upstream] | None:
         udp = self._vip.udp
-        flow = session_flow(
-            parse_address(addr[0]),
-            addr[1],
-            self._vip_ip,
-            self._vip_port,
-            source_ip_only=udp.hash == "source_ip",
+        ip, source_ip_only = parse_address(addr[0]), udp.hash == "source_ip"
+        flow = session_flow(ip, addr[1], self._vip_ip, self._vip_port, source_ip_only=source_ip_only)
+        by_cid = None if udp.per_packet or not self._accepting else self._by_cid(data)
+        route = open_route(
+            self._scheduler, flow, per_packet=udp.per_packet, accepting=self._accepting, by_cid=by_cid
         )
-        route = open_route(self._scheduler, flow, per_packet=udp.per_packet, accepting=self._accepting)
         if isinstance(route, Refuse):
             self.stats.refused[route.reason] += 1
             return None

@@ -15,6 +15,7 @@ Maps (all pinned under /sys/fs/bpf/sluice/<instance>/, bounds set by -D from the
   maglev        ARRAY          vip_index * MAGLEV_SIZE + slot -> backend slot (NO_BACKEND if empty)
   backends      ARRAY          backend slot -> {addr16, MAC, family, ACTIVE, vip_index, port}
   conntrack     LRU_HASH       40-byte flow key (= the flow-hash key) -> {backend slot, flow hash, last seen ns}
+  quic_ids      HASH           (vip_index, QUIC server ID) -> backend slot (only backends with weight > 0)
   coarse_clock  ARRAY          CLOCK_MONOTONIC ns written by the plane every 0.25 s (0: the program reads the clock)
   global_stats / vip_stats / backend_stats   PERCPU_ARRAY of named u64 counters
 

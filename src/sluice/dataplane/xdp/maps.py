@@ -68,7 +68,7 @@ class VipMeta(ctypes.Structure):
         ("src_mac", _u8 * 6),
         ("outer_src", _u8 * 16),  # network order, IPv4-mapped
         ("outer_hash_mask", _u32),  # host order
-        ("pad", _u32),
+        ("quic_bits", _u32),  # QUIC connection-ID routing: server ID bits, 0 = off
         ("hash_key", _u64 * 2),  # host order: k0, k1 (VIP_F_HASH_KEYED only)
     )
 
@@ -125,8 +125,16 @@ class VipStatsC(ctypes.Structure):
             "icmp_forwarded",
             "drop_no_backend",
             "drop_encap",
+            "quic_routed",
+            "quic_fallback",
         )
     )
+
+
+class QuicIdKey(ctypes.Structure):
+    """struct quic_id_key (host order)."""
+
+    _fields_ = (("vip_index", _u32), ("server_id", _u32))
 
 
 class BackendStatsC(ctypes.Structure):
@@ -303,6 +311,7 @@ class XdpMaps:
     vip_stats: Map[ctypes.c_uint32, VipStatsC]
     backend_stats: Map[ctypes.c_uint32, BackendStatsC]
     coarse_clock: Map[ctypes.c_uint32, ctypes.c_uint64]
+    quic_ids: Map[QuicIdKey, ctypes.c_uint32]
 
     @classmethod
     def from_fds(cls, fds: dict[str, int]) -> XdpMaps:
@@ -317,6 +326,7 @@ class XdpMaps:
             vip_stats=Map(fds["vip_stats"], u32, VipStatsC, percpu=True),
             backend_stats=Map(fds["backend_stats"], u32, BackendStatsC, percpu=True),
             coarse_clock=Map(fds["coarse_clock"], u32, ctypes.c_uint64),
+            quic_ids=Map(fds["quic_ids"], QuicIdKey, u32),
         )
 
     def set_clock(self, now_ns: int) -> None:

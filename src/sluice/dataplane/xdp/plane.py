@@ -335,6 +335,7 @@ class XdpPlane:
             state.slots_changed += count_slots_changed(state.table, table) if same_key else len(row)
         state.row, state.table, state.hash_key = row, table, vip.hash_key
         log.debug("vip %s: %d Maglev slots written", vip.name, len(changed))
+        state.write_quic_ids(maps, vip, usable)
         # 3. the VIP entry
         maps.vips.update(
             vip_key(vip.listen.host, vip.listen.port, PROTO_NUMBERS[vip.protocol]),
@@ -355,6 +356,7 @@ class XdpPlane:
         maps.write_maglev(
             state.index, size, np.arange(size, dtype=np.uint32), np.full(size, NO_BACKEND, dtype=np.uint32)
         )
+        state.write_quic_ids(maps, None, ())
         for slot in state.backend_slots.values():
             maps.backends.update(ctypes.c_uint32(slot), BackendEntry())
         self._freed.update(state.backend_slots.values())

@@ -3,6 +3,7 @@ dsr VIP must pass before the plane writes anything for it, and the read side (co
 
 from __future__ import annotations
 
+import ctypes
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from sluice.config import Vip
+from sluice.config import Backend, Vip
 from sluice.config.rules import dsr_vip_errors
 from sluice.core.flow import FiveTuple, HashKey, flow_hash
 from sluice.core.maglev import MaglevTable
@@ -23,6 +24,7 @@ from sluice.dataplane.xdp.maps import (
     FWD_L2,
     VIP_F_HASH_KEYED,
     BackendEntry,
+    QuicIdKey,
     VipMeta,
     XdpMaps,
     addr16,
@@ -44,6 +46,27 @@ class VipState:
     slots_changed: int = 0  # Maglev slots whose backend changed, over the updates after the first write
     protocol: str = "tcp"
     hash_key: HashKey | None = None  # what the VIP entry's flow hash is keyed with (None: unkeyed)
+    quic_ids: dict[int, int] | None = None  # QUIC server ID -> backend slot written (None: not yet)
+
+    def write_quic_ids(self, maps: XdpMaps, vip: Vip | None, usable: Iterable[Backend]) -> None:
+        """Make the `quic_ids` entries of this VIP those of its `usable` backends (a slot, weight > 0):
+        a server ID of a backend that is down, drained or gone has none, so its packets fall back to the
+        hash. Only changed entries are written; `vip` None removes them all. The first call for a
+        state also removes what the pinned map holds for this VIP index (a restart adopts the maps)."""
+        weight = {b.address: b.weight for b in usable}
+        wanted = {
+            server_id: self.backend_slots[str(address)]
+            for server_id, address in (vip.server_ids if vip is not None else ())
+            if weight.get(address, 0) > 0 and str(address) in self.backend_slots
+        }
+        if self.quic_ids is None:
+            self.quic_ids = {k.server_id: -1 for k, _ in maps.quic_ids.items() if k.vip_index == self.index}
+        for server_id in [s for s in self.quic_ids if s not in wanted]:
+            maps.quic_ids.delete(QuicIdKey(self.index, server_id))
+        for server_id, slot in wanted.items():
+            if self.quic_ids.get(server_id) != slot:
+                maps.quic_ids.update(QuicIdKey(self.index, server_id), ctypes.c_uint32(slot))
+        self.quic_ids = wanted
 
 
 def identity_of(entry: BackendEntry) -> str:
@@ -80,6 +103,8 @@ def vip_meta(vip: Vip, index: int, src_mac: str, clock_period_s: float) -> VipMe
         host_bits = min(32, net.max_prefixlen - net.prefixlen)
         meta.outer_src[:] = addr16(net.network_address)
         meta.outer_hash_mask = (1 << host_bits) - 1
+    if vip.quic is not None:
+        meta.quic_bits = vip.quic.server_id_bits
     if vip.hash_key is not None:
         meta.flags |= VIP_F_HASH_KEYED
         meta.hash_key[:] = (vip.hash_key.k0, vip.hash_key.k1)
@@ -109,7 +134,12 @@ def vip_stats(maps: XdpMaps, states: Iterable[VipState]) -> dict[str, VipStats]:
     out = {}
     for state in states:
         c = maps.vip_counters(state.index)
-        vs = VipStats(flows_total=c["new_flows"], table_slots_changed=state.slots_changed)
+        vs = VipStats(
+            flows_total=c["new_flows"],
+            table_slots_changed=state.slots_changed,
+            quic_routed=c["quic_routed"],
+            quic_fallback=c["quic_fallback"],
+        )
         for reason in ("no_backend", "encap"):
             if c[f"drop_{reason}"]:
                 vs.dropped[reason] = c[f"drop_{reason}"]

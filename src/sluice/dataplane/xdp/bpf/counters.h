@@ -112,6 +112,17 @@ static __always_inline int count_drop_encap(struct vip_stats *vs)
 	return XDP_DROP;
 }
 
+/* QUIC connection-ID routing: a short-header packet went by its CID (1) or fell back to the hash (0). */
+static __always_inline void count_quic(struct vip_stats *vs, int routed)
+{
+	if (!vs)
+		return;
+	if (routed)
+		vs->quic_routed++;
+	else
+		vs->quic_fallback++;
+}
+
 /* A packet forwarded to backend slot `index`: count it for the VIP and the backend, return XDP_TX. */
 static __always_inline int count_forwarded(struct vip_stats *vs, __u32 index, const struct packet *pkt,
 					   int new_flow)

@@ -8,6 +8,7 @@
 #include "flow_hash.h"
 #include "parse.h"
 #include "counters.h"
+#include "quic.h"
 
 /* A backend slot usable by `vip`, or NULL. */
 static __always_inline struct backend *usable_backend(__u32 index, const struct vip_meta *vip)
@@ -19,6 +20,35 @@ static __always_inline struct backend *usable_backend(__u32 index, const struct 
 	be = bpf_map_lookup_elem(&backends, &index);
 	if (!be || !(be->flags & BACKEND_F_ACTIVE) || be->vip_index != vip->index)
 		return 0;
+	return be;
+}
+
+/* QUIC (vip_meta.quic_bits set): the backend a UDP short-header packet's CID names (quic_ids), counted
+ * quic_routed; NULL for any other packet, counted quic_fallback when it is a short-header one whose
+ * server ID is 0, unknown, or names a slot that is not usable. Never touches the connection table. */
+static __always_inline struct backend *quic_backend(const struct vip_meta *vip, const struct packet *pkt,
+						     struct vip_stats *vs, __u32 *index)
+{
+	struct quic_id_key key = { .vip_index = vip->index };
+	struct backend *be = 0;
+	__u32 *slot;
+	__s64 id;
+
+	if (vip->quic_bits == 0 || pkt->flow.proto != PROTO_UDP || pkt->is_icmp)
+		return 0;
+	id = quic_server_id(pkt, vip->quic_bits);
+	if (id == QUIC_LONG_HEADER)
+		return 0;
+	if (id != QUIC_NOT_ROUTABLE) {
+		key.server_id = (__u32)id;
+		slot = bpf_map_lookup_elem(&quic_ids, &key);
+		if (slot) {
+			be = usable_backend(*slot, vip);
+			if (be)
+				*index = *slot;
+		}
+	}
+	count_quic(vs, be != 0);
 	return be;
 }
 
@@ -79,6 +109,8 @@ static __always_inline struct backend *conntrack_hit(struct ct_entry *entry, con
  * (backend slot active, idle no longer than the VIP's timeout), else a counted miss and Maglev (the
  * entry is rewritten). UDP: the entry unless idle longer than the VIP's timeout.
  * ICMP "too big": the entry if usable, else Maglev; never writes.
+ * QUIC (a VIP with quic_bits): a UDP short-header packet whose CID names a usable backend goes there
+ * before anything else (quic_backend), without a connection entry; every other packet as above.
  * A SYN inserts (replacing any entry of the tuple); an entry a later packet found expired or
  * unusable is rewritten in place (an LRU update would take a free node and release the old one). */
 static __always_inline struct backend *pick_backend(const struct vip_meta *vip, struct packet *pkt,
@@ -90,10 +122,15 @@ static __always_inline struct backend *pick_backend(const struct vip_meta *vip, 
 	int is_syn = pkt->flow.proto == PROTO_TCP &&
 		     (pkt->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) == TCP_FLAG_SYN_;
 
+	*new_flow = 0;
+	be = quic_backend(vip, pkt, vs, index);
+	if (be) {
+		*hash = vip_flow_hash(&pkt->flow, vip); /* ipip: the outer source bits */
+		return be;
+	}
 	if (!is_syn) /* a SYN is nearly always a new flow: inserted without a lookup first */
 		entry = bpf_map_lookup_elem(&conntrack, &pkt->flow);
 
-	*new_flow = 0;
 	if (!is_syn) {
 		if (entry) {
 			be = conntrack_hit(entry, vip, pkt, vs, index, hash);

@@ -47,6 +47,8 @@ struct packet {
 	__u8 family;          /* FAMILY_V4 / FAMILY_V6 */
 	__u8 tcp_flags;       /* TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
 	__u8 is_icmp;         /* an ICMP "too big" about `flow`: look up only, never create entries */
+	__u8 udp_head_len;    /* UDP payload bytes copied to udp_head: 0 (empty), 1, or 5 (payload >= 9) */
+	__u8 udp_head[5];     /* first bytes of the UDP payload (QUIC: flags byte, first 4 CID bytes) */
 };
 
 #define TCP_FLAG_SYN_ 0x02
@@ -78,6 +80,19 @@ static __always_inline int ipv6_ext_header(__u8 nexthdr)
 		return 1;
 	}
 	return 0;
+}
+
+/* The first bytes of a UDP payload of `len` bytes at `p`, for QUIC connection-ID routing (quic.h):
+ * 5 when the payload has QUIC_MIN_PAYLOAD bytes (a short header with a full CID), else 1 or 0. */
+static __always_inline void parse_udp_head(__u8 *p, void *end, __u32 len, struct packet *pkt)
+{
+	if (len >= QUIC_MIN_PAYLOAD && (void *)(p + QUIC_MIN_PAYLOAD) <= end) {
+		__builtin_memcpy(pkt->udp_head, p, 5);
+		pkt->udp_head_len = 5;
+	} else if (len >= 1 && (void *)(p + 1) <= end) {
+		pkt->udp_head[0] = p[0];
+		pkt->udp_head_len = 1;
+	}
 }
 
 /* Ports of a TCP/UDP header at `l4`; fills flow ports and (TCP) flags. `l4_len` is what the IP header
@@ -114,6 +129,7 @@ static __always_inline int parse_l4(void *l4, void *end, __u32 l4_len, __u8 prot
 		}
 		pkt->flow.sport = udp->source;
 		pkt->flow.dport = udp->dest;
+		parse_udp_head((__u8 *)(udp + 1), end, udp_len - sizeof(*udp), pkt);
 	}
 	pkt->flow.proto = proto;
 	return PARSE_OK;

@@ -27,6 +27,13 @@
 /* vip_meta.flags */
 #define VIP_F_HASH_KEYED 0x1 /* the VIP has a hash_key: new flows hash with SipHash-1-3 (flow_hash.h) */
 
+/* QUIC connection-ID routing (quic.h, core/quic.py): a short-header packet's payload must hold the
+ * flags byte and QUIC_MIN_CID_LEN bytes of destination CID; 2 bits of CID version, then vip_meta.quic_bits. */
+#define QUIC_MIN_CID_LEN 8
+#define QUIC_MIN_PAYLOAD (1 + QUIC_MIN_CID_LEN)
+#define QUIC_CID_VERSION 1
+#define QUIC_MAX_SERVER_ID_BITS 30
+
 /* backend.flags */
 #define BACKEND_F_ACTIVE 0x1 /* slot in use; connection entries to an inactive slot are ignored */
 

@@ -48,6 +48,16 @@ struct {
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
 
+/* quic_ids: QUIC connection-ID routing, the backend a VIP's server ID names (quic.h). Only backends
+ * that take new flows (effective weight > 0) have an entry; others fall back to the hash.
+ * key struct quic_id_key (host order), value __u32 backend index; bound MAX_BACKENDS (one ID per slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, struct quic_id_key);
+	__type(value, __u32);
+} quic_ids SEC(".maps");
+
 /* coarse_clock: CLOCK_MONOTONIC ns written by the control plane every CLOCK_PERIOD (plane.py), so a
  * packet reads the time from memory instead of the clock source; 0 until written (the program then
  * reads bpf_ktime_get_ns). key __u32 0, value __u64; 1 entry. */

@@ -43,9 +43,15 @@ struct vip_meta {
 	__u8 src_mac[6];       /* source MAC of forwarded frames: the LB interface's */
 	__u8 outer_src[16];    /* ipip: outer source prefix, network order, IPv4-mapped for IPv4 */
 	__u32 outer_hash_mask; /* ipip: host order; these bits of the prefix's last 32-bit word come from the flow hash */
-	__u32 pad;
+	__u32 quic_bits;       /* QUIC connection-ID routing: server ID bits (1..30), 0 = off (quic.h) */
 	__u64 hash_key[2];     /* VIP_F_HASH_KEYED: the secret SipHash key k0, k1 (host order: hash_key bytes
 	                        * 0..7 and 8..15 read little-endian); zero otherwise */
+};
+
+/* quic_ids key: one server ID of one VIP. */
+struct quic_id_key {
+	__u32 vip_index; /* vip_meta.index */
+	__u32 server_id; /* host order, 1 .. 2^quic_bits - 1 */
 };
 
 /* One backend slot. */
@@ -89,6 +95,8 @@ struct vip_stats {
 	__u64 icmp_forwarded;   /* "too big" ICMP sent to the flow's backend */
 	__u64 drop_no_backend;  /* the Maglev slot is empty (no backend with weight) */
 	__u64 drop_encap;       /* encapsulation impossible (adjust_head failed, oversize) */
+	__u64 quic_routed;      /* QUIC short-header packets sent to the backend their CID names */
+	__u64 quic_fallback;    /* QUIC short-header packets whose CID named no usable backend: hashed */
 };
 
 /* Per backend counters (per CPU). */
