@@ -19,6 +19,7 @@ from sluice.control.controller import Controller, ReloadResult
 from sluice.control.metrics import Sources, build_registry, xdp_counters
 from sluice.control.preflight import host_errors
 from sluice.dataplane.limits import raise_nofile_limit
+from sluice.dataplane.tasks import cancel_and_wait
 
 log = logging.getLogger("sluice")
 
@@ -220,9 +221,7 @@ class Server:
         await asyncio.wait({graceful, forced}, return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
         if not graceful.done():
-            graceful.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await graceful
+            await cancel_and_wait(graceful)
 
     async def close(self) -> None:
         """Release everything `startup` took: signal handlers, reloads, data planes, the admin API."""

@@ -31,6 +31,7 @@ from ipaddress import ip_address, ip_network
 from typing import Final, Literal, Protocol
 
 from sluice.config import AnnounceOptions, Config, Vip
+from sluice.dataplane.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +242,7 @@ class Announcer:
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             await self._sync()
         await self.speaker.close()

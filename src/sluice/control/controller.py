@@ -21,7 +21,6 @@ Runtime overrides (admin state, weight) live here, never in the config object:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -42,6 +41,7 @@ from sluice.control.snapshot import VipSnapshot as VipSnapshot
 from sluice.core.health import USABLE, Admin, State
 from sluice.dataplane import DataPlane
 from sluice.dataplane.stats import BackendStats, VipStats
+from sluice.dataplane.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from sluice.control.announce import Announcer
@@ -479,6 +479,4 @@ class Controller:
     async def _stop_monitor(self) -> None:
         task, self._monitor_task = self._monitor_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

@@ -25,7 +25,6 @@ clock stopped: entries stop expiring, forwarding is unaffected).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import socket
@@ -41,6 +40,7 @@ from sluice.config import Config, Vip
 from sluice.core.flow import FiveTuple
 from sluice.core.maglev import DEFAULT_TABLE_SIZE, build_table, count_slots_changed
 from sluice.dataplane.stats import VipStats
+from sluice.dataplane.tasks import cancel_and_wait
 from sluice.dataplane.xdp import build, checkroutes, loader
 from sluice.dataplane.xdp.instance import (
     Attacher,
@@ -482,9 +482,7 @@ class XdpPlane:
         start: maps this process pinned in a fresh directory are removed)."""
         for task in (self._refresh, self._clock):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         self._refresh = self._clock = None
         async with self._apply_lock:
             if self._maps is not None:
