@@ -29,7 +29,7 @@ from tests.dataplane.proxy.helpers import (
     start_backends,
 )
 
-ENGINES = ("python",)
+ENGINES = ("python", "native")
 
 
 @pytest.fixture(params=ENGINES)
@@ -151,6 +151,32 @@ def test_the_rate_limit_drops_and_counts(engine: str, tmp_path: Path) -> None:
     assert len(lines) + stats.access_log_dropped == flows
 
 
+def test_a_reload_switches_the_flow_log_on_moves_it_and_off(engine: str, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+
+    async def main() -> None:
+        [backend] = await start_backends(1)
+        vip = make_vip([backend.endpoint])
+        listener = tcp_listener(engine, vip)
+        await listener.start()
+        try:
+            steps = [None, {"path": str(first)}, {"path": str(second), "format": "json"}, None]
+            for n, access_log in enumerate(steps, start=1):
+                listener.update(make_vip([backend.endpoint], access_log=access_log))
+                await echo(listener.address, b"x" * n)
+                await until(lambda flows=n: closed(listener.stats) == flows)
+        finally:
+            await listener.close()
+            await backend.close()
+
+    run("asyncio", main())
+    [plain] = first.read_text().splitlines()
+    assert " bytes_to_backend=2 " in plain
+    [line] = json_lines(second)
+    assert line["bytes_to_backend"] == 3
+
+
+@pytest.mark.parametrize("engine", ["python"], indirect=True)
 def test_udp_sessions_are_logged_with_datagrams_and_bytes(engine: str, tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
 
@@ -181,6 +207,7 @@ def test_udp_sessions_are_logged_with_datagrams_and_bytes(engine: str, tmp_path:
     assert line["reason"] == "shutdown" and line["retries"] == 0
 
 
+@pytest.mark.parametrize("engine", ["python"], indirect=True)
 def test_udp_session_ended_by_its_response_is_logged_plain(engine: str, tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
 

@@ -104,18 +104,27 @@ class FlowLog:
 
     def log(self, record: FlowRecord) -> None:
         """Queue `record` for writing, or count it dropped (over the rate, queue full). Never blocks."""
-        stats = self.stats
+        if self.admit():
+            self.submit(record)
+
+    def admit(self) -> bool:
+        """Whether one more line is within the rate now (if not, it is counted dropped): a caller
+        that has to build its record first asks before it does."""
         if self._failures_counted != self.write_failures:  # the writer's failures, counted here
             failures = self.write_failures
-            stats.access_log_dropped += failures - self._failures_counted
+            self.stats.access_log_dropped += failures - self._failures_counted
             self._failures_counted = failures
-        if not self._bucket.take(self._clock()):
-            stats.access_log_dropped += 1
-            return
+        if self._bucket.take(self._clock()):
+            return True
+        self.stats.access_log_dropped += 1
+        return False
+
+    def submit(self, record: FlowRecord) -> None:
+        """Queue an admitted `record`, or count it dropped when the queue is full."""
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            stats.access_log_dropped += 1
+            self.stats.access_log_dropped += 1
 
     def close(self) -> None:
         """Write what is queued (waiting at most `CLOSE_WAIT_S`), stop the writer, close the file."""

@@ -84,4 +84,26 @@ class Engine:
     def udp_counters(self, vip_id: int, worker: int = -1, used: int = -1, /) -> UdpCounters: ...
     def udp_held(self, vip_id: int, /) -> list[tuple[int, bool]]: ...
     def udp_gro(self, vip_id: int, /) -> bool: ...
+    def flowlog_enable(self, vip_id: int, on: bool, /) -> None: ...
+    def flowlog_drain(
+        self, vip_id: int, max: int = ..., /
+    ) -> tuple[
+        list[
+            tuple[
+                int,
+                int,
+                tuple[int, bytes, int],
+                tuple[int, bytes, int],
+                int,
+                int,
+                int,
+                int,
+                int,
+                int,
+                int,
+                int,
+            ]
+        ],
+        int,
+    ]: ...
     def close(self) -> None: ...

@@ -243,6 +243,9 @@ static PyMethodDef Engine_methods[] = {
      "vip_detach(id): vip_remove's first step (every flow closed: shutdown; counters stay readable)"},
     {"vip_free", (PyCFunction)Engine_vip_free, METH_VARARGS, "vip_free(id): vip_remove's last step"},
     {"udp_gro", (PyCFunction)Engine_udp_gro, METH_VARARGS, "udp_gro(id) -> the listen sockets read UDP_GRO"},
+    {"flowlog_enable", (PyCFunction)Engine_flowlog_enable, METH_VARARGS, "flowlog_enable(id, on): the VIP's flow log"},
+    {"flowlog_drain", (PyCFunction)Engine_flowlog_drain, METH_VARARGS,
+     "flowlog_drain(id, max=65536) -> ([flow record tuple], records dropped by full rings so far)"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the workers and free everything"},
     {NULL, NULL, 0, NULL},
 };
