@@ -230,3 +230,38 @@ def test_udp_session_ended_by_its_response_is_logged_plain(engine: str, tmp_path
     [line] = path.read_text().splitlines()
     assert " proto=udp " in line and " reason=responses " in line
     assert " bytes_to_backend=5 bytes_from_backend=8 datagrams_to_backend=1 datagrams_from_backend=1 " in line
+
+
+def test_native_ring_overflow_is_dropped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers never wait for Python: records beyond a full ring are dropped and counted."""
+    needs_native_engine()
+    from sluice.dataplane.engine import _engine
+    from sluice.dataplane.engine import flowlog as native_flowlog
+
+    monkeypatch.setattr(native_flowlog, "DRAIN_INTERVAL_S", 3600.0)  # no drain until the VIP closes
+    path = tmp_path / "flows.log"
+    flows = _engine.FLOWLOG_RING + 40
+
+    async def one(address: tuple[str, int]) -> None:
+        _, writer = await asyncio.open_connection(*address)
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> VipStats:
+        [backend] = await start_backends(1)
+        vip = make_vip([backend.endpoint], access_log={"path": str(path), "rate": 1_000_000})
+        listener = tcp_listener("native", vip)
+        await listener.start()
+        try:
+            for start in range(0, flows, 64):
+                await asyncio.gather(*(one(listener.address) for _ in range(min(64, flows - start))))
+            await until(lambda: closed(listener.stats) == flows, timeout=60)
+        finally:
+            await listener.close()  # the one drain: a full ring's worth
+            await backend.close()
+        return listener.stats
+
+    stats = run("asyncio", main(), timeout=120)
+    lines = path.read_text().splitlines()
+    assert len(lines) == _engine.FLOWLOG_RING
+    assert stats.access_log_dropped == flows - _engine.FLOWLOG_RING

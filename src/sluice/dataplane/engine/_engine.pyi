@@ -14,6 +14,7 @@ PROXY_HEADER_MAX: Final[int]
 PIPE_SIZE: Final[int]
 POOL_FREE_MAX: Final[int]
 COPY_BUFFER_SIZE: Final[int]
+FLOWLOG_RING: Final[int]
 
 BackendSpec = tuple[str, int, int, int]
 """host, port, weight, counter slot."""

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 
+#include "flowlog.h"
 #include "udp.h"
 
 int check_open(EngineObject *self)
@@ -301,7 +302,8 @@ PyMODINIT_FUNC PyInit__engine(void)
         PyModule_AddIntConstant(m, "PROXY_HEADER_MAX", PROXY_HEADER_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PIPE_SIZE", PIPE_SIZE_DEFAULT) < 0 ||
         PyModule_AddIntConstant(m, "POOL_FREE_MAX", POOL_FREE_MAX) < 0 ||
-        PyModule_AddIntConstant(m, "COPY_BUFFER_SIZE", COPY_BUFFER_SIZE_DEFAULT) < 0) {
+        PyModule_AddIntConstant(m, "COPY_BUFFER_SIZE", COPY_BUFFER_SIZE_DEFAULT) < 0 ||
+        PyModule_AddIntConstant(m, "FLOWLOG_RING", FLOWLOG_RING) < 0) {
         Py_DECREF(m);
         return NULL;
     }
