@@ -38,6 +38,8 @@ BATCH_LINES: Final = 1024
 """Lines joined into one write."""
 CLOSE_WAIT_S: Final = 2.0
 """Seconds `close` waits for the writer to write what is queued."""
+IDLE_WAKE_S: Final = 0.5
+"""Seconds an idle writer waits before it looks whether the log is closing."""
 ERROR_LOG_INTERVAL_S: Final = 10.0
 """Seconds between two log lines about failing writes."""
 
@@ -98,6 +100,7 @@ class FlowLog:
         self.write_failures = 0
         """Lines whose write failed (written by the writer thread only)."""
         self._failures_counted = 0
+        self._stopping = False
         self._error_log = EveryFewSeconds(ERROR_LOG_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name=f"flowlog-{vip_name}", daemon=True)
         self._thread.start()
@@ -127,27 +130,35 @@ class FlowLog:
             self.stats.access_log_dropped += 1
 
     def close(self) -> None:
-        """Write what is queued (waiting at most `CLOSE_WAIT_S`), stop the writer, close the file."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put(_STOP, timeout=CLOSE_WAIT_S)
+        """Stop taking records; the writer writes what is queued, then closes the file. Waits for it
+        at most `CLOSE_WAIT_S` (a writer stuck on a slow disk finishes, and closes, on its own)."""
+        self._stopping = True
+        with contextlib.suppress(queue.Full):  # full: the writer sees _stopping once it emptied it
+            self._queue.put_nowait(_STOP)
         self._thread.join(CLOSE_WAIT_S)
-        if not self._thread.is_alive():
-            self._close_sink()
 
     def _run(self) -> None:
         fmt = self.options.format
-        while True:
-            batch = [self._queue.get()]
-            while batch[-1] is not _STOP and len(batch) < BATCH_LINES:
+        try:
+            while True:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch = [self._queue.get(timeout=IDLE_WAKE_S)]
                 except queue.Empty:
-                    break
-            records = [r for r in batch if r is not _STOP]
-            if records:
-                self._write_lines(records, fmt)
-            if batch[-1] is _STOP:
-                return
+                    if self._stopping:
+                        return
+                    continue
+                while batch[-1] is not _STOP and len(batch) < BATCH_LINES:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                records = [r for r in batch if r is not _STOP]
+                if records:
+                    self._write_lines(records, fmt)
+                if batch[-1] is _STOP:
+                    return
+        finally:
+            self._close_sink()
 
     def _write_lines(self, records: list[FlowRecord], fmt: str) -> None:
         try:
