@@ -176,7 +176,6 @@ def test_a_reload_switches_the_flow_log_on_moves_it_and_off(engine: str, tmp_pat
     assert line["bytes_to_backend"] == 3
 
 
-@pytest.mark.parametrize("engine", ["python"], indirect=True)
 def test_udp_sessions_are_logged_with_datagrams_and_bytes(engine: str, tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
 
@@ -207,7 +206,6 @@ def test_udp_sessions_are_logged_with_datagrams_and_bytes(engine: str, tmp_path:
     assert line["reason"] == "shutdown" and line["retries"] == 0
 
 
-@pytest.mark.parametrize("engine", ["python"], indirect=True)
 def test_udp_session_ended_by_its_response_is_logged_plain(engine: str, tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
 
