@@ -82,7 +82,7 @@ async def test_run_writes_the_flow_log_and_counts_its_drops(
             s.value
             for f in text_string_to_metric_families(metrics)
             for s in f.samples
-            if s.name == "sluice_access_log_dropped_total"
+            if s.name == "sluice_vip_access_log_dropped_total"
         ]
         assert dropped == vip["access_log_dropped"]
         for line in lines:

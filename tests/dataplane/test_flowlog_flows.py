@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sluice.config import Endpoint, Vip
+from sluice.config import Endpoint, UdpOptions, Vip
 from sluice.dataplane.engine import NativeTcpListener, NativeUdpListener
 from sluice.dataplane.proxy.tcp import TcpListener
 from sluice.dataplane.proxy.udp import UdpListener
@@ -212,7 +212,7 @@ def test_udp_session_ended_by_its_response_is_logged_plain(engine: str, tmp_path
     async def main() -> None:
         async with udp_helpers.echo_backends(1) as [backend]:
             vip = udp_helpers.make_vip(
-                [backend.endpoint], udp={"responses": 1}, access_log={"path": str(path)}
+                [backend.endpoint], udp=UdpOptions(responses=1), access_log={"path": str(path)}
             )
             listener = udp_listener(engine, vip)
             await listener.start()

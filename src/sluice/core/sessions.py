@@ -150,7 +150,9 @@ class SessionTable(Generic[K, V]):
     def remove(self, key: K, reason: str) -> SessionClosed[K, V] | None:
         """Take a session out for a reason of the shell's; None if it was not there."""
         session = self._entries.pop(key, None)
-        return None if session is None else SessionClosed(key, session.value, reason, session.created, session)
+        return (
+            None if session is None else SessionClosed(key, session.value, reason, session.created, session)
+        )
 
     def clear(self, reason: str) -> list[SessionClosed[K, V]]:
         """Remove every session (shutdown)."""

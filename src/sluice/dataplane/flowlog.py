@@ -28,7 +28,7 @@ from sluice.core.flowlog import FlowRecord, TokenBucket, format_line
 from sluice.dataplane.limits import EveryFewSeconds
 from sluice.dataplane.stats import VipStats
 
-__all__ = ["BATCH_LINES", "QUEUE_LINES", "FlowLog", "open_flow_log", "reopen_flow_log"]
+__all__ = ["BATCH_LINES", "QUEUE_LINES", "FlowLog", "close_flow_log", "open_flow_log", "reopen_flow_log"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,12 @@ class FlowLog:
 def open_flow_log(vip: Vip, stats: VipStats) -> FlowLog | None:
     """The flow log `vip` asks for, or None (no ``access_log:``)."""
     return None if vip.access_log is None else FlowLog(vip.name, vip.access_log, stats)
+
+
+def close_flow_log(flow_log: FlowLog | None) -> None:
+    """Close `flow_log` if there is one (the listener stops)."""
+    if flow_log is not None:
+        flow_log.close()
 
 
 def reopen_flow_log(current: FlowLog | None, vip: Vip, stats: VipStats) -> FlowLog | None:

@@ -154,8 +154,7 @@ struct conn {
     uint8_t out_len, out_sent;
     /* established */
     uint32_t slot; /* backend counter slot */
-    uint64_t accepted_us; /* the worker's clock at accept, and bytes moved per direction: the flow log's */
-    uint64_t moved[2];
+    uint64_t moved[2]; /* bytes moved per direction (the flow log's) */
 };
 
 /* ------------------------------------------------------------------ VIPs */

@@ -281,7 +281,6 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     s->stale = false;
     s->last_us = s->created_us = w->now_us;
     s->requests = s->replies = 0;
-    s->created_us = w->now_us;
     s->bytes_in = s->bytes_out = 0;
     memcpy(s->header, header, (size_t)header_len);
     s->header_len = (uint8_t)header_len;

@@ -37,7 +37,7 @@ from sluice.core.proxy_protocol import (
     parse_proxy_header,
 )
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
-from sluice.dataplane.flowlog import FlowLog, open_flow_log, reopen_flow_log
+from sluice.dataplane.flowlog import FlowLog, close_flow_log, open_flow_log, reopen_flow_log
 from sluice.dataplane.limits import EveryFewSeconds
 from sluice.dataplane.proxy.connection import Connection
 from sluice.dataplane.proxy.connector import BackendInfo, Connector
@@ -182,8 +182,7 @@ class TcpListener:
         if self.lingerer is not None:
             self.lingerer.close()
         self.pipes.close()
-        if self.flow_log is not None:
-            self.flow_log.close()
+        close_flow_log(self.flow_log)
 
     def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
         """Close the established connections on `backend` (drain timeout, on_backend_down: close)."""

@@ -82,7 +82,7 @@ from sluice.core.udp_session import (
     rebalance,
     session_flow,
 )
-from sluice.dataplane.flowlog import FlowLog, open_flow_log, reopen_flow_log
+from sluice.dataplane.flowlog import FlowLog, close_flow_log, open_flow_log, reopen_flow_log
 from sluice.dataplane.listener import check_udp_vip
 from sluice.dataplane.proxy.records import udp_record
 from sluice.dataplane.proxy.udp_sockets import (
@@ -199,8 +199,7 @@ class UdpListener:
         self._release_all(self._table.clear("shutdown"))
         if self._quarantine is not None:
             self._quarantine.close()
-        if self.flow_log is not None:
-            self.flow_log.close()
+        close_flow_log(self.flow_log)
 
     @property
     def quarantined_fds(self) -> frozenset[int]:
