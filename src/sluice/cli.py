@@ -76,9 +76,10 @@ def _cmd_flow(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sluice.server import StartupError, run, setup_logging
+    from sluice.control.logs import setup_logging
+    from sluice.server import StartupError, run
 
-    setup_logging(args.log_format)
+    setup_logging(args.log_format, args.log_level)
     try:
         run(Path(args.config))
     except ConfigError as exc:
@@ -343,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the load balancer in the foreground")
     p.add_argument("config")
-    p.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    p.add_argument("--log-format", choices=("plain", "json"), default="plain", help="sluice's own log")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe logged",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

@@ -12,10 +12,10 @@ import yaml
 from sluice.cli import main
 from sluice.config import Endpoint, parse_config
 from sluice.control.flowquery import FlowQueryError, explain_flow, vip_flow
+from sluice.control.logs import setup_logging
 from sluice.core.flow import FiveTuple
 from sluice.core.scheduler import build_scheduler
 from sluice.core.udp_session import session_flow
-from sluice.server import setup_logging
 
 CONFIG = """\
 vips:

@@ -251,3 +251,21 @@ def test_every_session_ends_exactly_once_and_bounds_hold(
     assert len(ended) == len(set(ended))
     assert set(ended) | {(s.key, s.value) for s in table} == live
     assert not set(ended) & {(s.key, s.value) for s in table}
+
+
+def test_bytes_are_counted_and_an_ended_session_carries_its_counts() -> None:
+    """What the flow log reads: bytes and datagrams each way, and when the session was opened."""
+    table: SessionTable[Addr, str] = SessionTable(max_sessions=4, idle_timeout_s=10.0, responses=2)
+    table.open(client(1), "sock", 5.0)
+    table.request(client(1), 5.0, 40)
+    assert table.reply(client(1), 6.0, 100) is None
+    closed = table.reply(client(1), 7.0, 23)
+    assert closed is not None and closed.reason == RESPONSES
+    session = closed.session
+    assert session is not None
+    assert (session.created, session.requests, session.replies) == (5.0, 1, 2)
+    assert (session.bytes_in, session.bytes_out) == (40, 123)
+    table.open(client(2), "sock2", 8.0)
+    table.request(client(2), 8.0, 7)
+    [expired] = table.expire(100.0)
+    assert expired.session is not None and expired.session.bytes_in == 7

@@ -11,6 +11,7 @@ backends), `health` (active checks, passive ejection), `announce` (BGP), `model`
 
 from __future__ import annotations
 
+from sluice.config.access_log import AccessLog
 from sluice.config.announce import AnnounceOptions, BgpPeer
 from sluice.config.health import HealthCheck, PassiveEjection
 from sluice.config.loading import (
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_TABLE_SIZE",
     "MAX_WORKERS",
     "NATIVE_ENGINE_MODULE",
+    "AccessLog",
     "AdminOptions",
     "AnnounceOptions",
     "Backend",

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.config.access_log import AccessLog
 from sluice.config.health import HealthCheck, PassiveEjection
 from sluice.config.values import (
     DEFAULT_TCP_IDLE_S,
@@ -284,6 +285,8 @@ class Vip(FrozenModel):
     Maglev placement does not change, see README "Slow start")."""
     drain_timeout: Duration = 300.0
     """Seconds a drained backend's established flows may continue before they are closed."""
+    access_log: AccessLog | None = None
+    """One line per ended flow (``mode: proxy``); unset = no flow log."""
 
     @field_validator("backends")
     @classmethod
@@ -315,6 +318,8 @@ class Vip(FrozenModel):
         if self.hash_key is not None and self.scheduler != "maglev":
             raise ValueError(f"hash_key keys Maglev's flow hash; scheduler {self.scheduler} hashes no flows")
         self._check_quic()
+        if self.access_log is not None and self.mode != "proxy":
+            raise ValueError("access_log is only supported for mode: proxy VIPs")
         if self.mode == "proxy" and any(b.address == self.listen for b in self.backends):
             raise ValueError(f"backend {self.listen} is the VIP itself (the proxy would connect to itself)")
         return self

@@ -347,6 +347,7 @@ class Controller:
                     refused=dict(vstats.refused),
                     closed=dict(vstats.closed),
                     rebalanced=vstats.rebalanced,
+                    access_log_dropped=vstats.access_log_dropped,
                     backends=backends,
                     quic_routed=vstats.quic_routed,
                     quic_fallback=vstats.quic_fallback,

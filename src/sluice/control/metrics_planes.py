@@ -138,6 +138,11 @@ class _Proxy:
             "QUIC connection-ID routing (UDP proxy VIPs with quic): quic_routed, quic_fallback (sessions)",
             labels=[*vl, "outcome"],
         )
+        self.access_log = c(
+            "sluice_vip_access_log_dropped",
+            "Flow log lines dropped (over access_log.rate, queue or ring full, write failed)",
+            labels=vl,
+        )
         self.active = g("sluice_backend_flows_active", "Flows open now per backend", labels=bl)
         self.total = c("sluice_backend_flows", "Flows sent to a backend", labels=bl)
         self.attempts = c("sluice_backend_connect_attempts", "Backend connects started (TCP)", labels=bl)
@@ -163,6 +168,7 @@ class _Proxy:
             for reason, n in sorted(counts.items()):
                 family.add_metric([vip, reason], n)
         self.duration.add([vip], s.flow_duration)
+        self.access_log.add_metric([vip], s.access_log_dropped)
         if tcp:
             self.retries.add_metric([vip], s.retries)
         if udp:
@@ -192,7 +198,7 @@ class _Proxy:
         yield from (self.vip_active, self.vip_total, self.refused, self.dropped, self.closed)
         yield from (self.duration.family, self.retries, self.sessions, self.evictions, self.moved, self.quic)
         yield from (self.active, self.total, self.attempts, self.established, self.errors)
-        yield from (self.latency.family, self.bytes_, self.datagrams)
+        yield from (self.latency.family, self.bytes_, self.datagrams, self.access_log)
 
 
 def plane_metrics(

@@ -294,5 +294,6 @@ class Monitor:
             t.new,
             t.event,
             f": {t.detail}" if t.detail else "",
+            extra={"vip": record.vip, "backend": str(record.address), "from": str(t.old), "to": str(t.new)},
         )
         return BackendTransition(record.vip, record.address, t)

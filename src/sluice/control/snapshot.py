@@ -51,6 +51,8 @@ class VipSnapshot:
     refused: dict[str, int]
     closed: dict[str, int]
     rebalanced: int
+    access_log_dropped: int = 0
+    """Flow log lines dropped (over ``access_log.rate``, queue full, failed write)."""
     backends: list[BackendSnapshot] = field(default_factory=list)
     quic_routed: int = 0
     """QUIC connection-ID routing (a VIP with a ``quic`` block): sent by CID to its backend."""

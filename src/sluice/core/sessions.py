@@ -50,6 +50,10 @@ class Session(Generic[K, V]):
     """Datagrams from the client."""
     replies: int = 0
     """Datagrams to the client."""
+    bytes_in: int = 0
+    """Bytes from the client (the sizes given to `request`)."""
+    bytes_out: int = 0
+    """Bytes to the client (the sizes given to `reply`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ class SessionClosed(Generic[K, V]):
     """``idle_timeout``, ``responses``, ``evicted`` or the reason the shell passed to `remove`."""
     created: float = field(default=0.0, compare=False)
     """The session's `Session.created` (for its duration)."""
+    session: Session[K, V] | None = field(default=None, compare=False)
+    """The entry as it was when it left (its counts and `created`, for the flow log)."""
 
 
 class SessionTable(Generic[K, V]):
@@ -115,25 +121,28 @@ class SessionTable(Generic[K, V]):
         self._entries[key] = session
         return session, evicted
 
-    def request(self, key: K, now: float) -> Session[K, V] | None:
-        """A datagram from the client: refresh the session and count it. None if there is none."""
+    def request(self, key: K, now: float, size: int = 0) -> Session[K, V] | None:
+        """A datagram of `size` bytes from the client: refresh the session and count it. None if
+        there is none."""
         session = self._entries.get(key)
         if session is not None:
             self._entries.move_to_end(key)
             session.last_seen = now
             session.requests += 1
+            session.bytes_in += size
         return session
 
-    def reply(self, key: K, now: float) -> SessionClosed[K, V] | None:
-        """A datagram to the client: refresh and count it; returns the close event when this was the
-        last expected reply (`responses`)."""
+    def reply(self, key: K, now: float, size: int = 0) -> SessionClosed[K, V] | None:
+        """A datagram of `size` bytes to the client: refresh and count it; returns the close event
+        when this was the last expected reply (`responses`)."""
         session = self._entries.get(key)
         if session is None:
             return None
         session.replies += 1
+        session.bytes_out += size
         if self.responses is not None and session.replies >= session.requests * self.responses:
             del self._entries[key]
-            return SessionClosed(key, session.value, RESPONSES, session.created)
+            return SessionClosed(key, session.value, RESPONSES, session.created, session)
         self._entries.move_to_end(key)
         session.last_seen = now
         return None
@@ -141,11 +150,13 @@ class SessionTable(Generic[K, V]):
     def remove(self, key: K, reason: str) -> SessionClosed[K, V] | None:
         """Take a session out for a reason of the shell's; None if it was not there."""
         session = self._entries.pop(key, None)
-        return None if session is None else SessionClosed(key, session.value, reason, session.created)
+        return (
+            None if session is None else SessionClosed(key, session.value, reason, session.created, session)
+        )
 
     def clear(self, reason: str) -> list[SessionClosed[K, V]]:
         """Remove every session (shutdown)."""
-        closed = [SessionClosed(s.key, s.value, reason, s.created) for s in self._entries.values()]
+        closed = [SessionClosed(s.key, s.value, reason, s.created, s) for s in self._entries.values()]
         self._entries.clear()
         return closed
 
@@ -157,7 +168,7 @@ class SessionTable(Generic[K, V]):
             if session.last_seen + self.idle_timeout_s > now:  # the same sum as next_deadline
                 break
             del self._entries[key]
-            closed.append(SessionClosed(key, session.value, IDLE_TIMEOUT, session.created))
+            closed.append(SessionClosed(key, session.value, IDLE_TIMEOUT, session.created, session))
         return closed
 
     def next_deadline(self) -> float | None:
@@ -170,5 +181,5 @@ class SessionTable(Generic[K, V]):
         evicted: list[SessionClosed[K, V]] = []
         for _ in range(max(count, 0)):
             key, session = self._entries.popitem(last=False)
-            evicted.append(SessionClosed(key, session.value, EVICTED, session.created))
+            evicted.append(SessionClosed(key, session.value, EVICTED, session.created, session))
         return evicted

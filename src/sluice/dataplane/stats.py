@@ -62,6 +62,8 @@ class VipStats:
     table_slots_changed: int = 0
     """Maglev table slots whose backend changed, summed over the table rebuilds (config, health or
     weight changes); divided by the table size, the share of the flow-hash space (new flows) moved."""
+    access_log_dropped: int = 0
+    """Flow log lines not written: over the ``access_log.rate``, the queue full, or a failed write."""
     backends: dict[str, BackendStats] = field(default_factory=dict)
     """Keyed by str(Endpoint)."""
 

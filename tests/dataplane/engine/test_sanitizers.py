@@ -1,7 +1,8 @@
 """The native engine once more, built with -fsanitize=address,undefined, runs its data-plane tests.
 
 A copy of the source tree gets the sanitized `_engine` built in place; pytest runs the native-engine
-tests of tests/dataplane/proxy/test_tcp.py, test_udp.py and tests/dataplane/engine/ against it in a subprocess
+tests of tests/dataplane/proxy/test_tcp.py, test_udp.py, tests/dataplane/engine/ and the flow log's
+(tests/dataplane/test_flowlog_flows.py) against it in a subprocess
 with the ASan runtime preloaded (Python itself is not built with ASan). UBSan does not recover: any
 undefined behaviour aborts the run. Leak detection is on at exit; CPython's own allocations are never
 freed at exit, so a leak fails the run only when a frame of its allocation stack is engine code.
@@ -106,6 +107,7 @@ def test_native_engine_tests_pass_under_asan_and_ubsan(tmp_path: Path) -> None:
             "tests/dataplane/engine/test_native_tcp.py",
             "tests/dataplane/proxy/test_udp.py",
             "tests/dataplane/engine/test_native_udp.py",
+            "tests/dataplane/test_flowlog_flows.py",
         ],
         cwd=ROOT,
         env=env,

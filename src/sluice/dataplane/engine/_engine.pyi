@@ -14,6 +14,7 @@ PROXY_HEADER_MAX: Final[int]
 PIPE_SIZE: Final[int]
 POOL_FREE_MAX: Final[int]
 COPY_BUFFER_SIZE: Final[int]
+FLOWLOG_RING: Final[int]
 
 BackendSpec = tuple[str, int, int, int]
 """host, port, weight, counter slot."""
@@ -48,6 +49,11 @@ UdpCounters = tuple[int, int, int, tuple[int, ...], dict[int, int], tuple[tuple[
 slot, quic_routed, quic_fallback."""
 HistogramCounters = tuple[tuple[int, ...], int]
 """count per bucket (the bounds of CONNECT_LATENCY_BOUNDS_US / FLOW_DURATION_BOUNDS_US, then +Inf), sum (us)."""
+FlowRecordTuple = tuple[
+    int, int, tuple[int, bytes, int], tuple[int, bytes, int], int, int, int, int, int, int, int, int
+]
+"""start_us, duration_us, (family, ip, port) of the client and of the VIP address, backend slot (-1
+none), udp, reason index, retries, bytes to / from the backend, datagrams to / from the backend."""
 BackendCounters = tuple[int, int, int, int, tuple[int, ...], int, int, HistogramCounters]
 """active, flows_total, connect_attempts, connect_ok, connect_errors, bytes_to_backend, bytes_from_backend,
 connect latency."""
@@ -84,4 +90,6 @@ class Engine:
     def udp_counters(self, vip_id: int, worker: int = -1, used: int = -1, /) -> UdpCounters: ...
     def udp_held(self, vip_id: int, /) -> list[tuple[int, bool]]: ...
     def udp_gro(self, vip_id: int, /) -> bool: ...
+    def flowlog_enable(self, vip_id: int, on: bool, /) -> None: ...
+    def flowlog_drain(self, vip_id: int, max: int = ..., /) -> tuple[list[FlowRecordTuple], int]: ...
     def close(self) -> None: ...

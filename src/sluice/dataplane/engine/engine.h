@@ -154,12 +154,14 @@ struct conn {
     uint8_t out_len, out_sent;
     /* established */
     uint32_t slot; /* backend counter slot */
+    uint64_t moved[2]; /* bytes moved per direction (the flow log's) */
 };
 
 /* ------------------------------------------------------------------ VIPs */
 
 struct vip;
 struct udp_wv;
+struct flow_ring;
 /* A VIP inside one worker. Allocated and freed by the control thread, used only by its worker. */
 struct worker_vip {
     struct vip *vip;
@@ -179,6 +181,7 @@ struct worker_vip {
     uint8_t **free_bufs;
     uint32_t n_free_bufs;
     struct udp_wv *udp; /* UDP VIPs: sessions and upstream sockets (udp.h); NULL for TCP */
+    struct flow_ring *_Atomic flowlog; /* NULL until the VIP's flow log is first switched on (flowlog.h) */
 };
 
 struct vip {

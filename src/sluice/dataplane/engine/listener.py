@@ -19,6 +19,7 @@ import numpy as np
 from sluice.config import Endpoint, Vip
 from sluice.core.histogram import CONNECT_LATENCY_BUCKETS_S, FLOW_DURATION_BUCKETS_S, Histogram
 from sluice.core.scheduler import MaglevScheduler, Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.engine.flowlog import NativeFlowLog, start_native_flow_log, update_native_flow_log
 from sluice.dataplane.stats import VipStats
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class NativeVip:
         self._scheduler = self._build_scheduler(vip)
         self._id: int | None = None
         self._address: tuple[str, int] | None = None
+        self._flow_log: NativeFlowLog | None = None
 
     def _table(self, vip: Vip) -> Any:
         """The engine's table spec for `vip` with the current scheduler."""
@@ -139,6 +141,9 @@ class NativeVip:
             self._stats.table_slots_changed += maglev_slots_changed(old_scheduler, self._scheduler)
         if self._id is not None:  # limits and timeouts change too: always a new table
             self._engine.vip_update(self._id, self._table(vip))
+            self._flow_log = update_native_flow_log(
+                self._flow_log, self._engine, self._id, vip, self._stats, lambda: self._slots
+            )
 
     async def stop_accepting(self) -> None:
         """No new flows (the workers close their listening sockets, TCP); established ones continue."""
@@ -186,6 +191,19 @@ class NativeVip:
         return self._address
 
     # ------------------------------------------------------------------ internals
+
+    def _start_flow_log(self) -> None:
+        """After vip_add: the flow log, if the VIP has one (the workers' rings switched on)."""
+        assert self._id is not None
+        self._flow_log = start_native_flow_log(
+            self._engine, self._id, self.vip, self._stats, lambda: self._slots
+        )
+
+    def _close_flow_log(self) -> None:
+        """After vip_detach (every flow ended): the last records, then the flow log closed."""
+        if self._flow_log is not None:
+            self._flow_log.close()
+            self._flow_log = None
 
     def _build_scheduler(self, vip: Vip) -> Scheduler:
         for backend in vip.backends:
@@ -251,12 +269,21 @@ class NativeTcpListener(NativeVip):
             self._table(vip),
         )
         self._address = (vip.listen.host, port)
+        self._start_flow_log()
 
     async def close(self) -> None:
         """Stop accepting, close every flow (``shutdown``), keep the final counters."""
         if self._id is not None:
             vip_id, self._id = self._id, None
-            self._fill(self._stats, self._engine.vip_remove(vip_id))
+            if self._flow_log is None:
+                self._fill(self._stats, self._engine.vip_remove(vip_id))
+                return
+            self._engine.vip_detach(vip_id)
+            try:
+                self._fill(self._stats, self._engine.counters(vip_id))
+                self._close_flow_log()
+            finally:
+                self._engine.vip_free(vip_id)
 
     @property
     def buffered(self) -> int:

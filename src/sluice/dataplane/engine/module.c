@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 
+#include "flowlog.h"
 #include "udp.h"
 
 int check_open(EngineObject *self)
@@ -243,6 +244,9 @@ static PyMethodDef Engine_methods[] = {
      "vip_detach(id): vip_remove's first step (every flow closed: shutdown; counters stay readable)"},
     {"vip_free", (PyCFunction)Engine_vip_free, METH_VARARGS, "vip_free(id): vip_remove's last step"},
     {"udp_gro", (PyCFunction)Engine_udp_gro, METH_VARARGS, "udp_gro(id) -> the listen sockets read UDP_GRO"},
+    {"flowlog_enable", (PyCFunction)Engine_flowlog_enable, METH_VARARGS, "flowlog_enable(id, on): the VIP's flow log"},
+    {"flowlog_drain", (PyCFunction)Engine_flowlog_drain, METH_VARARGS,
+     "flowlog_drain(id, max=65536) -> ([flow record tuple], records dropped by full rings so far)"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the workers and free everything"},
     {NULL, NULL, 0, NULL},
 };
@@ -298,7 +302,8 @@ PyMODINIT_FUNC PyInit__engine(void)
         PyModule_AddIntConstant(m, "PROXY_HEADER_MAX", PROXY_HEADER_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PIPE_SIZE", PIPE_SIZE_DEFAULT) < 0 ||
         PyModule_AddIntConstant(m, "POOL_FREE_MAX", POOL_FREE_MAX) < 0 ||
-        PyModule_AddIntConstant(m, "COPY_BUFFER_SIZE", COPY_BUFFER_SIZE_DEFAULT) < 0) {
+        PyModule_AddIntConstant(m, "COPY_BUFFER_SIZE", COPY_BUFFER_SIZE_DEFAULT) < 0 ||
+        PyModule_AddIntConstant(m, "FLOWLOG_RING", FLOWLOG_RING) < 0) {
         Py_DECREF(m);
         return NULL;
     }

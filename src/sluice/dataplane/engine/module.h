@@ -36,4 +36,8 @@ PyObject *Engine_udp_counters(EngineObject *self, PyObject *args);
 PyObject *Engine_udp_held(EngineObject *self, PyObject *args);
 PyObject *Engine_udp_gro(EngineObject *self, PyObject *args);
 
+/* module_flowlog.c: the flow log methods of Engine */
+PyObject *Engine_flowlog_enable(EngineObject *self, PyObject *args);
+PyObject *Engine_flowlog_drain(EngineObject *self, PyObject *args);
+
 #endif

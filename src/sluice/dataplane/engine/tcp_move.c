@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "flowlog.h"
 #include "tcp.h"
 
 #define SPLICE_FLAGS (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
@@ -129,6 +130,7 @@ static void count_closed(struct conn *c, enum closed_reason reason)
     CTR_ADD(wv->counters.closed[reason], 1);
     histogram_observe(&wv->counters.flow_duration, flow_duration_bounds_us, wv->w->now_us - c->accepted_us);
     CTR_ADD(wv->counters.backends[c->slot].active, -1);
+    flowlog_tcp_closed(c, reason);
     if (c->sched_counted)
         wv->sched_active[c->slot]--;
     tcp_release_slot(c);
@@ -255,6 +257,7 @@ static int dir_pump(struct worker *w, struct conn *c, int i)
                 CTR_ADD(bc->bytes_to_backend, (uint64_t)n);
             else
                 CTR_ADD(bc->bytes_from_backend, (uint64_t)n);
+            c->moved[i] += (uint64_t)n;
             c->last_active_us = w->now_us;
             continue;
         }

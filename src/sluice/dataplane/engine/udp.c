@@ -147,6 +147,7 @@ static void on_client_datagram(struct worker *w, struct worker_vip *wv, const st
     if (s == NULL)
         return;
     s->requests++;
+    s->bytes_in += len;
     udp_session_touch(w, u, s);
     if (s->slot < 0) {
         send_per_packet(w, wv, s, data, len);
@@ -332,6 +333,8 @@ static void on_upstream(struct worker *w, struct worker_vip *wv, struct udp_sock
             continue;
         }
         s->replies += (uint64_t)sent;
+        for (int k = done; k < done + sent; k++)
+            s->bytes_out += sc->out_iov[k].iov_len;
         done += sent;
     }
     if (queued == 0)

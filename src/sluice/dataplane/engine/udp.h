@@ -77,6 +77,7 @@ struct udp_session {
     uint64_t last_us;
     uint64_t created_us;              /* when the session was opened (flow duration) */
     uint64_t requests, replies;
+    uint64_t bytes_in, bytes_out;     /* bytes from and to the client (the flow log's) */
     uint8_t header[UDP_HEADER_MAX];
     uint8_t header_len;
 };

@@ -101,6 +101,7 @@ class NativeUdpListener(NativeVip):
         )
         self._address = (vip.listen.host, port)
         self._gro = self._engine.udp_gro(self._id)
+        self._start_flow_log()
 
     def update(self, vip: Vip) -> None:
         if (vip.listen, vip.protocol) != (self.vip.listen, self.vip.protocol):
@@ -115,6 +116,7 @@ class NativeUdpListener(NativeVip):
             self._engine.vip_detach(vip_id)
             try:
                 self._fill(self._stats, self._engine.counters(vip_id), self._engine.udp_counters(vip_id))
+                self._close_flow_log()
             finally:
                 self._engine.vip_free(vip_id)
 

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "flowlog.h"
+
 /* The flow key's 16-byte IP and the host-order port of a socket address. */
 void udp_endpoint_of(const struct sockaddr_storage *ss, uint8_t ip16[16], uint16_t *port)
 {
@@ -132,6 +134,7 @@ static void detach_backend(struct worker *w, struct worker_vip *wv, struct udp_s
 void udp_session_end(struct worker *w, struct worker_vip *wv, struct udp_session *s, enum closed_reason reason)
 {
     struct udp_wv *u = wv->udp;
+    flowlog_udp_ended(wv, s, reason);
     struct udp_session **p = &u->buckets[s->key & (u->n_buckets - 1)];
     while (*p != s)
         p = &(*p)->hnext;
@@ -278,6 +281,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     s->stale = false;
     s->last_us = s->created_us = w->now_us;
     s->requests = s->replies = 0;
+    s->bytes_in = s->bytes_out = 0;
     memcpy(s->header, header, (size_t)header_len);
     s->header_len = (uint8_t)header_len;
     struct udp_session **bucket = &u->buckets[key & (u->n_buckets - 1)];

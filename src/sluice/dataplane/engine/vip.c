@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "flowlog.h"
 #include "udp.h"
 
 static void vip_free(struct engine *e, struct vip *v)
@@ -26,6 +27,7 @@ static void vip_free(struct engine *e, struct vip *v)
             free(wv->free_pipe_caps);
             free(wv->free_bufs);
             udp_wv_free(wv);
+            flowlog_free(wv);
         }
     }
     free(v->per_worker);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from sluice.config import Endpoint
@@ -38,6 +39,12 @@ class Connection:
         self._last_active = 0.0
         self._accepted = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self.accepted = time.time()
+        """Wall clock at accept; with `peer`, `local`, `retries` and the bytes, what the flow log shows."""
+        self.peer: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.retries = 0
+        self.bytes_to_backend = self.bytes_from_backend = 0
 
     def enter(self, phase: Phase) -> None:
         if phase not in NEXT_PHASES[self.phase]:
@@ -81,11 +88,13 @@ class Connection:
     def _on_to_backend(self, n: int) -> None:
         assert self._bstats is not None
         self._bstats.bytes_to_backend += n
+        self.bytes_to_backend += n
         self._last_active = self._loop.time()
 
     def _on_from_backend(self, n: int) -> None:
         assert self._bstats is not None
         self._bstats.bytes_from_backend += n
+        self.bytes_from_backend += n
         self._last_active = self._loop.time()
 
     def _arm_idle(self) -> None:

@@ -37,9 +37,11 @@ from sluice.core.proxy_protocol import (
     parse_proxy_header,
 )
 from sluice.core.scheduler import Scheduler, build_scheduler, maglev_slots_changed
+from sluice.dataplane.flowlog import FlowLog, close_flow_log, open_flow_log, reopen_flow_log
 from sluice.dataplane.limits import EveryFewSeconds
 from sluice.dataplane.proxy.connection import Connection
 from sluice.dataplane.proxy.connector import BackendInfo, Connector
+from sluice.dataplane.proxy.records import tcp_record
 from sluice.dataplane.proxy.splice import (
     PIPE_POOL_SIZE,
     PIPE_SIZE,
@@ -113,6 +115,7 @@ class TcpListener:
         self.lingerer: Lingerer | None = None
         """Sockets of reset flows waiting for their bytes to leave (made at start)."""
         self._accept_log = EveryFewSeconds(ACCEPT_LOG_INTERVAL_S)
+        self.flow_log: FlowLog | None = None
 
     # ------------------------------------------------------------------ Listener interface
 
@@ -126,6 +129,7 @@ class TcpListener:
             sock.bind((self.vip.listen.host, self.vip.listen.port))
             sock.listen(1024)
             sock.setblocking(False)
+            self.flow_log = open_flow_log(self.vip, self.stats)
         except OSError:
             sock.close()
             raise
@@ -138,6 +142,7 @@ class TcpListener:
 
     def update(self, vip: Vip) -> None:
         old = self.vip
+        self.flow_log = reopen_flow_log(self.flow_log, vip, self.stats)
         self.vip = vip
         if (vip.scheduler, vip.backends, vip.maglev_table_size, vip.hash_key) == (
             old.scheduler,
@@ -177,6 +182,7 @@ class TcpListener:
         if self.lingerer is not None:
             self.lingerer.close()
         self.pipes.close()
+        close_flow_log(self.flow_log)
 
     def close_backend_flows(self, backend: Endpoint, reason: str) -> int:
         """Close the established connections on `backend` (drain timeout, on_backend_down: close)."""
@@ -266,6 +272,7 @@ class TcpListener:
             log.debug("vip %s: client lost before a backend was chosen: %r", self.vip.name, exc)
             self._refuse(conn, "client_gone")
             return
+        conn.peer, conn.local = peer, local
         accept = self.vip.accept_proxy_protocol
         if accept is not None:
             if not accept.allows(peer[0]):  # only the listed peers may say who the client is
@@ -311,7 +318,7 @@ class TcpListener:
             timeout_s=vip.timeouts.connect,
             backend_info=self.backend_info,
             on_connected=lambda sock, backend: self._on_connected(
-                conn, sock, backend, plan.scheduler, len(early)
+                conn, sock, backend, plan.scheduler, len(early), len(plan.tried) - 1
             ),
             on_gave_up=lambda reason: self._refuse(conn, reason),
             vip_name=vip.name,
@@ -349,6 +356,7 @@ class TcpListener:
             self._drop(conn)
             raise
         flow = _tcp_flow(source or peer, local)  # client -> VIP, as the header says
+        conn.peer = source or peer
         self._connect(conn, flow, source, destination, early)
 
     async def _read_proxy_header(self, client: socket.socket) -> tuple[Address | None, Address | None, bytes]:
@@ -381,6 +389,7 @@ class TcpListener:
         backend: Endpoint,
         counted_by: Scheduler,
         early: int,
+        retries: int = 0,
     ) -> None:
         try:
             bstats = conn.establish(backend_sock, backend, counted_by)
@@ -394,6 +403,7 @@ class TcpListener:
         bstats.active += 1
         bstats.flows_total += 1
         bstats.bytes_to_backend += early
+        conn.bytes_to_backend, conn.retries = early, retries
         self.stats.active += 1
         self.stats.flows_total += 1
         conn.start()
@@ -418,3 +428,5 @@ class TcpListener:
             conn.counted_by.on_close(conn.backend)
         self.stats.active -= 1
         self.stats.closed[reason] += 1
+        if self.flow_log is not None:
+            self.flow_log.log(tcp_record(self.vip.name, conn, reason))

@@ -82,7 +82,9 @@ from sluice.core.udp_session import (
     rebalance,
     session_flow,
 )
+from sluice.dataplane.flowlog import FlowLog, close_flow_log, open_flow_log, reopen_flow_log
 from sluice.dataplane.listener import check_udp_vip
+from sluice.dataplane.proxy.records import udp_record
 from sluice.dataplane.proxy.udp_sockets import (
     LISTEN_CMSG_SPACE,
     Address,
@@ -130,6 +132,7 @@ class UdpListener:
         self._accepting = True
         self._quarantine_s = port_quarantine_s
         self._quarantine: PortQuarantine | None = None
+        self.flow_log: FlowLog | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -145,6 +148,7 @@ class UdpListener:
         try:
             self._vip_port = sock.getsockname()[1]
             self._loop.add_reader(sock, self._on_client_readable)
+            self.flow_log = open_flow_log(self._vip, self.stats)
         except BaseException:
             sock.close()
             raise
@@ -155,6 +159,7 @@ class UdpListener:
         if (vip.listen, vip.protocol) != (self._vip.listen, self._vip.protocol):
             raise ValueError("update() cannot move a listener: stop it and start a new one")
         check_udp_vip(vip, "UdpListener")
+        self.flow_log = reopen_flow_log(self.flow_log, vip, self.stats)
         self._vip = vip
         self._release_all(self._table.configure(vip.udp.max_sessions, vip.idle_timeout_s, vip.udp.responses))
         old_scheduler, self._scheduler = self._scheduler, self._build_scheduler(vip)
@@ -194,6 +199,7 @@ class UdpListener:
         self._release_all(self._table.clear("shutdown"))
         if self._quarantine is not None:
             self._quarantine.close()
+        close_flow_log(self.flow_log)
 
     @property
     def quarantined_fds(self) -> frozenset[int]:
@@ -244,7 +250,7 @@ class UdpListener:
                 return
 
     def _on_client_datagram(self, data: memoryview, addr: Address, now: float) -> None:
-        session = self._table.request(addr, now)
+        session = self._table.request(addr, now, len(data))
         if session is None:
             session = self._open_session(addr, now, data)
             if session is None:
@@ -339,7 +345,7 @@ class UdpListener:
             return None
         up = Upstream(addr, sock, header, ref, route)
         session, evicted = self._table.open(addr, up, now)
-        self._table.request(addr, now)
+        self._table.request(addr, now, len(data))
         self._release_all(evicted)
         self._attach(up)
         self.stats.flows_total += 1
@@ -419,6 +425,8 @@ class UdpListener:
             self._detach(event.value)
             self.stats.closed[event.reason] += 1
             self.stats.flow_duration.observe(now - event.created)
+            if self.flow_log is not None:
+                self.flow_log.log(udp_record(self._vip.name, self.address, event, self._loop))
             if event.reason == EVICTED:
                 self.stats.evictions += 1
         self._count_sessions()
@@ -492,6 +500,6 @@ class UdpListener:
         except OSError as exc:
             self.stats.dropped[drop_reason(exc)] += 1
             return
-        closed = self._table.reply(up.client, now)
+        closed = self._table.reply(up.client, now, len(data))
         if closed is not None:
             self._release_all([closed])
