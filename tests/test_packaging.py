@@ -236,3 +236,14 @@ def test_bash_completion_completes_commands_options_and_choices(tmp_path: Path) 
         check=True,
     ).stdout.split()
     assert set(_commands()) <= set(top) and "--version" in top
+
+
+def test_every_python_module_is_at_most_500_lines() -> None:
+    """As the engine's C files (tests/dataplane/engine/test_layout.py): a module that grows past
+    this is split along a real seam."""
+    over = {
+        str(p.relative_to(ROOT)): n
+        for p in sorted((ROOT / "src").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert over == {}, f"split these: {over}"

@@ -140,7 +140,11 @@ async def test_udp_sessions_observed_in_flow_duration(engine: str) -> None:
         "name": "dns",
         "protocol": "udp",
         "listen": f"127.0.0.1:{port}",
-        "udp": {"responses": 1, "max_sessions": 64, "max_queue_delay": "10s"},  # a session ends with its reply
+        "udp": {
+            "responses": 1,
+            "max_sessions": 64,
+            "max_queue_delay": "10s",
+        },  # a session ends with its reply
         "backends": [{"address": f"127.0.0.1:{backend}"}],
     }
     controller = await running(engine, [vip])

@@ -14,21 +14,17 @@ Choices, each the simplest design found correct:
   reused for every datagram (``recv*_into`` + memoryview slices): no bytes object per datagram.
   Upstream sockets are created synchronously (``socket`` + ``connect`` cost no round trip for UDP),
   so the first datagram of a session is forwarded in the same callback that read it.
-- **No silent truncation.** The buffer holds 65,536 bytes, more than any UDP payload (65,507 over
-  IPv4, 65,527 over IPv6), and the listen socket checks ``MSG_TRUNC`` anyway; a truncated read is
-  dropped and counted (``dropped["truncated"]``).
-- **UDP_GRO.** Same-flow datagrams the kernel coalesced into one buffer are split back (see
-  `udp_sockets`); a kernel without UDP_GRO gives them one by one (`gro` says which).
+- **No silent truncation.** The 65,536-byte buffer exceeds any UDP payload, and a read the kernel
+  marks ``MSG_TRUNC`` anyway is dropped and counted (``dropped["truncated"]``).
+- **UDP_GRO.** Datagrams the kernel coalesced into one buffer are split back (`udp_sockets`).
 - **Sends never queue.** UDP is lossy; a send that would block is dropped and counted
   (``dropped["send_buffer_full"]``), so no buffer grows without bound.
 - **Reads never serve stale datagrams.** A client datagram that waited in the listen socket's queue
   longer than ``udp.max_queue_delay`` (its kernel receive timestamp, from the same ``recvmsg``) is
   dropped and counted (``dropped["queue_delay"]``): an overloaded VIP answers late by at most that
   bound. The listen socket's buffer is ``udp.receive_buffer``, by default sized from the bound.
-- **Empty datagrams are forwarded** both ways (UDP allows zero-length payloads; some protocols use
-  them as keepalives) and counted like any other. The payload is never parsed, so "garbage" is just
-  data. A datagram that cannot be sent (too large once the PROXY header is added: EMSGSIZE) is
-  dropped and counted (``dropped["too_large"]``).
+- **Empty datagrams are forwarded** both ways (keepalives) and counted; payloads are never parsed.
+  A datagram too large once the PROXY header is added (EMSGSIZE) is ``dropped["too_large"]``.
 - **Backend gone.** An ICMP port unreachable surfaces on the connected socket as ECONNREFUSED (on
   recv, or on the next send); the session is marked and its next datagram is re-balanced
   (``stats.rebalanced``) as `sluice.core.udp_session` decides. A send that fails that way is
@@ -38,20 +34,18 @@ Choices, each the simplest design found correct:
   backend); sessions (and their upstream sockets) are still per client ip:port.
 - **udp.per_packet.** Sessions stay (one per client ip:port, so replies find their client), but the
   session's upstream socket is *unconnected* and every datagram picks its own backend (its flow's
-  source port is a listener-wide datagram counter); any scheduler works with that. Replies arrive on the session's socket from whichever backend; only sources that are current
-  backends are relayed (``dropped["unknown_source"]``). Each datagram counts as one flow of its
-  backend. The kernel reports no ICMP errors on unconnected sockets: a dead backend is skipped only
-  once health checks remove it. One unconnected socket speaks one address family, so per_packet
-  needs every backend in the same family.
+  source port is a listener-wide datagram counter). Replies from sources that are not current
+  backends are dropped (``dropped["unknown_source"]``); each datagram is one flow of its backend.
+  Unconnected sockets get no ICMP errors (a dead backend is skipped once health checks remove it)
+  and speak one address family (per_packet needs every backend in the same family).
 - **PROXY protocol v2** (``proxy_protocol: v2``): a UDP4/UDP6 header (client -> VIP) is built once
   per session and sent in front of every datagram with ``sendmsg`` (scatter-gather, no copy). v1
   cannot carry UDP and is refused.
 - **QUIC** (``quic``): a session opens on the backend its first datagram's CID names (`sluice.core.quic`).
 - Settings that shape a session (hash, per_packet, proxy_protocol, quic) apply to sessions opened
   after an `update`; limits (max_sessions, idle timeout, responses) apply at once.
-- **Port quarantine.** A closed session's upstream socket is held for `PORT_QUARANTINE_S` before it
-  is closed (`udp_sockets.PortQuarantine`), so a late reply of the old session cannot reach a new
-  session the kernel gave the same port.
+- **Port quarantine.** A closed session's upstream socket is held `PORT_QUARANTINE_S` before close
+  (`udp_sockets.PortQuarantine`): a late reply cannot reach a new session on the same port.
 
 The flows the scheduler sees and every choice of a backend come from `sluice.core.udp_session`;
 this module does the I/O and the counting. Limits: every session holds one file descriptor, so
