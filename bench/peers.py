@@ -147,6 +147,7 @@ def sluice_yaml(job: Job, engine: str = "native") -> str:
     udp_opts += [f"receive_buffer: {job.udp_rcvbuf}"] if job.udp_rcvbuf else []
     udp = f"    udp: {{{', '.join(udp_opts)}}}\n" if job.proto == "udp" and udp_opts else ""
     admin = f"admin: {{listen: {job.admin}}}\n" if job.admin else ""
+    limit = f"    max_connections: {MAX_CONN}\n" if job.proto == "tcp" else ""  # UDP: udp.max_sessions
     return f"""{admin}engine: {engine}
 workers: 1
 vips:
@@ -157,8 +158,7 @@ vips:
     backends:
       - address: {proc.HOST}:{job.backend_port}
     timeouts: {{connect: 3s, idle: {idle}}}
-    max_connections: {MAX_CONN}
-{udp}"""
+{limit}{udp}"""
 
 
 def _start_sluice(job: Job, engine: str) -> subprocess.Popen[bytes]:

@@ -8,6 +8,7 @@
 #include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "checksum.h"
 #include "xdp_consts.h"
 #include "xdp_structs.h"
 #include "parse.h"
@@ -65,19 +66,6 @@ static __always_inline void *write_l2(struct xdp_md *ctx, const struct packet *p
 	tag[0] = pkt->vlan_tci;
 	tag[1] = bpf_htons(ethtype);
 	return tag + 2;
-}
-
-static __always_inline __u16 ipv4_checksum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
 }
 
 static __always_inline int encap_ipv4(struct xdp_md *ctx, const struct packet *pkt, const struct vip_meta *vip,

@@ -11,6 +11,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "checksum.h"
 #include "xdp_consts.h"
 
 #ifndef MAX_CHECK_PATHS
@@ -59,19 +60,6 @@ static __always_inline int count(int ok)
 			cs->failed++;
 	}
 	return ok ? TC_ACT_OK : TC_ACT_SHOT;
-}
-
-static __always_inline __u16 ipv4_checksum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
 }
 
 SEC("tc")
