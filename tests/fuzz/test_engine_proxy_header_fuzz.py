@@ -57,9 +57,12 @@ def seeds() -> list[bytes]:
     ]
 
 
-def build_fuzzer(tmp_path: Path) -> Path:
+def build_fuzzer(
+    tmp_path: Path, target: Path = TARGET, sources: tuple[str, ...] = PROXY_HEADER_SOURCES
+) -> Path:
+    """`target` (a libFuzzer entry point) and the engine's `sources`, with ASan+UBSan, -Werror."""
     needs(commands=("clang",))
-    binary = tmp_path / "proxy_header_fuzz"
+    binary = tmp_path / target.stem
     cmd = [
         "clang",
         "-g",
@@ -71,8 +74,8 @@ def build_fuzzer(tmp_path: Path) -> Path:
         "-Werror",
         "-std=c11",
         f"-I{ENGINE_DIR}",
-        str(TARGET),
-        *(str(ENGINE_DIR / name) for name in PROXY_HEADER_SOURCES),
+        str(target),
+        *(str(ENGINE_DIR / name) for name in sources),
         "-o",
         str(binary),
     ]
