@@ -24,11 +24,6 @@ SECRET = "7e3a91c05bd24f68a0c1e2d3f4b5a697"
 ROTATED = "19af3c5e7b90d2e4f6a8c0b1d3e5f7a9"
 MISTYPED = SECRET[:-1]  # 31 digits: nearly the secret, refused
 # a debug-level run: what an operator chasing a problem would turn on
-RUN_AT_DEBUG = (
-    "import logging, sys, sluice.server as s; setup = s.setup_logging; "
-    "s.setup_logging = lambda fmt='plain', level=0: setup(fmt, logging.DEBUG); "
-    "from sluice.cli import main; sys.exit(main(sys.argv[1:]))"
-)
 
 
 def forms(hex_key: str) -> list[str]:
@@ -92,15 +87,18 @@ async def test_the_hash_key_appears_in_no_output(tmp_path: Path, backends: Backe
     async def notification() -> str:
         return (await asyncio.wait_for(loop.sock_recv(notify, 4096), 10)).decode()
 
+    log_file = (tmp_path / "sluice.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-c",
-        RUN_AT_DEBUG,
+        "-m",
+        "sluice",
         "run",
+        "--log-level",
+        "debug",
         str(config),
         env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=log_file,  # a file, not a pipe nobody reads while the test runs: debug logs can fill one
+        stderr=asyncio.subprocess.STDOUT,
     )
     seen: list[str] = []
     try:
@@ -140,9 +138,10 @@ async def test_the_hash_key_appears_in_no_output(tmp_path: Path, backends: Backe
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        await asyncio.wait_for(proc.wait(), 30)
         notify.close()
-    logs = out.decode() + err.decode()
+        log_file.close()
+    logs = (tmp_path / "sluice.log").read_text()
     assert "hash_key" in logs and "rejected" in logs and "reloaded" in logs  # the reloads were logged
     seen.append(logs)
     for text in seen:
