@@ -37,13 +37,18 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DsrLab]:
         lab.destroy()
 
 
-def wait_states(lb: LbProcess, wanted: dict[str, str], timeout_s: float = 30.0) -> dict[str, Any]:
-    """Poll the LB's health until every key of `wanted` is in its state (bounded); the last health."""
+def wait_states(
+    lb: LbProcess, wanted: dict[str, str], timeout_s: float = 30.0, min_ok: int = 0
+) -> dict[str, Any]:
+    """Poll the LB's health until every key of `wanted` is in its state and has passed at least
+    `min_ok` checks (bounded); the last health. Backends start up before any check, so a test that
+    counts checks from here waits for `min_ok=1`: a backend's first check, when it fails, takes it
+    down at once (whatever `fall`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         health = lb.health()
         states = {k: health["backends"][k]["state"] for k in wanted}
-        if states == wanted:
+        if states == wanted and all(health["backends"][k]["ok"] >= min_ok for k in wanted):
             return health
         if time.monotonic() > deadline:
             raise AssertionError(f"states {states}, expected {wanted}")
@@ -70,7 +75,7 @@ def test_a_backend_without_the_vip_goes_down_and_its_flows_move(lab: DsrLab) -> 
     before = lab.ns("lb").run("ip", "route", "show", "table", "all").stdout
     lb = lab.start_lb(lab.write_config("checked", checks=True), checks=True)
     try:
-        health = wait_states(lb, dict.fromkeys(KEYS, "up"))
+        health = wait_states(lb, dict.fromkeys(KEYS, "up"), min_ok=1)
         for key in KEYS:  # checked on the VIP, each backend with its own mark
             assert health["backends"][key]["target"].startswith(VIP)
         assert len({health["backends"][k]["mark"] for k in KEYS}) == 3
