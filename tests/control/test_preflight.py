@@ -148,3 +148,45 @@ def test_dsr_without_the_privileges_xdp_needs(monkeypatch: pytest.MonkeyPatch) -
         preflight, "_effective_capabilities", lambda: 1 << preflight.CAP_NET_ADMIN | 1 << preflight.CAP_BPF
     )
     assert host_errors(config) == []
+
+
+def _flow_log_config(path: str) -> str:
+    return (
+        f"vips:\n  - name: web\n    listen: 127.0.0.1:{free_port()}\n    backends: [{{address: 127.0.0.1:9}}]\n"
+        f"    access_log: {{path: {path}}}\n"
+    )
+
+
+def test_a_flow_log_file_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "a-dir").mkdir()
+    missing = tmp_path / "no" / "such" / "flows.log"
+    assert host_errors(parse_config_text(_flow_log_config(str(missing)))) == [
+        f"vips[0].access_log.path: {missing} cannot be created "
+        f"(the directory {missing.parent} is missing or not writable)"
+    ]
+    assert host_errors(parse_config_text(_flow_log_config(str(tmp_path / "a-dir")))) == [
+        f"vips[0].access_log.path: {tmp_path / 'a-dir'} is not a file sluice may append to"
+    ]
+    # a new file in a writable directory, or an existing file: fine, and check creates nothing
+    assert host_errors(parse_config_text(_flow_log_config(str(tmp_path / "flows.log")))) == []
+    assert not (tmp_path / "flows.log").exists()
+    (tmp_path / "old.log").write_text("")
+    assert host_errors(parse_config_text(_flow_log_config(str(tmp_path / "old.log")))) == []
+
+
+@pytest.mark.parametrize(("forwarding", "missing"), [("l2", "ip"), ("ipip", "ip and tc")])
+def test_dsr_checks_without_ip_or_tc(monkeypatch: pytest.MonkeyPatch, forwarding: str, missing: str) -> None:
+    outer = ", outer_source: 198.18.0.1/32, next_hop_mac: '02:00:00:00:00:01'" if forwarding == "ipip" else ""
+    text = (
+        "vips:\n  - name: edge\n    listen: 198.18.100.1:80\n    mode: dsr\n"
+        f"    dsr: {{interface: lo, forwarding: {forwarding}{outer}}}\n"
+        "    backends: [{address: 198.18.1.11:80}]\n    health: {type: tcp}\n"
+    )
+    config = parse_config_text(text)
+    monkeypatch.setattr("sluice.control.preflight._effective_capabilities", lambda: -1)
+    monkeypatch.setattr("shutil.which", lambda tool: None)
+    assert host_errors(config) == [
+        f"vips[0].health: checks through the VIP need {missing} (Debian: apt-get install iproute2)"
+    ]
+    monkeypatch.setattr("shutil.which", lambda tool: f"/usr/sbin/{tool}")
+    assert host_errors(config) == []

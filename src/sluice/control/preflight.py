@@ -1,6 +1,7 @@
 """What a valid config needs from this host, checked before anything starts: the admin token file
-(readable, private, long enough), the dsr interfaces (they exist), the privileges XDP needs, and
-every listen address (a socket of the same kind binds to it now). ``sluice check`` runs these
+(readable, private, long enough), the dsr interfaces (they exist), the privileges XDP needs, the
+commands DSR health checks need (``ip``, and ``tc`` for ipip), every flow log file (it can be
+appended to), and every listen address (a socket of the same kind binds to it now). ``sluice check`` runs these
 unless ``--offline``; ``sluice run`` runs them before it sets anything up.
 
 Each error is one ``path: message`` line, like a config error. Nothing here keeps a socket open.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -29,7 +31,13 @@ _HINTS = {
 
 def host_errors(config: Config) -> list[str]:
     """Every problem of running `config` on this host, or []."""
-    return _token_errors(config) + _dsr_errors(config) + _listen_errors(config)
+    return (
+        _token_errors(config)
+        + _dsr_errors(config)
+        + _check_tool_errors(config)
+        + _access_log_errors(config)
+        + _listen_errors(config)
+    )
 
 
 def _token_errors(config: Config) -> list[str]:
@@ -72,6 +80,45 @@ def _dsr_errors(config: Config) -> list[str]:
         errors.append(
             f"vips[{dsr[0][0]}].mode: dsr loads an XDP program: run as root (or with CAP_BPF and CAP_NET_ADMIN)"
         )
+    return errors
+
+
+def _check_tool_errors(config: Config) -> list[str]:
+    """DSR checks through the VIP install policy routes with `ip`, and for ipip a tc program."""
+    if not any(v.mode == "dsr" for v in config.vips):
+        return []
+    from sluice.dataplane.xdp.checkpath import steered  # only for dsr configs: check stays light
+
+    errors = []
+    for i, vip in enumerate(config.vips):
+        if not steered(vip):
+            continue
+        assert vip.dsr is not None
+        needed = ("ip", "tc") if vip.dsr.forwarding == "ipip" else ("ip",)
+        missing = [tool for tool in needed if shutil.which(tool) is None]
+        if missing:
+            errors.append(
+                f"vips[{i}].health: checks through the VIP need {' and '.join(missing)} "
+                "(Debian: apt-get install iproute2)"
+            )
+    return errors
+
+
+def _access_log_errors(config: Config) -> list[str]:
+    """A flow log file must be appendable: the file if it exists, else its directory (nothing is created)."""
+    errors = []
+    for i, vip in enumerate(config.vips):
+        if vip.access_log is None or vip.access_log.path == "stderr":
+            continue
+        path = Path(vip.access_log.path)
+        if path.exists():
+            ok = path.is_file() and os.access(path, os.W_OK)
+            why = "is not a file sluice may append to"
+        else:
+            ok = path.parent.is_dir() and os.access(path.parent, os.W_OK | os.X_OK)
+            why = f"cannot be created (the directory {path.parent} is missing or not writable)"
+        if not ok:
+            errors.append(f"vips[{i}].access_log.path: {path} {why}")
     return errors
 
 
