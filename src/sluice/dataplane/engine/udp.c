@@ -27,13 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104 /* linux/udp.h: the control message carries the segment size as an int */
-#endif
-
 #define REASON_NAME(name, str) str,
 const char *const dropped_names[DROPPED__COUNT] = {DROPPED_REASONS(REASON_NAME)};
 const char *const quic_counter_names[QUIC__COUNT] = {QUIC_COUNTERS(REASON_NAME)};

@@ -27,6 +27,13 @@
 
 #include "engine.h"
 
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104 /* linux/udp.h: the control message carries the segment size as an int */
+#endif
+
 #define UDP_BATCH 32              /* datagrams per recvmmsg / sendmmsg */
 #define UDP_BUFFER 65536          /* bytes per datagram slot: > any UDP payload, >= one GRO read */
 #define UDP_LISTEN_ROUNDS 4       /* recvmmsg calls per readable event of a listen socket */

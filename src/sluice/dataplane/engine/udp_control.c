@@ -14,13 +14,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104 /* linux/udp.h: the control message carries the segment size as an int */
-#endif
-
 /* CMD_VIP_ADD: the worker starts serving the VIP with the listen socket the control thread bound. */
 static void attach(struct worker *w, struct worker_vip *wv)
 {
