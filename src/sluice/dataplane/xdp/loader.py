@@ -429,9 +429,11 @@ class TestRunResult:
     duration_ns: int = field(default=0, compare=False)  # the kernel's mean per run
 
 
-def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1) -> TestRunResult:
-    """Run an XDP program `repeat` times on `frame` via BPF_PROG_TEST_RUN; returns verdict, output
-    frame and mean ns per run.
+def test_run(
+    prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1, ctx: ctypes.Structure | None = None
+) -> TestRunResult:
+    """Run a program `repeat` times on `frame` via BPF_PROG_TEST_RUN; returns verdict, output frame
+    and mean ns per run. `ctx`: the program's context in (a tc program's __sk_buff fields).
 
     Test and bench only (the fixtures and bench/xdp.py); the data plane never calls it. It stays here
     because this module is the only libbpf user."""
@@ -446,6 +448,8 @@ def test_run(prog_fd: int, frame: bytes, *, headroom: int = 256, repeat: int = 1
         data_size_out=len(out),
         repeat=repeat,
     )
+    if ctx is not None:
+        opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx), ctypes.sizeof(ctx)
     _check(lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run_opts")
     return TestRunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
 

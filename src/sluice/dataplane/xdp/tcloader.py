@@ -96,22 +96,7 @@ class _SkbCtx(ctypes.Structure):
 
 def test_run_skb(prog_fd: int, frame: bytes, mark: int, *, headroom: int = 256) -> loader.TestRunResult:
     """Run a tc program once on `frame` with skb->mark = `mark` (BPF_PROG_TEST_RUN). Tests only."""
-    lib = loader.libbpf()
-    data_in = ctypes.create_string_buffer(frame, len(frame))
-    out = ctypes.create_string_buffer(len(frame) + headroom)
-    ctx = _SkbCtx(mark=mark)
-    opts = loader._TestRunOpts(
-        sz=ctypes.sizeof(loader._TestRunOpts),
-        data_in=ctypes.addressof(data_in),
-        data_out=ctypes.addressof(out),
-        data_size_in=len(frame),
-        data_size_out=len(out),
-        ctx_in=ctypes.addressof(ctx),
-        ctx_size_in=ctypes.sizeof(ctx),
-        repeat=1,
-    )
-    loader._check(lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run_opts")
-    return loader.TestRunResult(opts.retval, out.raw[: opts.data_size_out])
+    return loader.test_run(prog_fd, frame, headroom=headroom, ctx=_SkbCtx(mark=mark))
 
 
 test_run_skb.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
