@@ -46,7 +46,7 @@ def _vector(t: FiveTuple) -> dict[str, Any]:
     }
 
 
-def _random_ip(rng: random.Random, v6: bool) -> IPv4Address | IPv6Address:
+def random_ip(rng: random.Random, v6: bool) -> IPv4Address | IPv6Address:
     return ip_address(rng.getrandbits(128)) if v6 else ip_address(rng.getrandbits(32))
 
 
@@ -59,7 +59,7 @@ def build_vectors() -> dict[str, Any]:
         for sp in EDGE_PORTS:
             for dp in EDGE_PORTS:
                 for proto in (IPPROTO_TCP, IPPROTO_UDP):
-                    tuples.append(FiveTuple(_random_ip(rng, v6), _random_ip(rng, v6), sp, dp, proto))
+                    tuples.append(FiveTuple(random_ip(rng, v6), random_ip(rng, v6), sp, dp, proto))
     # special addresses
     for specials in (SPECIAL_V4, SPECIAL_V6):
         for src in specials:
@@ -73,8 +73,8 @@ def build_vectors() -> dict[str, Any]:
         v6 = i % 3 == 2
         tuples.append(
             FiveTuple(
-                _random_ip(rng, v6),
-                _random_ip(rng, v6),
+                random_ip(rng, v6),
+                random_ip(rng, v6),
                 rng.randrange(1, 65536),
                 rng.randrange(1, 65536),
                 rng.choice((IPPROTO_TCP, IPPROTO_UDP)),
@@ -88,25 +88,33 @@ def build_vectors() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    """JSON with one vector per line (diffs stay readable)."""
-    content = build_vectors()
+def render_vectors(content: dict[str, Any]) -> str:
+    """`content` as JSON with one vector per line (diffs stay readable)."""
+    content = dict(content)
     vectors = content.pop("vectors")
     head = json.dumps(content, indent=1)[:-2]  # without the closing "\n}"
     body = ",\n".join("  " + json.dumps(v) for v in vectors)
     return f'{head},\n "vectors": [\n{body}\n ]\n}}\n'
 
 
-def main(argv: list[str]) -> int:
-    text = render()
+def render() -> str:
+    return render_vectors(build_vectors())
+
+
+def write_or_check(path: Path, text: str, argv: list[str], script: str) -> int:
+    """Write `text` to `path`, or with --check exit 1 when the file differs from it."""
     if "--check" in argv:
-        if not PATH.exists() or PATH.read_text() != text:
-            print(f"{PATH} is not up to date; run {Path(__file__).name}", file=sys.stderr)
+        if not path.exists() or path.read_text() != text:
+            print(f"{path} is not up to date; run {script}", file=sys.stderr)
             return 1
         return 0
-    PATH.write_text(text)
-    print(f"wrote {len(json.loads(text)['vectors'])} vectors to {PATH}")
+    path.write_text(text)
+    print(f"wrote {len(json.loads(text)['vectors'])} vectors to {path}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check(PATH, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ vectors (flow_hash.json, make_flow_hash_vectors.py) are untouched by keys.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
-from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
 from sluice.core.flow import IPPROTO_TCP, IPPROTO_UDP, FiveTuple, HashKey, flow_hash
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path (tests/core)
+import make_flow_hash_vectors as unkeyed
 
 PATH = Path(__file__).with_name("flow_hash_keyed.json")
 SEED = 20261202
@@ -45,23 +46,21 @@ def _vector(key_hex: str, t: FiveTuple) -> dict[str, Any]:
     }
 
 
-def _random_ip(rng: random.Random, v6: bool) -> IPv4Address | IPv6Address:
-    return ip_address(rng.getrandbits(128)) if v6 else ip_address(rng.getrandbits(32))
-
-
 def _tuples(rng: random.Random) -> list[FiveTuple]:
     tuples: list[FiveTuple] = []
     for v6 in (False, True):  # edge ports, both families, both protocols
         for sp in EDGE_PORTS:
             for dp in EDGE_PORTS:
                 for proto in (IPPROTO_TCP, IPPROTO_UDP):
-                    tuples.append(FiveTuple(_random_ip(rng, v6), _random_ip(rng, v6), sp, dp, proto))
+                    tuples.append(
+                        FiveTuple(unkeyed.random_ip(rng, v6), unkeyed.random_ip(rng, v6), sp, dp, proto)
+                    )
     for i in range(RANDOM_PER_KEY):  # random flows: two in three IPv4
         v6 = i % 3 == 2
         tuples.append(
             FiveTuple(
-                _random_ip(rng, v6),
-                _random_ip(rng, v6),
+                unkeyed.random_ip(rng, v6),
+                unkeyed.random_ip(rng, v6),
                 rng.randrange(1, 65536),
                 rng.randrange(1, 65536),
                 rng.choice((IPPROTO_TCP, IPPROTO_UDP)),
@@ -84,24 +83,11 @@ def build_vectors() -> dict[str, Any]:
 
 
 def render() -> str:
-    """JSON with one vector per line (diffs stay readable)."""
-    content = build_vectors()
-    vectors = content.pop("vectors")
-    head = json.dumps(content, indent=1)[:-2]  # without the closing "\n}"
-    body = ",\n".join("  " + json.dumps(v) for v in vectors)
-    return f'{head},\n "vectors": [\n{body}\n ]\n}}\n'
+    return unkeyed.render_vectors(build_vectors())
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not PATH.exists() or PATH.read_text() != text:
-            print(f"{PATH} is not up to date; run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    PATH.write_text(text)
-    print(f"wrote {len(json.loads(text)['vectors'])} vectors to {PATH}")
-    return 0
+    return unkeyed.write_or_check(PATH, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":
