@@ -3,15 +3,11 @@ input it kept replayed through the C parser and core/proxy_protocol.py, which mu
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from sluice.core.proxy_protocol import build_proxy_header
-from tests.dataplane.engine.cbuild import ENGINE_DIR, PROXY_HEADER_SOURCES, c_parse, python_parse
-from tests.support.privileged import REQUIRE_PRIVILEGED, needs
+from tests.dataplane.engine.cbuild import PROXY_HEADER_SOURCES, c_parse, python_parse
+from tests.fuzz.libfuzzer import build_fuzzer, run_fuzzer
 
 TARGET = Path(__file__).resolve().parent / "proxy_header_fuzz.c"
 RUNS = 1_000_000
@@ -57,73 +53,16 @@ def seeds() -> list[bytes]:
     ]
 
 
-def build_fuzzer(
-    tmp_path: Path, target: Path = TARGET, sources: tuple[str, ...] = PROXY_HEADER_SOURCES
-) -> Path:
-    """`target` (a libFuzzer entry point) and the engine's `sources`, with ASan+UBSan, -Werror."""
-    needs(commands=("clang",))
-    binary = tmp_path / target.stem
-    cmd = [
-        "clang",
-        "-g",
-        "-O1",
-        "-fsanitize=fuzzer,address,undefined",
-        "-fno-sanitize-recover=all",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-std=c11",
-        f"-I{ENGINE_DIR}",
-        str(target),
-        *(str(ENGINE_DIR / name) for name in sources),
-        "-o",
-        str(binary),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0 and "libclang_rt" in done.stderr:
-        reason = "needs clang's libFuzzer/sanitizer runtime (Debian: libclang-rt-14-dev)"
-        if REQUIRE_PRIVILEGED:
-            pytest.fail(f"{reason} (SLUICE_REQUIRE_PRIVILEGED=1 forbids skipping)")
-        pytest.skip(reason)
-    assert done.returncode == 0, done.stderr
-    return binary
-
-
 def test_libfuzzer_proxy_header_parse_then_corpus_agrees_with_python(tmp_path: Path) -> None:
-    binary = build_fuzzer(tmp_path)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, seed in enumerate(seeds()):
-        (corpus / f"seed-{i}").write_bytes(seed)
+    binary = build_fuzzer(tmp_path, TARGET, PROXY_HEADER_SOURCES)
     dictionary = tmp_path / "proxy.dict"
     dictionary.write_text("".join(dictionary_line(token) for token in DICTIONARY))
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
-    run = subprocess.run(
-        [
-            str(binary),
-            f"-runs={RUNS}",
-            "-seed=20261201",
-            "-max_len=720",
-            f"-dict={dictionary}",
-            f"-artifact_prefix={artifacts}/",
-            "-print_final_stats=1",
-            str(corpus),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=tmp_path,
+    corpus = run_fuzzer(
+        binary, tmp_path, seeds(), RUNS, seed=20261201, max_len=720, extra=(f"-dict={dictionary}",)
     )
-    log = run.stderr[-4000:]
-    assert run.returncode == 0, log
-    assert not list(artifacts.iterdir()), log
-    done = re.search(r"Done (\d+) runs", run.stderr)
-    assert done and int(done.group(1)) >= RUNS, log
 
     inputs = sorted(corpus.iterdir())
-    assert len(inputs) > 100, f"the fuzzer kept only {len(inputs)} inputs:\n{log}"
+    assert len(inputs) > 100, f"the fuzzer kept only {len(inputs)} inputs"
     kinds: set[tuple[str, int]] = set()
     for path in inputs:
         data = path.read_bytes()
