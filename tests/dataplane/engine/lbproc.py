@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,6 +100,35 @@ def count_syscalls(pid: int, out: Path, work: Callable[[], None]) -> int:
         if row.rstrip().endswith("total"):
             return int(row.split()[3])  # the calls column
     raise AssertionError("no total line in strace -c output:\n" + out.read_text())
+
+
+class UdpEcho:
+    """Echo every datagram on 127.0.0.1 from one thread until `close`; `received` holds each
+    (datagram, arrival time in ns)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port: int = self.sock.getsockname()[1]
+        self.received: list[tuple[bytes, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            self.received.append((data, time.time_ns()))
+            self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
 
 
 class EchoServer:

@@ -15,14 +15,13 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.dataplane.engine.lbproc import child_process, count_syscalls, require_engine
+from tests.dataplane.engine.lbproc import UdpEcho, child_process, count_syscalls, require_engine
 from tests.support.privileged import needs
 
 WARM_UP = 1000
@@ -62,32 +61,6 @@ for line in sys.stdin:
         break
 loop.run_until_complete(lb.close())
 """
-
-
-class UdpEcho:
-    """Echo every datagram on 127.0.0.1 from one thread until `close`."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port: int = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            self.sock.sendto(data, addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
 
 
 class Child:

@@ -21,8 +21,8 @@ import pytest
 
 from sluice.config import UdpOptions
 from sluice.dataplane.engine import NativeUdpListener
-from tests.dataplane.engine.lbproc import child_process, count_syscalls, require_engine
-from tests.dataplane.engine.test_udp_budget import Child, UdpEcho, dns_style
+from tests.dataplane.engine.lbproc import UdpEcho, child_process, count_syscalls, require_engine
+from tests.dataplane.engine.test_udp_budget import Child, dns_style
 from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import Client, echo_backends, make_vip
 from tests.support.privileged import needs

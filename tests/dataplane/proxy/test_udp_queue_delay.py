@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from ipaddress import ip_address
@@ -23,7 +22,7 @@ from ipaddress import ip_address
 import pytest
 
 from sluice.config import Endpoint, UdpOptions
-from tests.dataplane.engine.lbproc import child_process, require_engine
+from tests.dataplane.engine.lbproc import UdpEcho, child_process, require_engine
 from tests.dataplane.proxy import udp_helpers
 from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import ENGINES, make_vip, serving
@@ -62,34 +61,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-class StampingEcho:
-    """Echo on 127.0.0.1 from one thread, noting (datagram, arrival time in ns) of each."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port: int = self.sock.getsockname()[1]
-        self.received: list[tuple[bytes, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            self.received.append((data, time.time_ns()))
-            self.sock.sendto(data, addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
 
 
 @contextlib.contextmanager
@@ -156,8 +127,8 @@ def burst_while_stopped(lb: Child, client: socket.socket, tag: str) -> int:
 
 
 @pytest.fixture
-def backend() -> Iterator[StampingEcho]:
-    echo = StampingEcho()
+def backend() -> Iterator[UdpEcho]:
+    echo = UdpEcho()
     yield echo
     echo.close()
 
@@ -168,14 +139,14 @@ def client() -> Iterator[socket.socket]:
         yield sock
 
 
-def ages_s(backend: StampingEcho) -> list[float]:
+def ages_s(backend: UdpEcho) -> list[float]:
     """How long each datagram the backend received took from the client's send to the backend."""
     return [(at - int(data.split()[2])) / 1e9 for data, at in backend.received]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_burst_that_waited_past_the_bound_is_dropped_not_delivered(
-    engine: str, backend: StampingEcho, client: socket.socket
+    engine: str, backend: UdpEcho, client: socket.socket
 ) -> None:
     if engine == "native":
         require_engine()
@@ -193,9 +164,7 @@ def test_a_burst_that_waited_past_the_bound_is_dropped_not_delivered(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_reload_changes_the_bound_at_once(
-    engine: str, backend: StampingEcho, client: socket.socket
-) -> None:
+def test_a_reload_changes_the_bound_at_once(engine: str, backend: UdpEcho, client: socket.socket) -> None:
     """Under a 10 s bound the same burst is served late (what the bound allows); after a reload to the
     default it is dropped."""
     if engine == "native":
