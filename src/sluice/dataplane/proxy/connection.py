@@ -46,6 +46,10 @@ class Connection:
         self.retries = 0
         self.bytes_to_backend = self.bytes_from_backend = 0
 
+    def age(self) -> float:
+        """Seconds since accept (the loop's monotonic clock; `accepted` is the wall-clock start)."""
+        return self._loop.time() - self._accepted
+
     def enter(self, phase: Phase) -> None:
         if phase not in NEXT_PHASES[self.phase]:
             raise RuntimeError(f"a connection cannot go from {self.phase} to {phase}")
@@ -112,6 +116,6 @@ class Connection:
         if self._idle is not None:
             self._idle.cancel()
         self._listener.connection_closed(self, reason)
-        self._listener.stats.flow_duration.observe(self._loop.time() - self._accepted)
+        self._listener.stats.flow_duration.observe(self.age())
         assert self._bstats is not None
         self._bstats.active -= 1

@@ -37,7 +37,7 @@ def tcp_record(vip_name: str, conn: Connection, reason: str) -> FlowRecord:
         listen=address_text(conn.local),
         backend=None if conn.backend is None else str(conn.backend),
         start=conn.accepted,
-        duration_s=max(0.0, time.time() - conn.accepted),
+        duration_s=conn.age(),
         bytes_to_backend=conn.bytes_to_backend,
         bytes_from_backend=conn.bytes_from_backend,
         reason=reason,
