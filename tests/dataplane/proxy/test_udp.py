@@ -29,9 +29,8 @@ from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
 from sluice.dataplane.proxy import udp as udp_module
 from tests.dataplane.proxy import udp_helpers
-from tests.dataplane.proxy.helpers import needs_native_engine, run
+from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import (
-    ENGINES,
     LOOPS,
     Address,
     Client,
@@ -52,16 +51,8 @@ UDP_SEGMENT = 103  # linux/udp.h: send one buffer as several datagrams (GSO)
 by_loop = pytest.mark.parametrize("loop", LOOPS)
 
 
-@pytest.fixture(autouse=True, params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test once per engine: `make_listener` / `serving` build that engine's listener."""
-    if request.param == "native":
-        needs_native_engine()
-    udp_helpers.engine_under_test["name"] = request.param
-    try:
-        yield request.param
-    finally:
-        udp_helpers.engine_under_test["name"] = "python"
+engine = pytest.fixture(autouse=True, params=udp_helpers.ENGINES)(udp_helpers.each_engine)
+"""Every test once per engine: `make_listener` / `serving` build that engine's listener."""
 
 
 def name_of(reply: bytes) -> str:

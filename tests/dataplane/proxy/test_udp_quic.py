@@ -10,7 +10,7 @@ connection ID as destination from port B.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from ipaddress import ip_address
 
 import pytest
@@ -20,7 +20,7 @@ from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.quic import build_short_header_cid, read_server_id
 from sluice.core.scheduler import build_scheduler
 from tests.dataplane.proxy import udp_helpers
-from tests.dataplane.proxy.helpers import needs_native_engine, run
+from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import Address, Client, _RawSocket, serving
 
 BITS = 8
@@ -29,15 +29,8 @@ CLIENTS = 30
 VERSION = b"\x00\x00\x00\x01"
 
 
-@pytest.fixture(autouse=True, params=udp_helpers.ENGINES)
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "native":
-        needs_native_engine()
-    udp_helpers.engine_under_test["name"] = request.param
-    try:
-        yield request.param
-    finally:
-        udp_helpers.engine_under_test["name"] = "python"
+engine = pytest.fixture(autouse=True, params=udp_helpers.ENGINES)(udp_helpers.each_engine)
+"""Every test once per engine: `make_listener` / `serving` build that engine's listener."""
 
 
 def initial(client_cid: bytes) -> bytes:

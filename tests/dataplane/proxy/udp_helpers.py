@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from ipaddress import ip_address
 from typing import Any
+
+import pytest
 
 from sluice.config import Backend, Endpoint, UdpOptions, Vip
 from sluice.dataplane.engine import NativeUdpListener
 from sluice.dataplane.proxy.udp import UdpListener
+from tests.dataplane.proxy.helpers import needs_native_engine
 
 Address = tuple[Any, ...]
 
@@ -23,6 +26,18 @@ Listener = UdpListener | NativeUdpListener
 engine_under_test = {"name": "python"}
 """The engine `make_listener` and `serving` use (the tests' autouse fixture sets it)."""
 REPLY_TIMEOUT = 5.0  # seconds a test waits for one datagram it expects (generous: CI shares 2 cores)
+
+
+def each_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test once per engine: a module makes it its autouse fixture with
+    ``engine = pytest.fixture(autouse=True, params=ENGINES)(udp_helpers.each_engine)``."""
+    if request.param == "native":
+        needs_native_engine()
+    engine_under_test["name"] = request.param
+    try:
+        yield request.param
+    finally:
+        engine_under_test["name"] = "python"
 
 
 TEST_QUEUE_DELAY_S = 10.0
