@@ -1,16 +1,19 @@
 """The native engine's UDP proxy beyond the shared suite (tests/dataplane/proxy/test_udp.py): several
 workers (sessions stay on one, counters sum, a reload and a close reach all), the reuse of held
-upstream sockets after the port quarantine, and the reason table."""
+upstream sockets after the port quarantine (and by their own client within it), and the reason table."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from ipaddress import ip_address
 from typing import Any
 
-from sluice.config import UdpOptions, Vip
+import pytest
+
+from sluice.config import Endpoint, UdpOptions, Vip
 from sluice.core import reasons
 from sluice.core.flow import IPPROTO_UDP, FiveTuple
 from sluice.core.scheduler import build_scheduler
@@ -101,6 +104,52 @@ def test_a_reload_and_a_close_reach_every_worker() -> None:
                         client.close()
 
     run("uvloop", scenario())
+
+
+def test_a_client_that_keeps_its_port_gets_its_own_held_socket_back_within_the_quarantine() -> None:
+    """responses: 1 ends each session with its answer. Within the quarantine another client gets
+    another socket, while the first client's next session takes its own held socket back (the
+    same source port at the backend). A late reply on that port reaches nobody while it is held, and
+    once it is the client's again reaches that client only."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        backend.bind(("127.0.0.1", 0))
+        backend.setblocking(False)
+
+        async def ask(client: Client, question: bytes) -> tuple[str, int]:
+            client.send(question)
+            data, upstream = await asyncio.wait_for(loop.sock_recvfrom(backend, 100), 5)
+            assert data == question
+            return upstream  # type: ignore[no-any-return]
+
+        vip = make_vip(
+            [Endpoint(ip_address("127.0.0.1"), backend.getsockname()[1])], udp=UdpOptions(responses=1)
+        )
+        async with serving(vip, workers=1, port_quarantine_s=60.0) as lb:
+            first, second = await Client.open(lb.address), await Client.open(lb.address)
+            try:
+                upstream = await ask(first, b"a1")
+                backend.sendto(b"answer a1", upstream)
+                assert (await first.receive())[0] == b"answer a1"
+                await wait_for(lambda: lb.stats.sessions == 0)
+                backend.sendto(b"late a1", upstream)  # held, quarantined: read and dropped
+                assert await ask(second, b"b1") != upstream  # another client: another socket
+                assert await ask(first, b"a2") == upstream  # its own socket, in its quarantine
+                backend.sendto(b"answer a2", upstream)
+                assert (await first.receive())[0] == b"answer a2"
+                with pytest.raises(TimeoutError):
+                    await second.receive(timeout=0.2)  # neither a1's late reply nor a2's answer
+                with pytest.raises(TimeoutError):
+                    await first.receive(timeout=0.2)  # the late a1 went to nobody
+                assert lb.stats.flows_total == 3
+            finally:
+                first.close()
+                second.close()
+                backend.close()
+
+    run("asyncio", scenario())  # uvloop has no sock_recvfrom
 
 
 def test_a_held_socket_is_reused_after_the_quarantine_only() -> None:

@@ -98,6 +98,18 @@ def dns_style(port: int, clients: list[socket.socket], count: int) -> None:
 @pytest.mark.privileged
 @pytest.mark.parametrize("workers", [1, 2])
 def test_at_most_8_syscalls_per_dns_style_request_once_warm(tmp_path: Path, workers: int) -> None:
+    assert_budget(tmp_path, workers, QUARANTINE_S)
+
+
+@pytest.mark.privileged
+def test_clients_that_keep_their_port_need_no_new_socket_within_the_quarantine(tmp_path: Path) -> None:
+    """A quarantine longer than the whole run: no held socket ever leaves it, so only each client's own
+    socket (the one its last session had) can serve its next session, and the budget still holds
+    with no socket()/connect()/close() per request."""
+    assert_budget(tmp_path, 1, 3600.0)
+
+
+def assert_budget(tmp_path: Path, workers: int, quarantine_s: float) -> None:
     require_engine()
     needs(root=True, commands=("strace",))
     backend = UdpEcho()
@@ -105,7 +117,7 @@ def test_at_most_8_syscalls_per_dns_style_request_once_warm(tmp_path: Path, work
     for sock in clients:
         sock.settimeout(10)
     try:
-        with udp_lb(backend.port, workers=workers) as lb:
+        with udp_lb(backend.port, workers=workers, quarantine_s=quarantine_s) as lb:
             dns_style(lb.port, clients, WARM_UP)  # upstream sockets made here, then reused
             warm = lb.stats()
             out = tmp_path / "strace.txt"

@@ -10,7 +10,10 @@
  *   A closed session's socket is *held*: for the port quarantine nobody may use it (replies still
  *   arriving are read and discarded), then it waits, still connected to its backend, for a new
  *   session to that backend (no socket/connect/close per session once warm). At most `held_max`
- *   are held; beyond it the oldest is closed. per_packet sessions' unconnected sockets are held and
+ *   are held; beyond it the oldest is closed. A held socket also stays its last client's: a new
+ *   session of that same client address to that same backend takes it back at once, quarantine or
+ *   not (a late reply can only reach the client it was meant for), so a client that keeps its port
+ *   keeps its upstream port too, at any session rate (udp_sock.c). per_packet sessions' unconnected sockets are held and
  *   reused the same way (any held socket of the family past its quarantine; a connected one is
  *   disconnected first).
  * - Scratch buffers for recvmmsg/sendmmsg: one set per worker (`worker.udp_scratch`), freed with it.
@@ -65,6 +68,11 @@ struct udp_sock {
     uint64_t release_us;         /* held: reusable from then on */
     struct udp_sock *hprev, *hnext; /* held: the VIP's list, oldest first */
     struct udp_sock *sprev, *snext; /* held and connected: its slot's list, oldest first */
+    struct udp_sock *cnext;      /* held and its client's: chain of udp_wv.by_client */
+    bool has_client;             /* held: client_* name the last session's client */
+    uint16_t client_port;
+    uint32_t client_key;         /* the session table's key_of the client */
+    uint8_t client_ip16[16];
 };
 
 struct udp_session {
@@ -113,6 +121,8 @@ struct udp_wv {
     uint32_t n_held;
     struct slot_list *slot_held; /* backend_slots entries */
     struct slot_list unconnected_held; /* held and unconnected (per_packet), oldest first */
+    struct udp_sock **by_client; /* held connected sockets by their last client's key (NULL: none kept) */
+    uint32_t n_by_client;        /* power of two */
     int32_t *slot_index;         /* backend_slots entries: index in the current table, -1 none */
     struct timer idle;
     uint32_t seq; /* per_packet: the datagram counter of per_packet_flow */
@@ -165,12 +175,15 @@ int32_t udp_pick(struct worker *w, struct worker_vip *wv, uint32_t hash, const s
 void udp_endpoint_of(const struct sockaddr_storage *ss, uint8_t ip16[16], uint16_t *port);
 
 /* udp_sock.c: the upstream socket pool */
-void udp_socks_attach(struct udp_wv *u); /* empty held list */
+void udp_socks_attach(struct udp_wv *u); /* empty held list (u->wv set) */
 void udp_socks_detach(struct udp_wv *u); /* closes every held socket, frees the index */
 struct udp_sock *udp_sock_new(struct worker *w, struct worker_vip *wv, int family, const struct eng_backend *to);
-struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx);
+/* For client (key, ip16, port) of the session table: its own held socket to backend `idx`, else pooled. */
+struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx, uint32_t key,
+                               const uint8_t ip16[16], uint16_t port);
 struct udp_sock *udp_sock_take_unconnected(struct worker *w, struct worker_vip *wv, int family); /* per_packet */
-void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k);
+/* Hold `k`, its last session `s` (NULL: none) ended; a connected one stays that session's client's. */
+void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k, const struct udp_session *s);
 void udp_sock_list_held(struct worker *w, struct worker_vip *wv, struct command *cmd); /* CMD_UDP_HELD */
 
 #endif

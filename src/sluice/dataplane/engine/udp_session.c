@@ -127,7 +127,7 @@ static void detach_backend(struct worker *w, struct worker_vip *wv, struct udp_s
         CTR_ADD(wv->counters.backends[s->slot].active, -1);
         wv->sched_active[s->slot]--;
     }
-    udp_sock_retire(w, wv, s->sock);
+    udp_sock_retire(w, wv, s->sock, s);
     s->sock = NULL;
 }
 
@@ -249,7 +249,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     }
     struct udp_sock *k;
     if (idx >= 0) {
-        k = udp_sock_take(w, wv, idx);
+        k = udp_sock_take(w, wv, idx, key, ip16, port);
     } else {
         int family = t->sched.n > 0 ? t->backends[0].addr.ss_family : wv->vip->family;
         k = udp_sock_take_unconnected(w, wv, family);
@@ -266,7 +266,7 @@ static struct udp_session *session_open(struct worker *w, struct worker_vip *wv,
     } else {
         s = malloc(sizeof(*s));
         if (s == NULL) {
-            udp_sock_retire(w, wv, k);
+            udp_sock_retire(w, wv, k, NULL);
             CTR_ADD(wv->counters.refused[REFUSED_NO_RESOURCES], 1);
             return NULL;
         }
@@ -353,7 +353,7 @@ int udp_rebalance(struct worker *w, struct worker_vip *wv, struct udp_session *s
         udp_session_end(w, wv, s, CLOSED_NO_BACKEND);
         return -1;
     }
-    struct udp_sock *k = udp_sock_take(w, wv, idx);
+    struct udp_sock *k = udp_sock_take(w, wv, idx, s->key, s->client_ip16, s->client_port);
     if (k == NULL) {
         udp_session_end(w, wv, s, CLOSED_NO_RESOURCES);
         return -1;

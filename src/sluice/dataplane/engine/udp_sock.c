@@ -7,12 +7,20 @@
  * the session that holds the socket, from a current backend only): those are held the same way, on
  * their own list, and a new per_packet session takes the oldest past its quarantine, so a warm
  * per_packet VIP does no socket()/close() per session either.
+ * A held connected socket also stays its last client's (`by_client`, keyed as the session table):
+ * the next session of that client address to that backend takes it back even in its quarantine.
+ * The quarantine keeps one client's late replies from reaching another client; this one asked,
+ * from the same address, of the same backend, so a late reply reaches whom it was for (as it
+ * would, had the session lasted). A client that keeps its source port (dnsperf, NTP, games, a
+ * forwarder) keeps its upstream port, and a warm VIP serves it without socket()/close() at any
+ * session rate; a client with a new port per request takes from the pool as before.
  * Everything here runs on the socket's worker (udp.h: ownership).
  */
 #define _GNU_SOURCE
 #include "udp.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -22,8 +30,25 @@ static struct slot_list *list_of(struct udp_wv *u, const struct udp_sock *k)
     return k->slot >= 0 ? &u->slot_held[k->slot] : &u->unconnected_held;
 }
 
+static struct udp_sock **client_chain(struct udp_wv *u, uint32_t key)
+{
+    return &u->by_client[key & (u->n_by_client - 1)];
+}
+
+static void client_unlink(struct udp_wv *u, struct udp_sock *k)
+{
+    struct udp_sock **p = client_chain(u, k->client_key);
+    while (*p != k)
+        p = &(*p)->cnext;
+    *p = k->cnext;
+    k->cnext = NULL;
+    k->has_client = false;
+}
+
 static void held_unlink(struct udp_wv *u, struct udp_sock *k)
 {
+    if (k->has_client)
+        client_unlink(u, k);
     k->hprev->hnext = k->hnext;
     k->hnext->hprev = k->hprev;
     k->hprev = k->hnext = NULL;
@@ -95,13 +120,32 @@ fail:
     return NULL;
 }
 
-/* An upstream socket connected to backend `idx` of the worker's table: a held one of that backend
- * past its quarantine, else the oldest held one past it (connected anew), else a new one. */
-struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx)
+/* The held socket client (key, ip16, port) last had to backend slot `slot`, or NULL. */
+static struct udp_sock *client_own(struct udp_wv *u, uint32_t slot, uint32_t key, const uint8_t ip16[16], uint16_t port)
+{
+    if (u->by_client == NULL)
+        return NULL;
+    struct udp_sock *k = *client_chain(u, key);
+    while (k != NULL && (k->client_key != key || k->slot != (int32_t)slot || k->client_port != port ||
+                         memcmp(k->client_ip16, ip16, 16) != 0))
+        k = k->cnext;
+    return k;
+}
+
+/* An upstream socket connected to backend `idx` of the worker's table for a session of client (key,
+ * ip16, port): the client's own held one to that backend, else a held one of that backend past its
+ * quarantine, else the oldest held one past it (connected anew), else a new one. */
+struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx, uint32_t key,
+                               const uint8_t ip16[16], uint16_t port)
 {
     struct udp_wv *u = wv->udp;
     const struct eng_backend *b = &wv->table->backends[idx];
-    struct udp_sock *k = u->slot_held[b->slot].head;
+    struct udp_sock *k = client_own(u, b->slot, key, ip16, port);
+    if (k != NULL) {
+        held_unlink(u, k);
+        return k;
+    }
+    k = u->slot_held[b->slot].head;
     if (k != NULL && k->release_us <= w->now_us) {
         held_unlink(u, k);
         return k;
@@ -142,10 +186,19 @@ struct udp_sock *udp_sock_take_unconnected(struct worker *w, struct worker_vip *
 }
 
 /* Hold a closed session's socket: quarantined, then reusable; the oldest closed beyond held_max. */
-void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k)
+void udp_sock_retire(struct worker *w, struct worker_vip *wv, struct udp_sock *k, const struct udp_session *s)
 {
     struct udp_wv *u = wv->udp;
     k->session = NULL;
+    if (s != NULL && k->slot >= 0 && u->by_client != NULL) {
+        k->has_client = true;
+        k->client_key = s->key;
+        k->client_port = s->client_port;
+        memcpy(k->client_ip16, s->client_ip16, 16);
+        struct udp_sock **chain = client_chain(u, s->key);
+        k->cnext = *chain;
+        *chain = k;
+    }
     k->release_us = w->now_us + wv->vip->quarantine_us;
     k->hnext = &u->held;
     k->hprev = u->held.hprev;
@@ -178,7 +231,15 @@ void udp_sock_list_held(struct worker *w, struct worker_vip *wv, struct command 
     pthread_mutex_unlock(cmd->held_lock);
 }
 
-void udp_socks_attach(struct udp_wv *u) { u->held.hnext = u->held.hprev = &u->held; }
+void udp_socks_attach(struct udp_wv *u)
+{
+    u->held.hnext = u->held.hprev = &u->held;
+    uint32_t n = 64;
+    while (n < u->wv->vip->held_max && n < (1u << 20))
+        n *= 2;
+    u->by_client = calloc(n, sizeof(*u->by_client)); /* NULL: short of memory, no socket is kept a client's */
+    u->n_by_client = u->by_client != NULL ? n : 0;
+}
 
 void udp_socks_detach(struct udp_wv *u)
 {
@@ -188,5 +249,8 @@ void udp_socks_detach(struct udp_wv *u)
     u->socks = NULL;
     free(u->free_index);
     u->free_index = NULL;
+    free(u->by_client);
+    u->by_client = NULL;
+    u->n_by_client = 0;
     u->cap_socks = u->n_socks = u->n_free_index = 0;
 }
