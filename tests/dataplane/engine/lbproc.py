@@ -8,6 +8,7 @@ on stdin closes the listener and exits. While it waits only the engine's worker 
 from __future__ import annotations
 
 import contextlib
+import json
 import selectors
 import signal
 import socket
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +197,62 @@ def round_trip(port: int, payload: bytes, *, keep: bool = False) -> socket.socke
         pass
     sock.close()
     return None
+
+
+QUEUE_DELAY_S = 10.0
+"""UDP_CHILD's udp.max_queue_delay: strace stops the LB's threads while it attaches, on a shared
+machine, and one request dropped as late would hang the request loop (tests/dataplane/proxy/
+test_udp_queue_delay.py tests the bound)."""
+
+# The UDP LB child: one NativeUdpListener with udp.responses: 1; prints its port, then answers lines on
+# stdin: ``stats`` prints the VIP's counters as JSON, ``stop`` closes the listener and exits.
+UDP_CHILD = """
+import asyncio, json, sys
+from ipaddress import ip_address
+from sluice.config import Backend, Endpoint, UdpOptions, Vip
+from sluice.dataplane.engine import NativeUdpListener
+
+backend_port, workers, quarantine, rcvbuf = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+QUEUE_DELAY = float(sys.argv[5])
+vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
+          backends=(Backend(address=Endpoint(ip_address("127.0.0.1"), backend_port)),),
+          udp=UdpOptions(responses=1, receive_buffer=rcvbuf or None, max_queue_delay=QUEUE_DELAY))
+loop = asyncio.new_event_loop()
+lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine)
+loop.run_until_complete(lb.start())
+print(lb.address[1], flush=True)
+for line in sys.stdin:
+    if line.strip() == "stats":
+        s = lb.stats
+        print(json.dumps({"flows_total": s.flows_total, "closed": s.closed, "dropped": s.dropped,
+                          "backends": {k: {"datagrams_to_backend": b.datagrams_to_backend}
+                                       for k, b in s.backends.items()}}), flush=True)
+    else:
+        break
+loop.run_until_complete(lb.close())
+"""
+
+
+class UdpChild:
+    """A native UDP LB in a child (UDP_CHILD): `port` its VIP's, `stats()` its counters."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        assert proc.stdout is not None and proc.stdin is not None
+        self.port = int(proc.stdout.readline())
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        stats: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return stats
+
+
+@contextlib.contextmanager
+def udp_lb(
+    backend_port: int, *, quarantine_s: float, workers: int = 1, rcvbuf: int = 0
+) -> Iterator[UdpChild]:
+    """One UDP VIP (``udp.responses: 1``) in front of 127.0.0.1:`backend_port`, in its own process."""
+    with child_process(UDP_CHILD, backend_port, workers, quarantine_s, rcvbuf, QUEUE_DELAY_S) as proc:
+        yield UdpChild(proc)

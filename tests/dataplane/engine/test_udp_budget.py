@@ -1,27 +1,22 @@
 """Bounds of the native UDP proxy that hold on any machine: syscalls per DNS-style request once warm,
 and kernel drops at a full listen socket counted exactly.
 
-The LB runs in its own process (as tests/dataplane/engine/lbproc.py does for TCP) so that strace and
-SIGSTOP see only the LB. The child serves one `NativeUdpListener` with ``udp.responses: 1`` (every
-request opens a session and its answer ends it, as DNS does), prints its port and then answers lines
-on stdin: ``stats`` prints the VIP's counters as JSON, ``stop`` closes the listener and exits.
+The LB runs in its own process (lbproc.udp_lb) so that strace and SIGSTOP see only the LB. It serves
+one `NativeUdpListener` with ``udp.responses: 1``: every request opens a session and its answer ends
+it, as DNS does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.dataplane.engine.lbproc import UdpEcho, child_process, count_syscalls, require_engine
+from tests.dataplane.engine.lbproc import UdpEcho, count_syscalls, require_engine, udp_lb
 from tests.support.privileged import needs
 
 WARM_UP = 1000
@@ -31,58 +26,6 @@ SYSCALL_BUDGET = 8
 QUARANTINE_S = 0.1
 """The child's port quarantine: the reuse pool covers (requests per second x quarantine) sockets, so
 a short one keeps the warm-up short; the path measured is the same for any quarantine."""
-QUEUE_DELAY_S = 10.0
-"""The child's udp.max_queue_delay: strace stops the LB's threads while it attaches, on a shared
-machine, and one request dropped as late would hang the request loop (tests/dataplane/proxy/
-test_udp_queue_delay.py tests the bound)."""
-
-CHILD = """
-import asyncio, json, sys
-from ipaddress import ip_address
-from sluice.config import Backend, Endpoint, UdpOptions, Vip
-from sluice.dataplane.engine import NativeUdpListener
-
-backend_port, workers, quarantine, rcvbuf = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-QUEUE_DELAY = float(sys.argv[5])
-vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
-          backends=(Backend(address=Endpoint(ip_address("127.0.0.1"), backend_port)),),
-          udp=UdpOptions(responses=1, receive_buffer=rcvbuf or None, max_queue_delay=QUEUE_DELAY))
-loop = asyncio.new_event_loop()
-lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine)
-loop.run_until_complete(lb.start())
-print(lb.address[1], flush=True)
-for line in sys.stdin:
-    if line.strip() == "stats":
-        s = lb.stats
-        print(json.dumps({"flows_total": s.flows_total, "closed": s.closed, "dropped": s.dropped,
-                          "backends": {k: {"datagrams_to_backend": b.datagrams_to_backend}
-                                       for k, b in s.backends.items()}}), flush=True)
-    else:
-        break
-loop.run_until_complete(lb.close())
-"""
-
-
-class Child:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        assert proc.stdout is not None and proc.stdin is not None
-        self.port = int(proc.stdout.readline())
-
-    def stats(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        stats: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        return stats
-
-
-@contextlib.contextmanager
-def udp_lb(
-    backend_port: int, *, workers: int = 1, quarantine_s: float = QUARANTINE_S, rcvbuf: int = 0
-) -> Iterator[Child]:
-    with child_process(CHILD, backend_port, workers, quarantine_s, rcvbuf, QUEUE_DELAY_S) as proc:
-        yield Child(proc)
 
 
 def dns_style(port: int, clients: list[socket.socket], count: int) -> None:
@@ -153,7 +96,7 @@ def test_kernel_drops_at_a_full_listen_socket_are_counted() -> None:
     client.settimeout(10)
     sent = 2000
     try:
-        with udp_lb(backend.port, rcvbuf=8192) as lb:
+        with udp_lb(backend.port, quarantine_s=QUARANTINE_S, rcvbuf=8192) as lb:
             os.kill(lb.proc.pid, signal.SIGSTOP)
             try:
                 for i in range(sent):

@@ -21,8 +21,8 @@ import pytest
 
 from sluice.config import UdpOptions
 from sluice.dataplane.engine import NativeUdpListener
-from tests.dataplane.engine.lbproc import UdpEcho, child_process, count_syscalls, require_engine
-from tests.dataplane.engine.test_udp_budget import Child, dns_style
+from tests.dataplane.engine.lbproc import UdpChild, UdpEcho, child_process, count_syscalls, require_engine
+from tests.dataplane.engine.test_udp_budget import dns_style
 from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import Client, echo_backends, make_vip
 from tests.support.privileged import needs
@@ -62,9 +62,9 @@ loop.run_until_complete(lb.close())
 
 
 @contextlib.contextmanager
-def per_packet_lb(backend_ports: list[int]) -> Iterator[Child]:
+def per_packet_lb(backend_ports: list[int]) -> Iterator[UdpChild]:
     with child_process(CHILD, ",".join(map(str, backend_ports)), QUARANTINE_S) as proc:
-        yield Child(proc)
+        yield UdpChild(proc)
 
 
 def calls_of(strace_table: str, name: str) -> int:

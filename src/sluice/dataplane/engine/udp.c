@@ -40,31 +40,11 @@ struct scratch {
     struct iovec in_iov[UDP_BATCH];
     struct sockaddr_storage names[UDP_BATCH];
     uint8_t control[UDP_BATCH][CONTROL_SPACE];
-    struct mmsghdr out[UDP_BATCH];
     struct iovec out_iov[UDP_BATCH];
     uint8_t *bufs; /* UDP_BATCH * UDP_BUFFER */
 };
 
 /* ------------------------------------------------------------------ small helpers */
-
-static void count_drop(struct udp_wv *u, int err)
-{
-    switch (err) {
-    case EAGAIN:
-    case ENOBUFS:
-        CTR_ADD(u->counters.dropped[DROPPED_SEND_BUFFER_FULL], 1);
-        break;
-    case EMSGSIZE:
-        CTR_ADD(u->counters.dropped[DROPPED_TOO_LARGE], 1);
-        break;
-    case ECONNREFUSED:
-        CTR_ADD(u->counters.dropped[DROPPED_BACKEND_REFUSED], 1);
-        break;
-    default:
-        CTR_ADD(u->counters.dropped_errno[err > 0 && err < UDP_ERRNO_MAX ? err : EIO], 1);
-        break;
-    }
-}
 
 static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
@@ -78,29 +58,43 @@ static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockadd
     return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
 }
 
-/* Send on the session's connected socket: 0 (sent or dropped and counted), -ECONNREFUSED. */
-static int send_up(struct worker_vip *wv, struct udp_session *s, const uint8_t *data, size_t len)
+/* The datagrams of one session read in a row from the listen socket, sent together (udp_send.c). */
+struct run {
+    struct udp_session *s; /* NULL: empty */
+    int n;
+    struct iovec iov[UDP_RUN_MAX];
+};
+
+/* Send the run on its session's connected socket. A refusal (ICMP port unreachable) rebalances the
+ * session and sends what was left once more; other failures drop and count one datagram each. */
+static void run_flush(struct worker *w, struct worker_vip *wv, struct run *r)
 {
     struct udp_wv *u = wv->udp;
-    ssize_t n;
-    if (s->header_len) {
-        struct iovec iov[2] = {{s->header, s->header_len}, {(void *)data, len}};
-        struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
-        n = sendmsg(s->sock->fd, &m, MSG_DONTWAIT);
-    } else {
-        n = send(s->sock->fd, data, len, MSG_DONTWAIT);
-    }
-    if (n < 0) {
-        if (errno == ECONNREFUSED) {
-            udp_on_refused(wv, s);
-            return -ECONNREFUSED;
+    struct udp_session *s = r->s;
+    bool resent = false;
+    for (int done = 0; s != NULL && done < r->n;) {
+        int err;
+        int sent = udp_send_run(u, s->sock->fd, NULL, 0, s->header, s->header_len, r->iov + done, r->n - done, &err);
+        for (int i = done; i < done + sent; i++)
+            CTR_ADD(wv->counters.backends[s->slot].bytes_to_backend, r->iov[i].iov_len);
+        CTR_ADD(u->counters.datagrams_to[s->slot], (uint64_t)sent);
+        done += sent;
+        if (sent > 0)
+            continue;
+        if (err != ECONNREFUSED) {
+            udp_count_drop(u, err);
+            done++;
+            continue;
         }
-        count_drop(u, errno);
-        return 0;
+        udp_on_refused(wv, s);
+        if (resent || udp_rebalance(w, wv, s) < 0) { /* refused again, or the session ended */
+            CTR_ADD(u->counters.dropped[DROPPED_BACKEND_REFUSED], (uint64_t)(r->n - done));
+            break;
+        }
+        resent = true;
     }
-    CTR_ADD(u->counters.datagrams_to[s->slot], 1);
-    CTR_ADD(wv->counters.backends[s->slot].bytes_to_backend, len);
-    return 0;
+    r->s = NULL;
+    r->n = 0;
 }
 
 static void send_per_packet(struct worker *w, struct worker_vip *wv, struct udp_session *s, const uint8_t *data,
@@ -123,7 +117,7 @@ static void send_per_packet(struct worker *w, struct worker_vip *wv, struct udp_
     m.msg_iov = s->header_len ? iov : iov + 1;
     m.msg_iovlen = s->header_len ? 2 : 1;
     if (sendmsg(s->sock->fd, &m, MSG_DONTWAIT) < 0) {
-        count_drop(u, errno);
+        udp_count_drop(u, errno);
         return;
     }
     struct backend_counters *bc = &wv->counters.backends[b->slot];
@@ -132,13 +126,19 @@ static void send_per_packet(struct worker *w, struct worker_vip *wv, struct udp_
     CTR_ADD(bc->bytes_to_backend, len);
 }
 
-static void on_client_datagram(struct worker *w, struct worker_vip *wv, const struct sockaddr_storage *from,
-                               socklen_t fromlen, const uint8_t *data, size_t len)
+/* One client datagram: onto the run of its session (flushed first when it is another's), or sent
+ * at once for per_packet. `data` stays valid until the run is flushed (the listen batch's buffer). */
+static void on_client_datagram(struct worker *w, struct worker_vip *wv, struct run *r,
+                               const struct sockaddr_storage *from, socklen_t fromlen, const uint8_t *data, size_t len)
 {
     struct udp_wv *u = wv->udp;
-    struct udp_session *s = udp_session_of(w, wv, from, fromlen, data, len);
-    if (s == NULL)
-        return;
+    struct udp_session *s = r->s;
+    if (s == NULL || r->n == UDP_RUN_MAX || !same_sockaddr(&s->client, from)) {
+        run_flush(w, wv, r); /* before the lookup: opening a session may evict the run's */
+        s = udp_session_of(w, wv, from, fromlen, data, len);
+        if (s == NULL)
+            return;
+    }
     s->requests++;
     s->bytes_in += len;
     udp_session_touch(w, u, s);
@@ -146,14 +146,12 @@ static void on_client_datagram(struct worker *w, struct worker_vip *wv, const st
         send_per_packet(w, wv, s, data, len);
         return;
     }
-    if (s->stale && udp_rebalance(w, wv, s) < 0) {
+    if (r->s == NULL && s->stale && udp_rebalance(w, wv, s) < 0) {
         CTR_ADD(u->counters.dropped[DROPPED_NO_BACKEND], 1);
         return;
     }
-    if (send_up(wv, s, data, len) == -ECONNREFUSED) {
-        if (udp_rebalance(w, wv, s) < 0 || send_up(wv, s, data, len) == -ECONNREFUSED)
-            CTR_ADD(u->counters.dropped[DROPPED_BACKEND_REFUSED], 1);
-    }
+    r->s = s;
+    r->iov[r->n++] = (struct iovec){(void *)data, len};
 }
 
 /* ------------------------------------------------------------------ events */
@@ -224,12 +222,13 @@ static void on_listen(struct worker *w, struct worker_vip *wv)
 {
     struct udp_wv *u = wv->udp;
     struct scratch *sc = scratch_of(w);
+    struct run r = {.s = NULL, .n = 0};
     for (int round = 0; round < UDP_LISTEN_ROUNDS && u->listen_fd >= 0; round++) {
         prepare_in(sc, true);
         int n = recvmmsg(u->listen_fd, sc->in, UDP_BATCH, MSG_DONTWAIT, NULL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
-                count_drop(u, errno);
+                udp_count_drop(u, errno);
             return;
         }
         uint64_t max_delay = wv->table->udp_max_queue_delay_ns, now_ns = max_delay ? realtime_ns() : 0;
@@ -253,12 +252,13 @@ static void on_listen(struct worker *w, struct worker_vip *wv)
             if (segment > 0 && (size_t)segment < len) {
                 for (size_t at = 0; at < len; at += (size_t)segment) {
                     size_t part = len - at < (size_t)segment ? len - at : (size_t)segment;
-                    on_client_datagram(w, wv, &sc->names[i], m->msg_namelen, data + at, part);
+                    on_client_datagram(w, wv, &r, &sc->names[i], m->msg_namelen, data + at, part);
                 }
             } else {
-                on_client_datagram(w, wv, &sc->names[i], m->msg_namelen, data, len);
+                on_client_datagram(w, wv, &r, &sc->names[i], m->msg_namelen, data, len);
             }
         }
+        run_flush(w, wv, &r); /* the next read reuses the buffers */
         if (n < UDP_BATCH)
             return;
     }
@@ -286,7 +286,7 @@ static void on_upstream(struct worker *w, struct worker_vip *wv, struct udp_sock
         if (errno == ECONNREFUSED && s->slot >= 0)
             udp_on_refused(wv, s);
         else
-            count_drop(u, errno);
+            udp_count_drop(u, errno);
         return;
     }
     if (s == NULL || u->listen_fd < 0)
@@ -306,22 +306,16 @@ static void on_upstream(struct worker *w, struct worker_vip *wv, struct udp_sock
         size_t len = sc->in[i].msg_len;
         CTR_ADD(u->counters.datagrams_from[slot], 1);
         CTR_ADD(wv->counters.backends[slot].bytes_from_backend, len);
-        struct msghdr *m = &sc->out[queued].msg_hdr;
-        memset(m, 0, sizeof(*m));
-        sc->out_iov[queued].iov_base = sc->in_iov[i].iov_base;
-        sc->out_iov[queued].iov_len = len;
-        m->msg_name = &s->client;
-        m->msg_namelen = s->client_len;
-        m->msg_iov = &sc->out_iov[queued];
-        m->msg_iovlen = 1;
-        queued++;
+        sc->out_iov[queued++] = (struct iovec){sc->in_iov[i].iov_base, len};
         if (limit && s->replies + (uint64_t)queued >= s->requests * limit)
             break; /* the last reply expected: the rest reach nobody, as in udp.py */
     }
     for (int done = 0; done < queued;) {
-        int sent = sendmmsg(u->listen_fd, sc->out + done, (unsigned)(queued - done), MSG_DONTWAIT);
-        if (sent < 0) {
-            count_drop(u, errno);
+        int err;
+        int sent = udp_send_run(u, u->listen_fd, &s->client, s->client_len, NULL, 0, sc->out_iov + done,
+                                queued - done, &err);
+        if (sent == 0) {
+            udp_count_drop(u, err);
             done++;
             continue;
         }

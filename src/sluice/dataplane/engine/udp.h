@@ -18,8 +18,9 @@
  *   disconnected first).
  * - Scratch buffers for recvmmsg/sendmmsg: one set per worker (`worker.udp_scratch`), freed with it.
  *
- * Files: udp.c (the datagram path: reads, sends, replies), udp_session.c (the session table),
- * udp_sock.c (the upstream socket pool and its quarantine), udp_control.c (VIP lifecycle, control side).
+ * Files: udp.c (the datagram path: reads, sends, replies), udp_send.c (a session's datagrams in one
+ * syscall: GSO or sendmmsg), udp_session.c (the session table), udp_sock.c (the upstream socket pool
+ * and its quarantine), udp_control.c (VIP lifecycle, control side).
  */
 #ifndef SLUICE_ENGINE_UDP_H
 #define SLUICE_ENGINE_UDP_H
@@ -27,6 +28,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "engine.h"
 
@@ -40,6 +42,7 @@
 #define UDP_BATCH 32              /* datagrams per recvmmsg / sendmmsg */
 #define UDP_BUFFER 65536          /* bytes per datagram slot: > any UDP payload, >= one GRO read */
 #define UDP_LISTEN_ROUNDS 4       /* recvmmsg calls per readable event of a listen socket */
+#define UDP_RUN_MAX 64            /* datagrams of one session sent in one syscall (udp_send.c) */
 #define UDP_HELD_MAX_DEFAULT 4096 /* held upstream sockets per worker and VIP */
 #define UDP_EXCLUDE_MAX 8         /* backends one session remembers as refusing it */
 #define UDP_ERRNO_MAX 134         /* dropped datagrams counted per errno below this (others: EIO's) */
@@ -126,6 +129,7 @@ struct udp_wv {
     int32_t *slot_index;         /* backend_slots entries: index in the current table, -1 none */
     struct timer idle;
     uint32_t seq; /* per_packet: the datagram counter of per_packet_flow */
+    uint32_t gso_below; /* GSO sends only for segments smaller (the kernel refused this size) */
     uint64_t seed; /* of the bucket hash (a flood cannot aim at one chain) */
     uint8_t vip_ip16[16];
     uint16_t vip_port;
@@ -156,6 +160,13 @@ int engine_udp_held(struct engine *e, uint32_t id, int *fds, uint8_t *quarantine
 
 /* udp.c: the worker's recvmmsg/sendmmsg buffers, made once (0, -ENOMEM). */
 int udp_scratch_make(struct worker *w);
+
+/* udp_send.c: drops counted by errno; `n` datagrams (iov[i] each) to `to` (a client), or to the
+ * connected peer (to NULL, `header` before each: a backend) in one syscall when it can. Returns how many the kernel took, the first ones;
+ * 0 when the first failed, with its errno in *err (then the caller counts it and sends the rest). */
+void udp_count_drop(struct udp_wv *u, int err);
+int udp_send_run(struct udp_wv *u, int fd, const struct sockaddr_storage *to, socklen_t tolen, const uint8_t *header,
+                 size_t header_len, const struct iovec *iov, int n, int *err);
 
 /* udp_session.c: the session table */
 int udp_sessions_attach(struct worker *w, struct worker_vip *wv); /* empty table of the worker's share; -ENOMEM */

@@ -91,6 +91,7 @@ int udp_wv_new(struct worker_vip *wv, uint32_t backend_slots)
         return -ENOMEM;
     wv->udp = u;
     u->listen_fd = -1;
+    u->gso_below = UINT32_MAX;
     u->backend_slots = backend_slots;
     u->counters.datagrams_to = calloc(backend_slots, sizeof(uint64_t));
     u->counters.datagrams_from = calloc(backend_slots, sizeof(uint64_t));
