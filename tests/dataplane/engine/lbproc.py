@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sluice.dataplane import engine
+from sluice.dataplane.engine.udp_listener import HELD_MAX
 from tests.support.privileged import REQUIRE_PRIVILEGED
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,6 +103,12 @@ def count_syscalls(pid: int, out: Path, work: Callable[[], None]) -> int:
         if row.rstrip().endswith("total"):
             return int(row.split()[3])  # the calls column
     raise AssertionError("no total line in strace -c output:\n" + out.read_text())
+
+
+def syscall_calls(table: str) -> dict[str, int]:
+    """Calls per syscall of an strace -c table (the total row left out)."""
+    rows = (ln.split() for ln in table.splitlines())
+    return {r[-1]: int(r[3]) for r in rows if len(r) >= 5 and r[3].isdigit() and r[-1] != "total"}
 
 
 class UdpEcho:
@@ -213,12 +220,12 @@ from sluice.config import Backend, Endpoint, UdpOptions, Vip
 from sluice.dataplane.engine import NativeUdpListener
 
 backend_port, workers, quarantine, rcvbuf = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-QUEUE_DELAY = float(sys.argv[5])
+QUEUE_DELAY, HELD_MAX = float(sys.argv[5]), int(sys.argv[6])
 vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
           backends=(Backend(address=Endpoint(ip_address("127.0.0.1"), backend_port)),),
           udp=UdpOptions(responses=1, receive_buffer=rcvbuf or None, max_queue_delay=QUEUE_DELAY))
 loop = asyncio.new_event_loop()
-lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine)
+lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine, held_max=HELD_MAX)
 loop.run_until_complete(lb.start())
 print(lb.address[1], flush=True)
 for line in sys.stdin:
@@ -251,8 +258,10 @@ class UdpChild:
 
 @contextlib.contextmanager
 def udp_lb(
-    backend_port: int, *, quarantine_s: float, workers: int = 1, rcvbuf: int = 0
+    backend_port: int, *, quarantine_s: float, workers: int = 1, rcvbuf: int = 0, held_max: int = HELD_MAX
 ) -> Iterator[UdpChild]:
     """One UDP VIP (``udp.responses: 1``) in front of 127.0.0.1:`backend_port`, in its own process."""
-    with child_process(UDP_CHILD, backend_port, workers, quarantine_s, rcvbuf, QUEUE_DELAY_S) as proc:
+    with child_process(
+        UDP_CHILD, backend_port, workers, quarantine_s, rcvbuf, QUEUE_DELAY_S, held_max
+    ) as proc:
         yield UdpChild(proc)

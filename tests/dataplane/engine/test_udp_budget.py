@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dataplane.engine.lbproc import UdpEcho, count_syscalls, require_engine, udp_lb
+from tests.dataplane.engine.lbproc import UdpEcho, count_syscalls, require_engine, syscall_calls, udp_lb
 from tests.support.privileged import needs
 
 WARM_UP = 1000
@@ -52,6 +52,42 @@ def test_clients_that_keep_their_port_need_no_new_socket_within_the_quarantine(t
     assert_budget(tmp_path, 1, 3600.0)
 
 
+@pytest.mark.privileged
+def test_new_clients_at_a_full_pool_need_no_new_socket_per_session(tmp_path: Path) -> None:
+    """Every request from a new client port (as under a flood of new sources), every held socket in
+    its quarantine, held_max reached: a new session takes the oldest held socket with a new port
+    (disconnect, connect) rather than close() and socket(); its old port is given back as close()
+    would give it."""
+    require_engine()
+    needs(root=True, commands=("strace",))
+    backend = UdpEcho()
+    held_max = 8
+    try:
+        with udp_lb(backend.port, quarantine_s=3600.0, held_max=held_max) as lb:
+            new_clients(lb.port, WARM_UP // 10)  # held_max sockets made here, then given new ports
+            out = tmp_path / "strace.txt"
+            count_syscalls(lb.proc.pid, out, lambda: new_clients(lb.port, REQUESTS // 4))
+            stats = lb.stats()
+    finally:
+        backend.close()
+    text = out.read_text()
+    calls = syscall_calls(text)
+    for name in ("socket", "close"):
+        assert calls.get(name, 0) < REQUESTS // 4 // 20, text
+    assert calls["connect"] >= REQUESTS // 4, text  # a new port for each session
+    assert not stats["dropped"] and stats["closed"]["responses"] == WARM_UP // 10 + REQUESTS // 4
+
+
+def new_clients(port: int, count: int) -> None:
+    """`count` request/response exchanges, each from a new client socket (a new source port)."""
+    for i in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            payload = b"new client %d" % i
+            sock.sendto(payload, ("127.0.0.1", port))
+            assert sock.recvfrom(65536)[0] == payload
+
+
 def assert_budget(tmp_path: Path, workers: int, quarantine_s: float) -> None:
     require_engine()
     needs(root=True, commands=("strace",))
@@ -79,9 +115,9 @@ def assert_budget(tmp_path: Path, workers: int, quarantine_s: float) -> None:
     print(f"{per_request:.2f} syscalls per request, workers={workers}")
     assert per_request <= SYSCALL_BUDGET, out.read_text()
     text = out.read_text()
+    calls = syscall_calls(text)
     for name in ("socket", "connect", "close"):  # warm: no upstream socket made or closed per request
-        counted = [ln for ln in text.splitlines() if ln.split() and ln.split()[-1] == name]
-        assert not counted or int(counted[0].split()[3]) < REQUESTS // 20, text
+        assert calls.get(name, 0) < REQUESTS // 20, text
 
 
 @pytest.mark.privileged

@@ -12,8 +12,13 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
   backend, so a warm DNS VIP makes no socket()/connect()/close() per request. A per_packet session's
   unconnected socket is held and reused the same way (by the next per_packet session; a held
   connected one is disconnected for it), so a warm per_packet VIP makes no socket()/close() per
-  session either. At most `held_max` per worker are held. `quarantined_fds` are the held ones still
-  in quarantine, `pooled_fds` the others.
+  session either. A held socket also stays its last client's: that client address's next session
+  to the same backend takes it back at once, in its quarantine or not (a late reply can only reach
+  the client it was for). At most `held_max` per worker are held; a new session that finds none
+  past its quarantine then takes the oldest with a new port (disconnect and connect: its old port
+  goes back to the kernel, as close() would give it), so a flood of new sources costs no
+  socket()/close() per session either. `quarantined_fds` are the held ones still in quarantine,
+  `pooled_fds` the others.
 - Kernel drops at a full listen socket (SO_RXQ_OVFL) are counted as ``dropped["kernel_overflow"]``;
   every listen socket asks for ``udp.listen_receive_buffer`` (``udp.receive_buffer``, else sized
   from ``udp.max_queue_delay``). Datagrams that waited longer than ``udp.max_queue_delay`` are

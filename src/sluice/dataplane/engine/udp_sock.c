@@ -2,7 +2,10 @@
  *
  * A closed session's socket is held, not closed: during its quarantine (vip.quarantine_us) nobody may
  * use it (replies still arriving are read and discarded by udp.c), then it waits, still connected to
- * its backend, for the next session to that backend; beyond held_max the oldest held is closed.
+ * its backend, for the next session to that backend. With held_max held and none past its quarantine
+ * (more new sessions per second than held_max / quarantine: a flood of new sources), a new session
+ * takes the oldest with a new port rather than closing it and opening another (new_port); beyond
+ * held_max a closed session's socket closes the oldest.
  * per_packet sessions use unconnected sockets (sendto the backend each datagram picks; a reply reaches
  * the session that holds the socket, from a current backend only): those are held the same way, on
  * their own list, and a new per_packet session takes the oldest past its quarantine, so a warm
@@ -19,9 +22,11 @@
 #define _GNU_SOURCE
 #include "udp.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* The held list of `k`'s kind: its backend's, or the unconnected one. */
@@ -132,9 +137,33 @@ static struct udp_sock *client_own(struct udp_wv *u, uint32_t slot, uint32_t key
     return k;
 }
 
+/* The oldest held socket, still in its quarantine, for a session to `b` when held_max are held: given
+ * a new port instead of closed and replaced. Disconnecting an autobound UDP socket gives its port back
+ * to the kernel, as close() would; what arrived before (and a pending ICMP error) is read away; the
+ * connect to `b` binds a port the kernel picks, as for a new socket. The descriptor and its epoll
+ * entry stay: no close()/socket()/epoll_ctl() per session under a flood of new clients. */
+static struct udp_sock *new_port(struct udp_wv *u, const struct eng_backend *b)
+{
+    struct udp_sock *k = u->held.hnext;
+    held_unlink(u, k);
+    struct sockaddr none = {.sa_family = AF_UNSPEC};
+    if (connect(k->fd, &none, sizeof(none)) == 0) {
+        uint8_t byte;
+        for (int i = 0; i < UDP_BATCH && (recv(k->fd, &byte, 1, MSG_DONTWAIT) >= 0 || errno != EAGAIN); i++)
+            ;
+        if (connect(k->fd, (const struct sockaddr *)&b->addr, b->addrlen) == 0) {
+            k->slot = (int32_t)b->slot;
+            return k;
+        }
+    }
+    udp_sock_close(u, k);
+    return NULL;
+}
+
 /* An upstream socket connected to backend `idx` of the worker's table for a session of client (key,
  * ip16, port): the client's own held one to that backend, else a held one of that backend past its
- * quarantine, else the oldest held one past it (connected anew), else a new one. */
+ * quarantine, else the oldest held one past it (connected anew), else, when held_max are held, the
+ * oldest held with a new port, else a new one. */
 struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx, uint32_t key,
                                const uint8_t ip16[16], uint16_t port)
 {
@@ -158,6 +187,12 @@ struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t 
             return k;
         }
         udp_sock_close(u, k);
+    }
+    k = u->held.hnext;
+    if (u->n_held >= wv->vip->held_max && k != &u->held && k->family == b->addr.ss_family) {
+        k = new_port(u, b);
+        if (k != NULL)
+            return k;
     }
     return udp_sock_new(w, wv, b->addr.ss_family, b);
 }
