@@ -10,8 +10,8 @@
  *   A closed session's socket is *held*: for the port quarantine nobody may use it (replies still
  *   arriving are read and discarded), then it waits, still connected to its backend, for a new
  *   session to that backend (no socket/connect/close per session once warm). At most `held_max`
- *   are held: a new session that finds none past its quarantine then takes the oldest with a new
- *   port (its old one given back to the kernel, as close() would), and a closed session beyond it
+ *   are held: near it, a new session that finds none past its quarantine takes the oldest with a
+ *   new port (its old one given back to the kernel, as close() would), and a closed session beyond it
  *   closes the oldest. A held socket also stays its last client's: a new
  *   session of that same client address to that same backend takes it back at once, quarantine or
  *   not (a late reply can only reach the client it was meant for), so a client that keeps its port

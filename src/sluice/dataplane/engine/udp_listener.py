@@ -14,8 +14,8 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
   connected one is disconnected for it), so a warm per_packet VIP makes no socket()/close() per
   session either. A held socket also stays its last client's: that client address's next session
   to the same backend takes it back at once, in its quarantine or not (a late reply can only reach
-  the client it was for). At most `held_max` per worker are held; a new session that finds none
-  past its quarantine then takes the oldest with a new port (disconnect and connect: its old port
+  the client it was for). At most `held_max` per worker are held; near it, a new session that finds
+  none past its quarantine takes the oldest with a new port (disconnect and connect: its old port
   goes back to the kernel, as close() would give it), so a flood of new sources costs no
   socket()/close() per session either. `quarantined_fds` are the held ones still in quarantine,
   `pooled_fds` the others.

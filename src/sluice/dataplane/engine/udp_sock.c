@@ -2,10 +2,10 @@
  *
  * A closed session's socket is held, not closed: during its quarantine (vip.quarantine_us) nobody may
  * use it (replies still arriving are read and discarded by udp.c), then it waits, still connected to
- * its backend, for the next session to that backend. With held_max held and none past its quarantine
- * (more new sessions per second than held_max / quarantine: a flood of new sources), a new session
- * takes the oldest with a new port rather than closing it and opening another (new_port); beyond
- * held_max a closed session's socket closes the oldest.
+ * its backend, for the next session to that backend. With the pool full (pool_full: near held_max)
+ * and none past its quarantine (more new sessions per second than held_max / quarantine: a flood of
+ * new sources), a new session takes the oldest with a new port rather than open another (new_port);
+ * beyond held_max a closed session's socket closes the oldest.
  * per_packet sessions use unconnected sockets (sendto the backend each datagram picks; a reply reaches
  * the session that holds the socket, from a current backend only): those are held the same way, on
  * their own list, and a new per_packet session takes the oldest past its quarantine, so a warm
@@ -137,7 +137,13 @@ static struct udp_sock *client_own(struct udp_wv *u, uint32_t slot, uint32_t key
     return k;
 }
 
-/* The oldest held socket, still in its quarantine, for a session to `b` when held_max are held: given
+/* Held sockets are (nearly) at held_max: a new session gives the oldest one a new port rather than
+ * open another. The last eighth absorbs a burst of new sessions (a listen batch and more) before the
+ * sessions that end refill the pool; without it, each new session beyond held_max would open a socket
+ * and each session ending close one. */
+static bool pool_full(const struct udp_wv *u, uint32_t held_max) { return u->n_held >= held_max - held_max / 8; }
+
+/* The oldest held socket, still in its quarantine, for a session to `b` when the pool is full: given
  * a new port instead of closed and replaced. Disconnecting an autobound UDP socket gives its port back
  * to the kernel, as close() would; what arrived before (and a pending ICMP error) is read away; the
  * connect to `b` binds a port the kernel picks, as for a new socket. The descriptor and its epoll
@@ -162,7 +168,7 @@ static struct udp_sock *new_port(struct udp_wv *u, const struct eng_backend *b)
 
 /* An upstream socket connected to backend `idx` of the worker's table for a session of client (key,
  * ip16, port): the client's own held one to that backend, else a held one of that backend past its
- * quarantine, else the oldest held one past it (connected anew), else, when held_max are held, the
+ * quarantine, else the oldest held one past it (connected anew), else, when the pool is full, the
  * oldest held with a new port, else a new one. */
 struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t idx, uint32_t key,
                                const uint8_t ip16[16], uint16_t port)
@@ -189,7 +195,7 @@ struct udp_sock *udp_sock_take(struct worker *w, struct worker_vip *wv, int32_t 
         udp_sock_close(u, k);
     }
     k = u->held.hnext;
-    if (u->n_held >= wv->vip->held_max && k != &u->held && k->family == b->addr.ss_family) {
+    if (pool_full(u, wv->vip->held_max) && k != &u->held && k->family == b->addr.ss_family) {
         k = new_port(u, b);
         if (k != NULL)
             return k;
