@@ -22,6 +22,7 @@ ORDER = (
     "udp_1200_many",
     "udp_1200_one",
     "udp_flood",
+    "udp_flood_hard",
     "udp_ladder",
     "maglev",
     "anycast",

@@ -33,6 +33,7 @@ _ALL: tuple[type[rounds.Scenario], ...] = (
     *syscalls.SCENARIOS,
     *udp.SCENARIOS,
     udp_flood.UdpFlood,
+    udp_flood.UdpFloodHard,
     udp_ladder.UdpLadder,
     maglev.MaglevBuild,
     anycast.AnycastFailover,
