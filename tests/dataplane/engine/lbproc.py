@@ -211,28 +211,33 @@ QUEUE_DELAY_S = 10.0
 machine, and one request dropped as late would hang the request loop (tests/dataplane/proxy/
 test_udp_queue_delay.py tests the bound)."""
 
-# The UDP LB child: one NativeUdpListener with udp.responses: 1; prints its port, then answers lines on
-# stdin: ``stats`` prints the VIP's counters as JSON, ``stop`` closes the listener and exits.
+# The UDP LB child: one NativeUdpListener with udp.responses: 1 in front of the backend ports given;
+# prints its port, then answers lines on stdin: ``stats`` prints the VIP's counters as JSON, ``stop``
+# closes the listener and exits.
 UDP_CHILD = """
 import asyncio, json, sys
 from ipaddress import ip_address
 from sluice.config import Backend, Endpoint, UdpOptions, Vip
 from sluice.dataplane.engine import NativeUdpListener
 
-backend_port, workers, quarantine, rcvbuf = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-QUEUE_DELAY, HELD_MAX = float(sys.argv[5]), int(sys.argv[6])
+ports = [int(p) for p in sys.argv[1].split(",")]
+workers, quarantine, rcvbuf = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+queue_delay, held_max, per_packet = float(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "1"
 vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
-          backends=(Backend(address=Endpoint(ip_address("127.0.0.1"), backend_port)),),
-          udp=UdpOptions(responses=1, receive_buffer=rcvbuf or None, max_queue_delay=QUEUE_DELAY))
+          backends=tuple(Backend(address=Endpoint(ip_address("127.0.0.1"), p)) for p in ports),
+          udp=UdpOptions(responses=1, receive_buffer=rcvbuf or None, max_queue_delay=queue_delay,
+                         per_packet=per_packet))
 loop = asyncio.new_event_loop()
-lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine, held_max=HELD_MAX)
+lb = NativeUdpListener(vip, workers=workers, port_quarantine_s=quarantine, held_max=held_max)
 loop.run_until_complete(lb.start())
 print(lb.address[1], flush=True)
 for line in sys.stdin:
     if line.strip() == "stats":
         s = lb.stats
         print(json.dumps({"flows_total": s.flows_total, "closed": s.closed, "dropped": s.dropped,
-                          "backends": {k: {"datagrams_to_backend": b.datagrams_to_backend}
+                          "held": len(lb.held_fds),
+                          "backends": {k: {"datagrams_to_backend": b.datagrams_to_backend,
+                                           "datagrams_from_backend": b.datagrams_from_backend}
                                        for k, b in s.backends.items()}}), flush=True)
     else:
         break
@@ -258,10 +263,24 @@ class UdpChild:
 
 @contextlib.contextmanager
 def udp_lb(
-    backend_port: int, *, quarantine_s: float, workers: int = 1, rcvbuf: int = 0, held_max: int = HELD_MAX
+    backend_ports: int | list[int],
+    *,
+    quarantine_s: float,
+    workers: int = 1,
+    rcvbuf: int = 0,
+    held_max: int = HELD_MAX,
+    per_packet: bool = False,
 ) -> Iterator[UdpChild]:
-    """One UDP VIP (``udp.responses: 1``) in front of 127.0.0.1:`backend_port`, in its own process."""
-    with child_process(
-        UDP_CHILD, backend_port, workers, quarantine_s, rcvbuf, QUEUE_DELAY_S, held_max
-    ) as proc:
+    """One UDP VIP (``udp.responses: 1``) in front of 127.0.0.1:`backend_ports`, in its own process."""
+    ports = [backend_ports] if isinstance(backend_ports, int) else backend_ports
+    args = (
+        ",".join(map(str, ports)),
+        workers,
+        quarantine_s,
+        rcvbuf,
+        QUEUE_DELAY_S,
+        held_max,
+        int(per_packet),
+    )
+    with child_process(UDP_CHILD, *args) as proc:
         yield UdpChild(proc)

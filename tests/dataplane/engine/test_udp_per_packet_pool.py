@@ -11,17 +11,15 @@ replies of one session come from either backend on the session's one socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sluice.config import UdpOptions
 from sluice.dataplane.engine import NativeUdpListener
-from tests.dataplane.engine.lbproc import UdpChild, UdpEcho, child_process, count_syscalls, require_engine
+from tests.dataplane.engine.lbproc import UdpEcho, count_syscalls, require_engine, syscall_calls, udp_lb
 from tests.dataplane.engine.test_udp_budget import dns_style
 from tests.dataplane.proxy.helpers import run
 from tests.dataplane.proxy.udp_helpers import Client, echo_backends, make_vip
@@ -34,46 +32,6 @@ CONCURRENT = 100
 ROUNDS = 10
 SETTLE_S = 3 * QUARANTINE_S
 
-CHILD = """
-import asyncio, json, sys
-from ipaddress import ip_address
-from sluice.config import Backend, Endpoint, UdpOptions, Vip
-from sluice.dataplane.engine import NativeUdpListener
-
-ports, quarantine = [int(p) for p in sys.argv[1].split(",")], float(sys.argv[2])
-vip = Vip(name="lb", protocol="udp", listen=Endpoint(ip_address("127.0.0.1"), 0),
-          backends=tuple(Backend(address=Endpoint(ip_address("127.0.0.1"), p)) for p in ports),
-          udp=UdpOptions(responses=1, per_packet=True, max_queue_delay=10.0))
-loop = asyncio.new_event_loop()
-lb = NativeUdpListener(vip, workers=1, port_quarantine_s=quarantine)
-loop.run_until_complete(lb.start())
-print(lb.address[1], flush=True)
-for line in sys.stdin:
-    if line.strip() == "stats":
-        s = lb.stats
-        print(json.dumps({"flows_total": s.flows_total, "closed": s.closed, "dropped": s.dropped,
-                          "held": len(lb.held_fds),
-                          "backends": {k: {"datagrams_from_backend": b.datagrams_from_backend}
-                                       for k, b in s.backends.items()}}), flush=True)
-    else:
-        break
-loop.run_until_complete(lb.close())
-"""
-
-
-@contextlib.contextmanager
-def per_packet_lb(backend_ports: list[int]) -> Iterator[UdpChild]:
-    with child_process(CHILD, ",".join(map(str, backend_ports)), QUARANTINE_S) as proc:
-        yield UdpChild(proc)
-
-
-def calls_of(strace_table: str, name: str) -> int:
-    for row in strace_table.splitlines():
-        cols = row.split()
-        if cols and cols[-1] == name:
-            return int(cols[3])
-    return 0
-
 
 @pytest.mark.privileged
 def test_a_warm_per_packet_vip_opens_and_closes_no_socket_per_request(tmp_path: Path) -> None:
@@ -84,7 +42,7 @@ def test_a_warm_per_packet_vip_opens_and_closes_no_socket_per_request(tmp_path: 
     for sock in clients:
         sock.settimeout(10)
     try:
-        with per_packet_lb([b.port for b in backends]) as lb:
+        with udp_lb([b.port for b in backends], quarantine_s=QUARANTINE_S, per_packet=True) as lb:
             dns_style(lb.port, clients, WARM_UP)  # the pool is filled here
             out = tmp_path / "strace.txt"
             count_syscalls(lb.proc.pid, out, lambda: dns_style(lb.port, clients, REQUESTS))
@@ -98,7 +56,7 @@ def test_a_warm_per_packet_vip_opens_and_closes_no_socket_per_request(tmp_path: 
     assert stats["flows_total"] >= WARM_UP + REQUESTS  # one session per request (+ per-datagram flows)
     assert all(b["datagrams_from_backend"] > 0 for b in stats["backends"].values()), stats  # both picked
     for name in ("socket", "close"):  # warm: an upstream socket neither made nor closed per request
-        assert calls_of(text, name) < REQUESTS // 20, text
+        assert syscall_calls(text).get(name, 0) < REQUESTS // 20, text
 
 
 @pytest.mark.privileged
@@ -112,7 +70,7 @@ def test_pooled_per_packet_sockets_answer_the_right_client_of_100_at_once() -> N
     for sock in clients:
         sock.settimeout(10)
     try:
-        with per_packet_lb([b.port for b in backends]) as lb:
+        with udp_lb([b.port for b in backends], quarantine_s=QUARANTINE_S, per_packet=True) as lb:
             dns_style(lb.port, clients, WARM_UP)
             time.sleep(SETTLE_S)
             held = lb.stats()["held"]
