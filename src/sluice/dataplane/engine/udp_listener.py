@@ -19,6 +19,8 @@ sessions per client ip:port, LRU-bounded, idle timeout, ``udp.responses``, ICMP-
   goes back to the kernel, as close() would give it), so a flood of new sources costs no
   socket()/close() per session either. `quarantined_fds` are the held ones still in quarantine,
   `pooled_fds` the others.
+- A session's datagrams that one read gave leave in one syscall: as one UDP GSO send when they are of
+  one size (udp_send.c), the peer receiving the same datagrams; replies else by sendmmsg.
 - Kernel drops at a full listen socket (SO_RXQ_OVFL) are counted as ``dropped["kernel_overflow"]``;
   every listen socket asks for ``udp.listen_receive_buffer`` (``udp.receive_buffer``, else sized
   from ``udp.max_queue_delay``). Datagrams that waited longer than ``udp.max_queue_delay`` are
