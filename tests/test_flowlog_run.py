@@ -4,11 +4,13 @@ the API's VIP status and in the metrics, and sluice's own log in JSON at the lev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,11 +64,7 @@ async def test_run_writes_the_flow_log_and_counts_its_drops(
             }
         )
     )
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    proc = await start(config, notify, "info")
-    try:
-        await ready(notify)
+    async with running(tmp_path, config, "info") as proc:
         for _ in range(FLOWS):
             assert await probe(vip_port) == "b0"
         async with asyncio.timeout(20):
@@ -89,13 +87,6 @@ async def test_run_writes_the_flow_log_and_counts_its_drops(
             record = json.loads(line)
             assert (record["vip"], record["backend"], record["reason"]) == ("web", b0.address, "done")
             assert record["bytes_to_backend"] == 4  # probe: "ping"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        notify.close()
     logged = await json_log(proc)
     [listening] = [e for e in logged if e["msg"].startswith("vip web: listening")]
     assert listening["vip"] == "web" and listening["level"] == "info"
@@ -107,11 +98,22 @@ async def test_run_log_level_warning_leaves_out_info(tmp_path: Path, backends: B
     config = tmp_path / "sluice.yaml"
     vip = {"name": "web", "listen": f"127.0.0.1:{free_port()}", "backends": [{"address": b0.address}]}
     config.write_text(yaml.safe_dump({"engine": "python", "vips": [vip]}))
+    async with running(tmp_path, config, "warning") as proc:
+        pass
+    logged = await json_log(proc)
+    assert all(entry["level"] in ("warning", "error") for entry in logged), logged
+    assert not [e for e in logged if e["msg"].startswith("vip web: listening")]
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, config: Path, level: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`sluice run config` until it is READY; after the block, SIGTERM, and it must exit 0."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
-    proc = await start(config, notify, "warning")
+    proc = await start(config, notify, level)
     try:
         await ready(notify)
+        yield proc
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
@@ -119,9 +121,6 @@ async def test_run_log_level_warning_leaves_out_info(tmp_path: Path, backends: B
             proc.kill()
             await proc.wait()
         notify.close()
-    logged = await json_log(proc)
-    assert all(entry["level"] in ("warning", "error") for entry in logged), logged
-    assert not [e for e in logged if e["msg"].startswith("vip web: listening")]
 
 
 async def start(config: Path, notify: socket.socket, level: str) -> asyncio.subprocess.Process:
