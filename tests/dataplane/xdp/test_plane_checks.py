@@ -13,8 +13,7 @@ from sluice.config import Config, parse_config
 from sluice.dataplane.xdp import loader
 from sluice.dataplane.xdp.checkpath import check_paths, instance_prefix
 from sluice.dataplane.xdp.checkroutes import CheckForwarding, Paths
-from sluice.dataplane.xdp.plane import XdpLimits, XdpPlane
-from tests.dataplane.xdp.test_plane import WEB3, FakeNeighbours, RecordingAttacher, config
+from tests.dataplane.xdp.test_plane import WEB3, config, make_plane
 from tests.support.privileged import needs
 
 
@@ -52,14 +51,7 @@ async def test_apply_installs_the_configs_check_paths_and_close_removes_them(
     instance: str, tmp_path: Path
 ) -> None:
     forwarding = RecordingForwarding()
-    plane = XdpPlane(
-        instance,
-        neighbours=FakeNeighbours(),
-        attacher=RecordingAttacher(),
-        limits=XdpLimits(max_vips=4, max_backends=64, conntrack_entries=1024),
-        cache_dir=tmp_path / "cache",
-        refresh_interval_s=0,
-    )
+    plane = make_plane(instance, tmp_path)
     plane.check_forwarding = forwarding
     cfg = checked(config(WEB3))
     try:
