@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 from typing import Final
 
 from sluice.dataplane.xdp import loader
@@ -41,12 +42,14 @@ class _TcOpts(ctypes.Structure):
     )
 
 
+@functools.cache
 def _tc_lib() -> ctypes.CDLL:
+    """libbpf (loader.libbpf) with the signatures of its tc calls, set once."""
     lib = loader.libbpf()
-    for name in ("bpf_tc_hook_create", "bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.POINTER(_TcHook)] + ([] if name == "bpf_tc_hook_create" else [ctypes.c_void_p])
+    hook = ctypes.POINTER(_TcHook)
+    loader._sig(lib, "bpf_tc_hook_create", ctypes.c_int, hook)
+    for name in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
+        loader._sig(lib, name, ctypes.c_int, hook, ctypes.c_void_p)
     return lib
 
 
